@@ -1,0 +1,30 @@
+// One line per request, buffered and written by a background thread so that logging does
+// not serialise request threads on stderr.
+#pragma once
+
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace atrium::api {
+
+class AccessLog {
+ public:
+  explicit AccessLog(bool enabled, FILE* out = stderr);
+  ~AccessLog();
+  void write(std::string line);  // line without the trailing newline
+
+ private:
+  void run();
+  bool enabled_;
+  FILE* out_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string buf_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace atrium::api

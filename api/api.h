@@ -1,0 +1,104 @@
+// The HTTP application: routes requests to handlers that translate HTTP into commands and
+// views, and nothing more. Transport (Pistache) lives in server.h.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "api/access_log.h"
+#include "api/http_types.h"
+#include "api/router.h"
+#include "eventstore/event_store.h"
+#include "pipeline/metrics.h"
+#include "pipeline/pipeline.h"
+#include "projections/views.h"
+
+namespace atrium::api {
+
+struct ApiConfig {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;  // 0 = any free port (tests)
+  int threads = 16;      // Pistache workers; handlers block while the writer commits
+  size_t max_body_bytes = size_t{1} << 20;
+  std::string tls_cert;
+  std::string tls_key;
+  int64_t token_ttl_ms = int64_t{12} * 3600 * 1000;
+  bool access_log = true;
+  std::chrono::milliseconds sse_wait{15000};
+  std::chrono::milliseconds command_timeout{30000};
+  size_t max_sse_streams = 8;
+};
+
+struct Page {
+  size_t limit = 100;
+  std::string after;  // decoded cursor: the last key of the previous page
+};
+
+class Api {
+ public:
+  Api(ApiConfig cfg, eventstore::EventStore& store, projections::Views& views,
+      pipeline::Pipeline& pipeline, pipeline::Metrics& metrics,
+      pipeline::Clock clock = pipeline::system_now_ms);
+
+  // The whole request path: draining check, size check, routing, authentication, role
+  // check, handler, metrics and access log. Never throws.
+  HttpResponse handle(HttpRequest& req);
+
+  // ---- for route files ------------------------------------------------------------------
+  Router& router() { return router_; }
+  const ApiConfig& config() const { return cfg_; }
+  eventstore::EventStore& store() { return store_; }
+  projections::Views& views() { return views_; }
+  pipeline::Pipeline& pipeline() { return pipeline_; }
+  pipeline::Metrics& metrics() { return metrics_; }
+  int64_t now_ms() const { return clock_(); }
+
+  // Runs a command through the pipeline with the request's actor, request id and
+  // Idempotency-Key, and maps the outcome to a response (JSON body, ETag from `etag_of`).
+  HttpResponse run(const HttpRequest& req, pipeline::Command cmd);
+
+  // Runs f on the current view, or on the view as of ?as_of=<position>.
+  HttpResponse with_state(const HttpRequest& req,
+                          const std::function<HttpResponse(const domain::State&)>& f);
+
+  // If-Match: nullopt when absent; invalid_argument when malformed.
+  Result<std::optional<uint64_t>> if_match(const HttpRequest& req) const;
+  Result<Page> page(const HttpRequest& req) const;
+  static std::string encode_cursor(const std::string& key);
+
+  // ---- lifecycle ------------------------------------------------------------------------
+  void begin_drain() { draining_ = true; }
+  bool wait_idle(std::chrono::milliseconds timeout);
+  size_t in_flight() const { return in_flight_.load(); }
+
+  // Counts concurrent SSE streams; false when the limit is reached.
+  bool enter_stream();
+  void leave_stream();
+
+ private:
+  Result<Principal> authenticate(const HttpRequest& req) const;
+
+  ApiConfig cfg_;
+  eventstore::EventStore& store_;
+  projections::Views& views_;
+  pipeline::Pipeline& pipeline_;
+  pipeline::Metrics& metrics_;
+  pipeline::Clock clock_;
+  Router router_;
+  AccessLog log_;
+
+  std::atomic<bool> draining_{false};
+  std::atomic<size_t> in_flight_{0};
+  std::atomic<size_t> streams_{0};
+  std::mutex idle_mu_;
+  std::condition_variable idle_cv_;
+};
+
+void register_core_routes(Api& api, const std::string& openapi_text);
+
+}  // namespace atrium::api

@@ -1,0 +1,135 @@
+#include "api/daemon.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "api/crypto.h"
+
+namespace atrium::api {
+
+using domain::State;
+
+Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock clock) {
+  if (!crypto_init()) return Error::make(Code::internal, "libsodium failed to initialise");
+  std::unique_ptr<Daemon> d(new Daemon());
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.data_dir, ec);
+  if (ec) {
+    return Error::make(Code::unavailable,
+                       "cannot create data dir " + cfg.data_dir + ": " + ec.message());
+  }
+  d->metrics_ = std::make_unique<pipeline::Metrics>();
+  eventstore::RocksOptions ro;
+  ro.sync = cfg.sync;
+  auto store = eventstore::open_rocksdb(cfg.data_dir + "/events", ro);
+  if (!store.ok()) return store.error();
+  d->store_ = std::move(*store);
+  d->pipeline_ = std::make_unique<pipeline::Pipeline>(*d->store_, d->views_, *d->metrics_, clock,
+                                                      cfg.pipeline);
+  if (auto st = d->pipeline_->start(); !st) return st.error();
+  d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
+                                  clock);
+  register_core_routes(*d->api_, openapi_text());
+  if (auto st = d->bootstrap(cfg); !st) return st.error();
+  d->server_ = std::make_unique<HttpServer>(*d->api_);
+  if (auto st = d->server_->start(); !st) return st.error();
+  return d;
+}
+
+Daemon::~Daemon() { stop(); }
+
+void Daemon::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  if (api_) {
+    api_->begin_drain();
+    api_->wait_idle(std::chrono::seconds(10));
+  }
+  if (server_) server_->shutdown();
+  if (pipeline_) pipeline_->stop();
+}
+
+namespace {
+
+pipeline::Command make(std::string name, std::function<Result<domain::Events>(const State&,
+                                                                              const domain::Context&)> f) {
+  pipeline::Command c;
+  c.name = std::move(name);
+  c.decide = std::move(f);
+  c.meta.actor = "system";
+  c.meta.correlation_id = "bootstrap";
+  return c;
+}
+
+Status write_secret_file(const std::string& path, const std::string& content) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Error::make(Code::unavailable, "cannot write " + path);
+  ::fchmod(fd, 0600);
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  ok = ::fsync(fd) == 0 && ok;
+  ::close(fd);
+  if (!ok) return Error::make(Code::unavailable, "cannot write " + path);
+  return Status::Ok();
+}
+
+}  // namespace
+
+// First start (no user yet): create the "admin" user. With a bootstrap token, that token
+// is the admin's credential; otherwise a random password and token are written to a 0600
+// file in the data dir. A bootstrap token given on a later start is (re)registered for the
+// first admin if the log does not know it yet, so automation can always get in.
+Status Daemon::bootstrap(const DaemonConfig& cfg) {
+  constexpr int64_t kBootstrapTtlMs = int64_t{365} * 24 * 3600 * 1000;
+  bool empty = views_.read([](const State& s) { return s.users.by_id.empty(); });
+  std::string admin_id = views_.read([](const State& s) {
+    for (const auto& [id, u] : s.users.by_id) {
+      if (u.has_role(domain::kRoleAdmin) && !u.disabled) return id;
+    }
+    return std::string();
+  });
+  std::string password, token;
+  if (empty) {
+    domain::CreateUser cu{new_id(), "admin", {domain::kRoleAdmin}, ""};
+    if (!cfg.bootstrap_token) {
+      password = random_hex(16);
+      auto h = hash_password(password);
+      if (!h.ok()) return h.error();
+      cu.password_hash = *h;
+    }
+    auto r = pipeline_->execute(make("CreateUser", [cu](const State& s, const domain::Context& c) {
+      return domain::decide(s, cu, c);
+    }));
+    if (!r.ok()) return r.error();
+    admin_id = cu.id;
+  }
+  if (cfg.bootstrap_token) {
+    token = *cfg.bootstrap_token;
+  } else if (empty) {
+    token = new_token();
+  }
+  if (token.empty() || admin_id.empty()) return Status::Ok();
+  std::string hash = sha256_hex(token);
+  bool known = views_.read([&](const State& s) { return s.users.tokens.count(hash) > 0; });
+  if (!known) {
+    domain::IssueToken it{admin_id, hash, api_->now_ms() + kBootstrapTtlMs};
+    auto r = pipeline_->execute(make("IssueToken", [it](const State& s, const domain::Context& c) {
+      return domain::decide(s, it, c);
+    }));
+    if (!r.ok()) return r.error();
+  }
+  if (empty && !cfg.bootstrap_token && cfg.write_admin_credentials) {
+    credentials_path_ = cfg.data_dir + "/admin-credentials";
+    std::string content = "# Atrium first admin credential; delete this file once stored safely\n"
+                          "name=admin\npassword=" + password + "\ntoken=" + token + "\n";
+    if (auto st = write_secret_file(credentials_path_, content); !st) return st;
+    std::fprintf(stderr, "atriumd: created the first admin; its credentials are in %s (mode 0600)\n",
+                 credentials_path_.c_str());
+  }
+  return Status::Ok();
+}
+
+}  // namespace atrium::api

@@ -1,0 +1,59 @@
+// Composition of one broker: the store, the pipeline, the views, the API and its HTTP
+// server. main() and the integration tests build the broker through this one path.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "api/api.h"
+#include "api/server.h"
+
+namespace atrium::api {
+
+struct DaemonConfig {
+  std::string data_dir = "./data";
+  ApiConfig api;
+  std::optional<std::string> bootstrap_token;  // ATRIUM_BOOTSTRAP_TOKEN
+  bool write_admin_credentials = true;         // first start: data_dir/admin-credentials
+  pipeline::PipelineOptions pipeline;
+  bool sync = true;
+};
+
+class Daemon {
+ public:
+  // Opens the store, replays the log into the views, bootstraps the first admin, starts
+  // the writer and the HTTP server. Errors carry the failing part's message.
+  static Result<std::unique_ptr<Daemon>> start(DaemonConfig cfg,
+                                               pipeline::Clock clock = pipeline::system_now_ms);
+  ~Daemon();
+
+  uint16_t port() const { return server_->port(); }
+  Api& api() { return *api_; }
+  eventstore::EventStore& store() { return *store_; }
+  projections::Views& views() { return views_; }
+  pipeline::Pipeline& pipeline() { return *pipeline_; }
+  const std::string& admin_credentials_path() const { return credentials_path_; }
+
+  // Graceful stop: refuse new requests, finish in-flight ones (bounded), flush the queue,
+  // stop the HTTP server and close the store.
+  void stop();
+
+ private:
+  Daemon() = default;
+  Status bootstrap(const DaemonConfig& cfg);
+
+  std::unique_ptr<pipeline::Metrics> metrics_;
+  std::unique_ptr<eventstore::EventStore> store_;
+  projections::Views views_;
+  std::unique_ptr<pipeline::Pipeline> pipeline_;
+  std::unique_ptr<Api> api_;
+  std::unique_ptr<HttpServer> server_;
+  std::string credentials_path_;
+  bool stopped_ = false;
+};
+
+// The OpenAPI document compiled into the binary.
+const std::string& openapi_text();
+
+}  // namespace atrium::api

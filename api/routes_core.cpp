@@ -1,0 +1,337 @@
+// Core routes: health, metrics, OpenAPI, login, users, and the audit log.
+#include <algorithm>
+#include <charconv>
+
+#include "api/api.h"
+#include "api/crypto.h"
+#include "api/json_input.h"
+#include "domain/state.h"
+
+namespace atrium::api {
+
+using domain::State;
+using pipeline::Command;
+
+namespace {
+
+bool parse_u64(const std::string& s, uint64_t& out) {
+  if (s.empty() || s.size() > 20) return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+Json event_to_json(const eventstore::RecordedEvent& e) {
+  Json data = Json::parse(e.data, nullptr, false);
+  if (data.is_discarded()) data = e.data;
+  Json j{{"position", e.position},
+         {"stream", e.stream},
+         {"stream_version", e.stream_version},
+         {"type", e.type},
+         {"schema_version", e.schema_version},
+         {"recorded_at_ms", e.recorded_at_ms},
+         {"actor", e.actor},
+         {"correlation_id", e.correlation_id},
+         {"data", data},
+         {"hash", eventstore::to_hex(e.hash)}};
+  if (!e.causation_id.empty()) j["causation_id"] = e.causation_id;
+  if (!e.idempotency_key.empty()) j["idempotency_key"] = e.idempotency_key;
+  return j;
+}
+
+// Public view of a user, with no password hash.
+Json user_view(const domain::User& u) { return domain::user_to_json(u); }
+
+HttpResponse with_etag(HttpResponse r, uint64_t version) {
+  r.with_header("ETag", "\"" + std::to_string(version) + "\"");
+  return r;
+}
+
+// Reads a password field: 8 to 1024 bytes.
+std::optional<std::string> read_password(BodyReader& br, bool required) {
+  return br.str("password", required, 1024, 8);
+}
+
+void register_health(Api& api, const std::string& openapi_text) {
+  Router& r = api.router();
+  r.add("GET", "/healthz", Access::Public(), [](HttpRequest&) {
+    return HttpResponse::json(200, Json{{"status", "ok"}});
+  });
+  r.add("GET", "/readyz", Access::Public(), [&api](HttpRequest&) {
+    uint64_t durable = api.store().last_position();
+    uint64_t applied = api.views().position();
+    if (!api.pipeline().ready() || applied < durable) {
+      return problem(Error::make(Code::unavailable,
+                                 "projections are at " + std::to_string(applied) + " of " +
+                                     std::to_string(durable) + " events",
+                                 "not_ready"));
+    }
+    return HttpResponse::json(200, Json{{"status", "ready"}, {"position", durable}});
+  });
+  r.add("GET", "/metrics", Access::Public(), [&api](HttpRequest&) {
+    HttpResponse resp;
+    resp.body = api.metrics().serialize();
+    resp.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    return resp;
+  });
+  r.add("GET", "/openapi.yaml", Access::Public(), [openapi_text](HttpRequest&) {
+    HttpResponse resp;
+    resp.body = openapi_text;
+    resp.content_type = "application/yaml";
+    return resp;
+  });
+}
+
+void register_auth(Api& api) {
+  Router& r = api.router();
+  r.add("POST", "/v1/auth/login", Access::Public(), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"name", "password"});
+    auto name = br.str("name", true, 128, 1);
+    auto password = br.str("password", true, 1024, 1);
+    if (auto st = br.finish(); !st) return problem(st.error());
+    auto found = api.views().read([&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
+      const domain::User* u = s.users.find_by_name(*name);
+      if (u == nullptr || u->disabled) return std::nullopt;
+      return std::make_pair(u->id, u->password_hash);
+    });
+    // Same answer for an unknown user and a wrong password; verify even when unknown so
+    // timing does not tell which.
+    static const std::string kDummy = [] {
+      auto h = hash_password("not-a-real-password");
+      return h.ok() ? *h : std::string();
+    }();
+    bool ok = verify_password(found ? found->second : kDummy, *password) && found.has_value();
+    if (!ok) {
+      return problem(Error::make(Code::unauthenticated, "wrong name or password",
+                                 "bad_credentials"));
+    }
+    std::string token = new_token();
+    domain::IssueToken cmd{found->first, sha256_hex(token), api.now_ms() + api.config().token_ttl_ms};
+    Command c;
+    c.name = "IssueToken";
+    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
+    c.render = [cmd, token](const State& s) {
+      const domain::User* u = s.users.find(cmd.user_id);
+      return Json{{"token", token},
+                  {"token_type", "Bearer"},
+                  {"expires_at_ms", cmd.expires_at_ms},
+                  {"user_id", cmd.user_id},
+                  {"roles", u ? u->roles : std::set<std::string>{}}};
+    };
+    req.principal = Principal{found->first, *name, {}, ""};
+    // Login is not idempotent by key: each call issues a fresh token.
+    req.headers.erase("idempotency-key");
+    return api.run(req, std::move(c));
+  });
+  r.add("POST", "/v1/auth/logout", Access::AnyRole(), [&api](HttpRequest& req) {
+    domain::RevokeToken cmd{req.principal->token_hash};
+    Command c;
+    c.name = "RevokeToken";
+    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
+    c.success_status = 204;
+    return api.run(req, std::move(c));
+  });
+}
+
+void register_users(Api& api) {
+  Router& r = api.router();
+  r.add("POST", "/v1/users", Access::Admin(), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"name", "password", "roles"});
+    auto name = br.str("name", true, 128, 1);
+    auto password = read_password(br, false);
+    auto roles = br.string_set("roles", false);
+    if (auto st = br.finish(); !st) return problem(st.error());
+    domain::CreateUser cmd{new_id(), *name, roles.value_or(std::set<std::string>{"user"}), ""};
+    if (password) {
+      auto h = hash_password(*password);
+      if (!h.ok()) return problem(h.error());
+      cmd.password_hash = *h;
+    }
+    Command c;
+    c.name = "CreateUser";
+    c.success_status = 201;
+    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
+    c.render = [id = cmd.id](const State& s) { return user_view(*s.users.find(id)); };
+    HttpResponse resp = api.run(req, std::move(c));
+    if (resp.status == 201) {
+      Json j = Json::parse(resp.body, nullptr, false);
+      if (j.is_object()) resp.with_header("Location", "/v1/users/" + j.value("id", ""));
+    }
+    return resp;
+  });
+
+  r.add("GET", "/v1/users", Access::Admin(), [&api](HttpRequest& req) {
+    auto pg = api.page(req);
+    if (!pg.ok()) return problem(pg.error());
+    return api.with_state(req, [&](const State& s) {
+      std::vector<const domain::User*> all;
+      for (const auto& [id, u] : s.users.by_id) {
+        if (id > pg->after) all.push_back(&u);
+      }
+      size_t n = std::min(all.size(), pg->limit);
+      std::partial_sort(all.begin(), all.begin() + static_cast<long>(n), all.end(),
+                        [](auto* a, auto* b) { return a->id < b->id; });
+      Json items = Json::array();
+      for (size_t i = 0; i < n; ++i) items.push_back(user_view(*all[i]));
+      Json out{{"items", items}, {"next_cursor", nullptr}};
+      if (all.size() > n) out["next_cursor"] = Api::encode_cursor(all[n - 1]->id);
+      return HttpResponse::json(200, out);
+    });
+  });
+
+  r.add("GET", "/v1/users/{id}", Access::AnyRole(), [&api](HttpRequest& req) {
+    const std::string& id = req.param("id");
+    if (!req.principal->is_admin() && req.principal->user_id != id) {
+      return problem(not_found("user " + id + " not found"));  // 404, not 403
+    }
+    return api.with_state(req, [&](const State& s) {
+      const domain::User* u = s.users.find(id);
+      if (u == nullptr) return problem(not_found("user " + id + " not found"));
+      return with_etag(HttpResponse::json(200, user_view(*u)), u->version);
+    });
+  });
+
+  r.add("PATCH", "/v1/users/{id}", Access::AnyRole(), [&api](HttpRequest& req) {
+    const std::string& id = req.param("id");
+    bool self = req.principal->user_id == id;
+    if (!req.principal->is_admin() && !self) return problem(not_found("user " + id + " not found"));
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"roles", "password", "disabled"});
+    auto roles = br.string_set("roles", false);
+    auto password = read_password(br, false);
+    auto disabled = br.boolean("disabled", false);
+    if (auto st = br.finish(); !st) return problem(st.error());
+    if (!req.principal->is_admin() && (roles || disabled)) {
+      return problem(Error::make(Code::permission_denied,
+                                 "only an admin may change roles or disable a user",
+                                 "role_required"));
+    }
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    domain::UpdateUser cmd{id, *expected, roles, std::nullopt, disabled};
+    if (password) {
+      auto h = hash_password(*password);
+      if (!h.ok()) return problem(h.error());
+      cmd.password_hash = *h;
+    }
+    Command c;
+    c.name = "UpdateUser";
+    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
+    c.render = [id](const State& s) { return user_view(*s.users.find(id)); };
+    return api.run(req, std::move(c));
+  });
+
+  r.add("DELETE", "/v1/users/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    domain::DeleteUser cmd{req.param("id"), *expected};
+    Command c;
+    c.name = "DeleteUser";
+    c.success_status = 204;
+    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
+    return api.run(req, std::move(c));
+  });
+}
+
+void register_audit(Api& api) {
+  Router& r = api.router();
+  r.add("GET", "/v1/events", Access::Admin(), [&api](HttpRequest& req) {
+    uint64_t after = 0;
+    if (auto it = req.query.find("after"); it != req.query.end() && !parse_u64(it->second, after)) {
+      return problem(invalid("after must be an event position", "invalid_query"));
+    }
+    auto pg = api.page(req);
+    if (!pg.ok()) return problem(pg.error());
+    if (!pg->after.empty() && !parse_u64(pg->after, after)) {
+      return problem(invalid("cursor is not one this server issued", "invalid_query"));
+    }
+    std::string stream = req.query.count("stream") ? req.query["stream"] : "";
+    std::string type = req.query.count("type") ? req.query["type"] : "";
+    Json items = Json::array();
+    uint64_t last_seen = after;
+    constexpr uint64_t kMaxScan = 100000;  // bounds the work of one request with filters
+    auto scanned = api.store().scan(after, kMaxScan, [&](const eventstore::RecordedEvent& e) {
+      last_seen = e.position;
+      if ((stream.empty() || e.stream == stream) && (type.empty() || e.type == type)) {
+        items.push_back(event_to_json(e));
+      }
+      return items.size() < pg->limit;
+    });
+    if (!scanned.ok()) return problem(scanned.error());
+    Json out{{"items", items}, {"next_cursor", nullptr}};
+    if (last_seen < api.store().last_position()) {
+      out["next_cursor"] = Api::encode_cursor(std::to_string(last_seen));
+    }
+    return HttpResponse::json(200, out);
+  });
+
+  r.add("GET", "/v1/streams/{stream}", Access::Admin(), [&api](HttpRequest& req) {
+    auto pg = api.page(req);
+    if (!pg.ok()) return problem(pg.error());
+    uint64_t after = 0;
+    if (!pg->after.empty() && !parse_u64(pg->after, after)) {
+      return problem(invalid("cursor is not one this server issued", "invalid_query"));
+    }
+    const std::string& stream = req.param("stream");
+    auto events = api.store().read_stream(stream, after, pg->limit + 1);
+    if (!events.ok()) return problem(events.error());
+    if (events->empty() && after == 0) return problem(not_found("stream " + stream + " not found"));
+    Json items = Json::array();
+    size_t n = std::min(events->size(), pg->limit);
+    for (size_t i = 0; i < n; ++i) items.push_back(event_to_json((*events)[i]));
+    Json out{{"stream", stream}, {"items", items}, {"next_cursor", nullptr}};
+    if (events->size() > n) {
+      out["next_cursor"] = Api::encode_cursor(std::to_string((*events)[n - 1].stream_version));
+    }
+    return HttpResponse::json(200, out);
+  });
+
+  // Server-Sent Events, long-poll style: sends what exists after Last-Event-ID (or ?after),
+  // waiting up to sse_wait for the first new event, then ends the response; EventSource
+  // clients reconnect by themselves (retry: 500) and resume from the last id they saw.
+  // This keeps every HTTP worker free of unbounded streams.
+  r.add("GET", "/v1/events/stream", Access::Admin(), [&api](HttpRequest& req) {
+    uint64_t after = 0;
+    std::optional<std::string> from = req.header("last-event-id");
+    if (!from && req.query.count("after")) from = req.query["after"];
+    if (from && !parse_u64(*from, after)) {
+      return problem(invalid("Last-Event-ID must be an event position", "invalid_header"));
+    }
+    if (!api.enter_stream()) {
+      return problem(Error::make(Code::unavailable, "too many open event streams",
+                                 "too_many_streams"));
+    }
+    std::string out = "retry: 500\n\n";
+    if (api.store().last_position() <= after) api.store().wait_for(after, api.config().sse_wait);
+    size_t n = 0;
+    auto scanned = api.store().scan(after, 1000, [&](const eventstore::RecordedEvent& e) {
+      out += "id: " + std::to_string(e.position) + "\nevent: " + e.type +
+             "\ndata: " + event_to_json(e).dump() + "\n\n";
+      ++n;
+      return true;
+    });
+    api.leave_stream();
+    if (!scanned.ok()) return problem(scanned.error());
+    if (n == 0) out += ": no new events\n\n";
+    HttpResponse resp;
+    resp.body = std::move(out);
+    resp.content_type = "text/event-stream";
+    resp.with_header("Cache-Control", "no-cache");
+    return resp;
+  });
+}
+
+}  // namespace
+
+void register_core_routes(Api& api, const std::string& openapi_text) {
+  register_health(api, openapi_text);
+  register_auth(api);
+  register_users(api);
+  register_audit(api);
+}
+
+}  // namespace atrium::api

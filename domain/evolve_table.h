@@ -1,0 +1,19 @@
+// Internal to domain/: each module registers the evolve handler of each event type it owns.
+#pragma once
+
+#include <string>
+#include <unordered_map>
+
+#include "domain/state.h"
+
+namespace atrium::domain {
+
+using EvolveFn = void (*)(State&, const Event&, const Applied&);
+using EvolveTable = std::unordered_map<std::string, EvolveFn>;
+
+void register_users(EvolveTable& t);
+Json users_to_json(const UsersState& s);
+void register_appcloud(EvolveTable& t);
+Json appcloud_to_json(const AppCloudState& s);
+
+}  // namespace atrium::domain

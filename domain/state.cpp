@@ -1,0 +1,50 @@
+#include "domain/state.h"
+
+#include "domain/evolve_table.h"
+
+namespace atrium::domain {
+
+namespace {
+const EvolveTable& table() {
+  static const EvolveTable t = [] {
+    EvolveTable t;
+    register_users(t);
+    register_appcloud(t);
+    return t;
+  }();
+  return t;
+}
+}  // namespace
+
+void evolve(State& s, const Event& e, const Applied& at) {
+  s.position = at.position;
+  s.stream_versions[e.stream] = at.stream_version;
+  auto it = table().find(e.type);
+  if (it != table().end()) it->second(s, e, at);
+}
+
+Status check_expected(const State& s, const std::string& stream,
+                      const std::optional<uint64_t>& expected) {
+  if (!expected) return Status::Ok();
+  uint64_t v = s.version_of(stream);
+  if (v != *expected) {
+    return Error::make(Code::version_mismatch,
+                       "If-Match expected version " + std::to_string(*expected) +
+                           " but the current version is " + std::to_string(v),
+                       "version_mismatch");
+  }
+  return Status::Ok();
+}
+
+Json state_to_json(const State& s) {
+  Json j;
+  j["position"] = s.position;
+  Json versions = Json::object();
+  for (const auto& [k, v] : s.stream_versions) versions[k] = v;
+  j["stream_versions"] = versions;
+  j["users"] = users_to_json(s.users);
+  j["appcloud"] = appcloud_to_json(s.appcloud);
+  return j;
+}
+
+}  // namespace atrium::domain

@@ -1,0 +1,260 @@
+#include "domain/users.h"
+
+#include <algorithm>
+
+#include "domain/evolve_table.h"
+#include "domain/state.h"
+
+namespace atrium::domain {
+
+// ---- queries ----------------------------------------------------------------------------
+const User* UsersState::find(const std::string& id) const {
+  auto it = by_id.find(id);
+  return it == by_id.end() ? nullptr : &it->second;
+}
+
+const User* UsersState::find_by_name(const std::string& name) const {
+  auto it = id_by_name.find(name);
+  return it == id_by_name.end() ? nullptr : find(it->second);
+}
+
+const User* UsersState::authenticate(const std::string& token_hash, int64_t now_ms) const {
+  auto it = tokens.find(token_hash);
+  if (it == tokens.end()) return nullptr;
+  const Token& t = it->second;
+  if (t.revoked || t.expires_at_ms <= now_ms) return nullptr;
+  const User* u = find(t.user_id);
+  if (u == nullptr || u->disabled) return nullptr;
+  return u;
+}
+
+std::string user_stream(const std::string& id) { return "user-" + id; }
+static std::string tokens_stream(const std::string& user_id) { return "tokens-" + user_id; }
+
+Status validate_name(const std::string& field, const std::string& name) {
+  if (name.empty() || name.size() > 128) {
+    return Error{Code::invalid_argument, field + " must be 1 to 128 characters", "invalid_name",
+                 {{field, "must be 1 to 128 characters"}}};
+  }
+  for (unsigned char c : name) {
+    if (c < 0x20 || c == 0x7f) {
+      return Error{Code::invalid_argument, field + " must not contain control characters",
+                   "invalid_name", {{field, "must not contain control characters"}}};
+    }
+  }
+  return Status::Ok();
+}
+
+Status validate_roles(const std::set<std::string>& roles) {
+  if (roles.empty()) {
+    return Error{Code::invalid_argument, "a user needs at least one role", "invalid_roles",
+                 {{"roles", "must not be empty"}}};
+  }
+  for (const auto& r : roles) {
+    if (r != kRoleAdmin && r != kRoleUser && r != kRoleAgent) {
+      return Error{Code::invalid_argument, "unknown role '" + r + "'", "invalid_roles",
+                   {{"roles", "each role is one of admin, user, agent"}}};
+    }
+  }
+  return Status::Ok();
+}
+
+Json user_to_json(const User& u) {
+  return Json{{"id", u.id},
+              {"name", u.name},
+              {"roles", u.roles},
+              {"disabled", u.disabled},
+              {"has_password", !u.password_hash.empty()},
+              {"created_at_ms", u.created_at_ms},
+              {"updated_at_ms", u.updated_at_ms},
+              {"version", u.version}};
+}
+
+// ---- decide -----------------------------------------------------------------------------
+Result<Events> decide(const State& s, const CreateUser& c, const Context&) {
+  if (auto st = validate_name("name", c.name); !st) return st.error();
+  if (auto st = validate_roles(c.roles); !st) return st.error();
+  if (c.id.empty()) return invalid("user id must not be empty");
+  if (s.users.find(c.id) != nullptr) {
+    return Error::make(Code::already_exists, "user " + c.id + " already exists",
+                       "user_exists");
+  }
+  if (s.users.find_by_name(c.name) != nullptr) {
+    return Error::make(Code::already_exists, "a user named '" + c.name + "' already exists",
+                       "user_name_taken");
+  }
+  return Events{{user_stream(c.id), "UserCreated", 1,
+                 Json{{"id", c.id},
+                      {"name", c.name},
+                      {"roles", c.roles},
+                      {"password_hash", c.password_hash}}}};
+}
+
+// Would this change leave the system without an enabled admin?
+static bool removes_last_admin(const State& s, const User& u, bool still_enabled_admin) {
+  bool is_enabled_admin = !u.disabled && u.has_role(kRoleAdmin);
+  return is_enabled_admin && !still_enabled_admin && s.users.enabled_admins <= 1;
+}
+
+Result<Events> decide(const State& s, const UpdateUser& c, const Context&) {
+  const User* u = s.users.find(c.id);
+  if (u == nullptr) return not_found("user " + c.id + " not found");
+  if (auto st = check_expected(s, user_stream(c.id), c.expected_version); !st) return st.error();
+  Events out;
+  Json changes = Json::object();
+  if (c.roles && *c.roles != u->roles) {
+    if (auto st = validate_roles(*c.roles); !st) return st.error();
+    changes["roles"] = *c.roles;
+  }
+  if (c.disabled && *c.disabled != u->disabled) changes["disabled"] = *c.disabled;
+  bool will_be_enabled = !changes.value("disabled", u->disabled);
+  bool will_be_admin = changes.contains("roles") ? c.roles->count(kRoleAdmin) > 0
+                                                 : u->has_role(kRoleAdmin);
+  if (removes_last_admin(s, *u, will_be_enabled && will_be_admin)) {
+    return refused("last_admin", "the last enabled admin cannot lose the admin role or be "
+                                 "disabled");
+  }
+  if (!changes.empty()) out.push_back({user_stream(c.id), "UserUpdated", 1, changes});
+  if (c.password_hash) {
+    out.push_back({user_stream(c.id), "UserPasswordChanged", 1,
+                   Json{{"password_hash", *c.password_hash}}});
+  }
+  return out;
+}
+
+Result<Events> decide(const State& s, const DeleteUser& c, const Context&) {
+  const User* u = s.users.find(c.id);
+  if (u == nullptr) return not_found("user " + c.id + " not found");
+  if (auto st = check_expected(s, user_stream(c.id), c.expected_version); !st) return st.error();
+  if (removes_last_admin(s, *u, false)) {
+    return refused("last_admin", "the last enabled admin cannot be deleted");
+  }
+  return Events{{user_stream(c.id), "UserDeleted", 1, Json{{"id", c.id}}}};
+}
+
+Result<Events> decide(const State& s, const IssueToken& c, const Context& ctx) {
+  const User* u = s.users.find(c.user_id);
+  if (u == nullptr) return not_found("user " + c.user_id + " not found");
+  if (u->disabled) return refused("user_disabled", "user " + c.user_id + " is disabled");
+  if (c.token_hash.size() != 64) return invalid("token hash must be 64 hex characters");
+  if (c.expires_at_ms <= ctx.now_ms) return invalid("token expiry must be in the future");
+  if (s.users.tokens.count(c.token_hash) != 0) {
+    return Error::make(Code::already_exists, "token already issued", "token_exists");
+  }
+  return Events{{tokens_stream(c.user_id), "TokenIssued", 1,
+                 Json{{"token_hash", c.token_hash},
+                      {"user_id", c.user_id},
+                      {"expires_at_ms", c.expires_at_ms}}}};
+}
+
+Result<Events> decide(const State& s, const RevokeToken& c, const Context&) {
+  auto it = s.users.tokens.find(c.token_hash);
+  if (it == s.users.tokens.end()) return not_found("token not found");
+  if (it->second.revoked) return Events{};
+  return Events{{tokens_stream(it->second.user_id), "TokenRevoked", 1,
+                 Json{{"token_hash", c.token_hash}}}};
+}
+
+// ---- evolve -----------------------------------------------------------------------------
+namespace {
+
+void recount_admins(UsersState& us) {
+  us.enabled_admins = static_cast<size_t>(std::count_if(
+      us.by_id.begin(), us.by_id.end(),
+      [](const auto& kv) { return !kv.second.disabled && kv.second.has_role(kRoleAdmin); }));
+}
+
+void on_created(State& s, const Event& e, const Applied& at) {
+  User u;
+  u.id = e.data.at("id").get<std::string>();
+  u.name = e.data.at("name").get<std::string>();
+  u.roles = e.data.at("roles").get<std::set<std::string>>();
+  u.password_hash = e.data.value("password_hash", "");
+  u.created_at_ms = at.recorded_at_ms;
+  u.updated_at_ms = at.recorded_at_ms;
+  u.version = at.stream_version;
+  if (!u.disabled && u.has_role(kRoleAdmin)) s.users.enabled_admins++;
+  s.users.id_by_name[u.name] = u.id;
+  s.users.by_id[u.id] = std::move(u);
+}
+
+User* user_of(State& s, const Event& e) {
+  auto id = e.stream.substr(5);  // "user-"
+  auto it = s.users.by_id.find(id);
+  return it == s.users.by_id.end() ? nullptr : &it->second;
+}
+
+void on_updated(State& s, const Event& e, const Applied& at) {
+  User* u = user_of(s, e);
+  if (u == nullptr) return;
+  if (e.data.contains("roles")) u->roles = e.data["roles"].get<std::set<std::string>>();
+  if (e.data.contains("disabled")) u->disabled = e.data["disabled"].get<bool>();
+  u->updated_at_ms = at.recorded_at_ms;
+  u->version = at.stream_version;
+  recount_admins(s.users);
+}
+
+void on_password(State& s, const Event& e, const Applied& at) {
+  User* u = user_of(s, e);
+  if (u == nullptr) return;
+  u->password_hash = e.data.at("password_hash").get<std::string>();
+  u->updated_at_ms = at.recorded_at_ms;
+  u->version = at.stream_version;
+  // A password change ends every session that proved the old password.
+  for (auto& [h, t] : s.users.tokens) {
+    if (t.user_id == u->id) t.revoked = true;
+  }
+}
+
+void on_deleted(State& s, const Event& e, const Applied&) {
+  User* u = user_of(s, e);
+  if (u == nullptr) return;
+  std::string id = u->id;
+  s.users.id_by_name.erase(u->name);
+  s.users.by_id.erase(id);
+  for (auto it = s.users.tokens.begin(); it != s.users.tokens.end();) {
+    it = it->second.user_id == id ? s.users.tokens.erase(it) : std::next(it);
+  }
+  recount_admins(s.users);
+}
+
+void on_token_issued(State& s, const Event& e, const Applied&) {
+  Token t;
+  t.hash = e.data.at("token_hash").get<std::string>();
+  t.user_id = e.data.at("user_id").get<std::string>();
+  t.expires_at_ms = e.data.at("expires_at_ms").get<int64_t>();
+  s.users.tokens[t.hash] = t;
+}
+
+void on_token_revoked(State& s, const Event& e, const Applied&) {
+  auto it = s.users.tokens.find(e.data.at("token_hash").get<std::string>());
+  if (it != s.users.tokens.end()) it->second.revoked = true;
+}
+
+}  // namespace
+
+void register_users(EvolveTable& t) {
+  t["UserCreated"] = on_created;
+  t["UserUpdated"] = on_updated;
+  t["UserPasswordChanged"] = on_password;
+  t["UserDeleted"] = on_deleted;
+  t["TokenIssued"] = on_token_issued;
+  t["TokenRevoked"] = on_token_revoked;
+}
+
+Json users_to_json(const UsersState& s) {
+  std::map<std::string, Json> users;
+  for (const auto& [id, u] : s.by_id) {
+    Json j = user_to_json(u);
+    j["password_hash"] = u.password_hash;
+    users[id] = j;
+  }
+  std::map<std::string, Json> tokens;
+  for (const auto& [h, t] : s.tokens) {
+    tokens[h] = Json{{"user_id", t.user_id}, {"expires_at_ms", t.expires_at_ms},
+                     {"revoked", t.revoked}};
+  }
+  return Json{{"users", users}, {"tokens", tokens}, {"enabled_admins", s.enabled_admins}};
+}
+
+}  // namespace atrium::domain

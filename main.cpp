@@ -1,0 +1,204 @@
+// atriumd: the only composition root. Parses configuration (flags, then ATRIUM_* environment
+// fallbacks, then defaults), builds the daemon, and waits for SIGTERM/SIGINT.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "api/daemon.h"
+#include "eventstore/event_store.h"
+
+namespace {
+
+struct Flag {
+  const char* name;
+  const char* env;
+  const char* help;
+};
+
+const std::vector<Flag> kFlags = {
+    {"listen", "ATRIUM_LISTEN", "host:port to listen on (default 127.0.0.1:8080)"},
+    {"data-dir", "ATRIUM_DATA_DIR", "data directory (default ./data)"},
+    {"threads", "ATRIUM_THREADS", "HTTP worker threads (default 16)"},
+    {"max-body-bytes", "ATRIUM_MAX_BODY_BYTES", "request body limit (default 1048576)"},
+    {"token-ttl-s", "ATRIUM_TOKEN_TTL_S", "login token lifetime in seconds (default 43200)"},
+    {"tls-cert", "ATRIUM_TLS_CERT", "PEM certificate; enables TLS with --tls-key"},
+    {"tls-key", "ATRIUM_TLS_KEY", "PEM private key"},
+    {"bootstrap-token-file", "ATRIUM_BOOTSTRAP_TOKEN_FILE",
+     "file holding the first admin token (ATRIUM_BOOTSTRAP_TOKEN also works)"},
+    {"access-log", "ATRIUM_ACCESS_LOG", "on|off (default on, to stderr)"},
+    {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
+};
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: atriumd [serve] [--flag=value ...]\n"
+               "       atriumd verify [--data-dir=DIR]   walk the log and its hash chain\n\n");
+  for (const auto& f : kFlags) std::fprintf(stderr, "  --%-22s %s [%s]\n", f.name, f.help, f.env);
+}
+
+std::optional<std::string> setting(const std::map<std::string, std::string>& flags,
+                                   const Flag& f) {
+  if (auto it = flags.find(f.name); it != flags.end()) return it->second;
+  if (const char* v = std::getenv(f.env)) return std::string(v);
+  return std::nullopt;
+}
+
+bool to_int(const std::string& s, long long& out) {
+  char* end = nullptr;
+  errno = 0;
+  out = std::strtoll(s.c_str(), &end, 10);
+  return errno == 0 && end != s.c_str() && *end == '\0';
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string command = "serve";
+  std::map<std::string, std::string> flags;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      usage();
+      return 0;
+    }
+    if (a.rfind("--", 0) == 0) {
+      std::string kv = a.substr(2);
+      auto eq = kv.find('=');
+      std::string k = kv.substr(0, eq), v;
+      if (eq != std::string::npos) {
+        v = kv.substr(eq + 1);
+      } else if (i + 1 < argc) {
+        v = argv[++i];
+      }
+      bool known = false;
+      for (const auto& f : kFlags) known = known || k == f.name;
+      if (!known) {
+        std::fprintf(stderr, "atriumd: unknown flag --%s\n", k.c_str());
+        usage();
+        return 2;
+      }
+      flags[k] = v;
+    } else if (i == 1) {
+      command = a;
+    } else {
+      usage();
+      return 2;
+    }
+  }
+  auto get = [&](const char* name) {
+    for (const auto& f : kFlags) {
+      if (std::string(f.name) == name) return setting(flags, f);
+    }
+    return std::optional<std::string>();
+  };
+
+  atrium::api::DaemonConfig cfg;
+  if (auto v = get("data-dir")) cfg.data_dir = *v;
+
+  if (command == "verify") {
+    auto store = atrium::eventstore::open_rocksdb(cfg.data_dir + "/events",
+                                                  {true, false, 8u << 20});
+    if (!store.ok()) {
+      std::fprintf(stderr, "atriumd verify: cannot open %s: %s\n", cfg.data_dir.c_str(),
+                   store.error().message.c_str());
+      return 1;
+    }
+    auto rep = (*store)->verify();
+    if (!rep.ok()) {
+      std::fprintf(stderr, "atriumd verify: %s\n", rep.error().message.c_str());
+      return 1;
+    }
+    if (rep->ok) {
+      std::printf("ok: %llu events, hash chain intact\n",
+                  static_cast<unsigned long long>(rep->events_checked));
+      return 0;
+    }
+    std::printf("BROKEN at position %llu: %s (%llu events checked)\n",
+                static_cast<unsigned long long>(rep->first_bad_position), rep->problem.c_str(),
+                static_cast<unsigned long long>(rep->events_checked));
+    return 1;
+  }
+  if (command != "serve") {
+    usage();
+    return 2;
+  }
+
+  if (auto v = get("listen")) {
+    auto colon = v->rfind(':');
+    long long port = 0;
+    if (colon == std::string::npos || !to_int(v->substr(colon + 1), port) || port < 0 ||
+        port > 65535) {
+      std::fprintf(stderr, "atriumd: --listen must be host:port, got '%s'\n", v->c_str());
+      return 2;
+    }
+    cfg.api.host = v->substr(0, colon);
+    cfg.api.port = static_cast<uint16_t>(port);
+  }
+  long long n = 0;
+  if (auto v = get("threads")) {
+    if (!to_int(*v, n) || n < 1 || n > 512) return std::fprintf(stderr, "atriumd: bad --threads\n"), 2;
+    cfg.api.threads = static_cast<int>(n);
+  }
+  if (auto v = get("max-body-bytes")) {
+    if (!to_int(*v, n) || n < 1024) return std::fprintf(stderr, "atriumd: bad --max-body-bytes\n"), 2;
+    cfg.api.max_body_bytes = static_cast<size_t>(n);
+  }
+  if (auto v = get("token-ttl-s")) {
+    if (!to_int(*v, n) || n < 60) return std::fprintf(stderr, "atriumd: bad --token-ttl-s\n"), 2;
+    cfg.api.token_ttl_ms = n * 1000;
+  }
+  if (auto v = get("queue-capacity")) {
+    if (!to_int(*v, n) || n < 1) return std::fprintf(stderr, "atriumd: bad --queue-capacity\n"), 2;
+    cfg.pipeline.queue_capacity = static_cast<size_t>(n);
+  }
+  if (auto v = get("tls-cert")) cfg.api.tls_cert = *v;
+  if (auto v = get("tls-key")) cfg.api.tls_key = *v;
+  if (cfg.api.tls_cert.empty() != cfg.api.tls_key.empty()) {
+    std::fprintf(stderr, "atriumd: --tls-cert and --tls-key go together\n");
+    return 2;
+  }
+  if (auto v = get("access-log")) cfg.api.access_log = *v != "off";
+  if (const char* t = std::getenv("ATRIUM_BOOTSTRAP_TOKEN"); t && *t) cfg.bootstrap_token = t;
+  if (auto v = get("bootstrap-token-file")) {
+    std::ifstream in(*v);
+    std::string tok;
+    if (!in || !std::getline(in, tok) || tok.empty()) {
+      std::fprintf(stderr, "atriumd: cannot read a token from %s\n", v->c_str());
+      return 2;
+    }
+    cfg.bootstrap_token = tok;
+  }
+  if (cfg.bootstrap_token && cfg.bootstrap_token->size() < 16) {
+    std::fprintf(stderr, "atriumd: the bootstrap token must be at least 16 characters\n");
+    return 2;
+  }
+
+  // Signals are taken synchronously by this thread; every thread started later inherits
+  // the blocked mask.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto daemon = atrium::api::Daemon::start(cfg);
+  if (!daemon.ok()) {
+    std::fprintf(stderr, "atriumd: cannot start: %s\n", daemon.error().message.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "atriumd: listening on %s:%u%s, data in %s\n", cfg.api.host.c_str(),
+               (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", cfg.data_dir.c_str());
+  int sig = 0;
+  sigwait(&set, &sig);
+  std::fprintf(stderr, "atriumd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*daemon)->stop();
+  daemon->reset();
+  std::fprintf(stderr, "atriumd: stopped cleanly\n");
+  return 0;
+}

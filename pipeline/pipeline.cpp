@@ -1,0 +1,295 @@
+#include "pipeline/pipeline.h"
+
+#include <unordered_map>
+
+namespace atrium::pipeline {
+
+using domain::Json;
+
+int64_t system_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Pipeline::Pipeline(eventstore::EventStore& store, projections::Views& views, Metrics& metrics,
+                   Clock clock, PipelineOptions opts)
+    : store_(store), views_(views), metrics_(metrics), clock_(std::move(clock)), opts_(opts) {}
+
+Pipeline::~Pipeline() { stop(); }
+
+Status Pipeline::rebuild() {
+  domain::State fresh;
+  auto r = projections::replay(store_, fresh);
+  if (!r.ok()) return r.error();
+  state_ = fresh;
+  views_.reset(std::move(fresh));
+  metrics_.last_position->Set(static_cast<double>(state_.position));
+  metrics_.projection_lag->Set(0);
+  return Status::Ok();
+}
+
+Status Pipeline::start() {
+  if (auto st = rebuild(); !st) return st;
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = false;
+  }
+  writer_ = std::thread([this] { run(); });
+  ready_ = true;
+  return Status::Ok();
+}
+
+std::future<Result<Outcome>> Pipeline::submit(Command cmd) {
+  Pending p{std::move(cmd), {}};
+  auto fut = p.promise.get_future();
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ || !writer_.joinable()) {
+      p.promise.set_value(Error::make(Code::unavailable, "the broker is shutting down",
+                                      "shutting_down"));
+      return fut;
+    }
+    if (queue_.size() >= opts_.queue_capacity) {
+      p.promise.set_value(Error::make(Code::unavailable,
+                                      "the command queue is full; retry shortly", "queue_full"));
+      return fut;
+    }
+    queue_.push_back(std::move(p));
+    metrics_.queue_depth->Set(static_cast<double>(queue_.size()));
+  }
+  cv_.notify_one();
+  return fut;
+}
+
+Result<Outcome> Pipeline::execute(Command cmd, std::chrono::milliseconds timeout) {
+  auto fut = submit(std::move(cmd));
+  if (fut.wait_for(timeout) != std::future_status::ready) {
+    return Error::make(Code::unavailable, "the command was not answered in time",
+                       "timeout");
+  }
+  return fut.get();
+}
+
+size_t Pipeline::queue_depth() const {
+  std::lock_guard lock(mu_);
+  return queue_.size();
+}
+
+void Pipeline::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  ready_ = false;
+}
+
+void Pipeline::run() {
+  std::vector<Pending> batch;
+  for (;;) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty() && stopping_) return;
+      size_t n = std::min(queue_.size(), opts_.max_batch);
+      batch.clear();
+      batch.reserve(n);
+      for (size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      metrics_.queue_depth->Set(static_cast<double>(queue_.size()));
+    }
+    process(batch);
+  }
+}
+
+namespace {
+
+std::string idem_storage_key(const CommandMeta& m) { return m.actor + "\n" + m.idempotency_key; }
+
+Json idem_record(const CommandMeta& m, const Outcome& o) {
+  return Json{{"fingerprint", m.fingerprint},
+              {"status", o.status},
+              {"body", o.body},
+              {"first_position", o.first_position},
+              {"last_position", o.last_position}};
+}
+
+Result<Outcome> from_idem_record(const CommandMeta& m, const std::string& raw) {
+  Json j = Json::parse(raw, nullptr, false);
+  if (j.is_discarded()) return Error::make(Code::internal, "unreadable idempotency record");
+  if (j.value("fingerprint", "") != m.fingerprint) {
+    return Error::make(Code::unprocessable,
+                       "Idempotency-Key '" + m.idempotency_key +
+                           "' was already used with a different request",
+                       "idempotency_key_reused");
+  }
+  Outcome o;
+  o.status = j.value("status", 200);
+  o.body = j.value("body", Json());
+  o.first_position = j.value("first_position", uint64_t{0});
+  o.last_position = j.value("last_position", uint64_t{0});
+  o.replayed = true;
+  return o;
+}
+
+}  // namespace
+
+void Pipeline::recover() {
+  auto st = rebuild();
+  broken_ = !st.ok();
+  ready_ = st.ok();
+}
+
+void Pipeline::process(std::vector<Pending>& batch) {
+  if (broken_) recover();
+  if (broken_) {
+    for (auto& p : batch) {
+      p.promise.set_value(Error::make(Code::unavailable,
+                                      "the broker cannot read its log; retry later",
+                                      "store_unavailable"));
+    }
+    return;
+  }
+  const int64_t now = clock_();
+  std::vector<std::optional<Result<Outcome>>> results(batch.size());
+  std::vector<bool> wrote(batch.size(), false);
+  eventstore::AppendRequest req;
+  std::vector<projections::AppliedEvent> applied;
+  std::unordered_map<std::string, std::string> pending_idem;  // within this batch
+  std::unordered_map<std::string, uint64_t> batch_versions;   // stream -> version so far
+  uint64_t next_position = store_.last_position() + 1;
+  bool state_dirty = false;
+
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const Command& cmd = batch[i].cmd;
+    const CommandMeta& meta = cmd.meta;
+    std::string idem_key;
+    if (!meta.idempotency_key.empty()) {
+      idem_key = idem_storage_key(meta);
+      if (auto it = pending_idem.find(idem_key); it != pending_idem.end()) {
+        results[i] = from_idem_record(meta, it->second);
+        continue;
+      }
+      auto stored = store_.get_idempotency(idem_key);
+      if (!stored.ok()) {
+        results[i] = stored.error();
+        continue;
+      }
+      if (stored->has_value()) {
+        results[i] = from_idem_record(meta, **stored);
+        continue;
+      }
+    }
+
+    domain::Context ctx{now, meta.actor};
+    Result<domain::Events> decided = Error::make(Code::internal, "not decided");
+    try {
+      decided = cmd.decide(state_, ctx);
+    } catch (const std::exception& ex) {
+      decided = Error::make(Code::internal, std::string("decider failed: ") + ex.what());
+    }
+    if (!decided.ok()) {
+      results[i] = decided.error();
+      continue;
+    }
+
+    Outcome out;
+    out.status = cmd.success_status;
+    try {
+      for (auto& ev : *decided) {
+        uint64_t before = batch_versions.count(ev.stream) ? batch_versions[ev.stream]
+                                                          : state_.version_of(ev.stream);
+        uint64_t version = before + 1;
+        batch_versions[ev.stream] = version;
+        domain::Applied at{next_position, version, now};
+        state_dirty = true;
+        domain::evolve(state_, ev, at);
+        if (out.first_position == 0) out.first_position = next_position;
+        out.last_position = next_position;
+        ++next_position;
+
+        eventstore::NewEvent ne;
+        ne.type = ev.type;
+        ne.schema_version = ev.schema;
+        ne.data = ev.data.dump();
+        ne.actor = meta.actor;
+        ne.correlation_id = meta.correlation_id;
+        ne.causation_id = meta.causation_id;
+        ne.idempotency_key = meta.idempotency_key;
+        ne.recorded_at_ms = now;
+        if (!req.writes.empty() && req.writes.back().stream == ev.stream) {
+          req.writes.back().events.push_back(std::move(ne));
+        } else {
+          eventstore::StreamWrite w;
+          w.stream = ev.stream;
+          w.expected = before == 0 ? eventstore::ExpectedVersion::NoStream()
+                                   : eventstore::ExpectedVersion::Exact(before);
+          w.events.push_back(std::move(ne));
+          req.writes.push_back(std::move(w));
+        }
+        applied.push_back({std::move(ev), at});
+      }
+      if (cmd.render) out.body = cmd.render(state_);
+    } catch (const std::exception& ex) {
+      // The writer state may hold part of this command: refuse the whole batch (nothing was
+      // written) and rebuild the state from the log.
+      results[i] = Error::make(Code::internal, std::string("applying events failed: ") + ex.what());
+      for (size_t k = 0; k < batch.size(); ++k) {
+        if (k != i) results[k] = Error::make(Code::unavailable, "batch aborted; retry", "aborted");
+      }
+      recover();
+      for (size_t k = 0; k < batch.size(); ++k) batch[k].promise.set_value(std::move(*results[k]));
+      return;
+    }
+    if (!idem_key.empty()) {
+      std::string rec = idem_record(meta, out).dump();
+      pending_idem[idem_key] = rec;
+      req.idempotency.push_back({idem_key, rec});
+    }
+    wrote[i] = true;
+    results[i] = std::move(out);
+  }
+
+  metrics_.append_batch_commands->Observe(static_cast<double>(batch.size()));
+  if (!req.writes.empty() || !req.idempotency.empty()) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto appended = store_.append(req);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    metrics_.synced_write_seconds->Observe(secs);
+    bool consistent = appended.ok() && (applied.empty() ||
+                                        appended->first_position == applied.front().at.position);
+    if (!consistent) {
+      metrics_.append_failures->Increment();
+      Error err = appended.ok()
+                      ? Error::make(Code::internal, "log positions diverged from the writer")
+                      : appended.error();
+      if (err.code != Code::conflict) err.code = Code::unavailable;
+      if (err.reason.empty()) err.reason = "store_unavailable";
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (wrote[i]) results[i] = err;
+      }
+      if (state_dirty) recover();
+    } else {
+      metrics_.events_appended->Increment(static_cast<double>(applied.size()));
+      metrics_.append_batch_events->Observe(static_cast<double>(applied.size()));
+      metrics_.projection_lag->Set(static_cast<double>(applied.size()));
+      views_.apply(applied);
+      metrics_.projection_lag->Set(0);
+      metrics_.last_position->Set(static_cast<double>(store_.last_position()));
+    }
+  }
+
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const auto& r = *results[i];
+    metrics_.commands
+        ->Add({{"command", batch[i].cmd.name}, {"result", r.ok() ? "ok" : code_name(r.error().code)}})
+        .Increment();
+    batch[i].promise.set_value(std::move(*results[i]));
+  }
+}
+
+}  // namespace atrium::pipeline

@@ -1,0 +1,113 @@
+// The one command pipeline. Commands from any thread go into a bounded queue; one writer
+// thread takes every waiting command (group commit), decides each against the current
+// state with the pure domain decider, appends the whole batch in one synced write, applies
+// it to the read views, and only then completes each caller. A success means "on disk".
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "domain/state.h"
+#include "eventstore/event_store.h"
+#include "pipeline/metrics.h"
+#include "projections/views.h"
+
+namespace atrium::pipeline {
+
+using Clock = std::function<int64_t()>;  // milliseconds since the epoch
+int64_t system_now_ms();
+
+struct CommandMeta {
+  std::string actor;           // who acts; recorded on every event
+  std::string correlation_id;  // the request id
+  std::string causation_id;
+  // Optional. Scoped by actor. The same key with the same fingerprint returns the first
+  // outcome; with another fingerprint the command is refused (unprocessable).
+  std::string idempotency_key;
+  std::string fingerprint;  // e.g. a hash of method, path and body
+};
+
+struct Command {
+  std::string name;  // for metrics and logs, e.g. "CreateUser"
+  std::function<Result<domain::Events>(const domain::State&, const domain::Context&)> decide;
+  // Builds the reply from the state right after this command's events (optional).
+  std::function<domain::Json(const domain::State&)> render;
+  int success_status = 200;
+  CommandMeta meta;
+};
+
+struct Outcome {
+  int status = 200;
+  domain::Json body;
+  uint64_t first_position = 0;  // 0 when the command appended nothing
+  uint64_t last_position = 0;
+  bool replayed = false;  // answered from an earlier idempotent request
+};
+
+struct PipelineOptions {
+  size_t queue_capacity = 10000;
+  size_t max_batch = 1000;
+};
+
+class Pipeline {
+ public:
+  Pipeline(eventstore::EventStore& store, projections::Views& views, Metrics& metrics,
+           Clock clock = system_now_ms, PipelineOptions opts = {});
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // Rebuilds the writer state and the views from the log, then starts the writer thread.
+  Status start();
+
+  // Queues a command. The future completes after the batch holding it is durable (or
+  // refused). Fails at once with unavailable when the queue is full or stopping.
+  std::future<Result<Outcome>> submit(Command cmd);
+
+  // submit() and wait. unavailable if no answer within `timeout` (the command may still
+  // commit later; idempotency keys make a retry safe).
+  Result<Outcome> execute(Command cmd,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+  // Stops taking commands, finishes every queued one, stops the writer.
+  void stop();
+
+  bool ready() const { return ready_.load(); }
+  size_t queue_depth() const;
+  uint64_t last_position() const { return store_.last_position(); }
+
+ private:
+  struct Pending {
+    Command cmd;
+    std::promise<Result<Outcome>> promise;
+  };
+  void run();
+  void process(std::vector<Pending>& batch);
+  Status rebuild();
+  void recover();  // rebuild after a failed batch; marks the pipeline broken if it can't
+
+  eventstore::EventStore& store_;
+  projections::Views& views_;
+  Metrics& metrics_;
+  Clock clock_;
+  PipelineOptions opts_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;
+  bool stopping_ = false;
+  std::atomic<bool> ready_{false};
+  bool broken_ = false;  // writer thread only
+  std::thread writer_;
+
+  domain::State state_;  // writer-private decision state
+};
+
+}  // namespace atrium::pipeline
