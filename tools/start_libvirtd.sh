@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Starts a local libvirtd with the QEMU driver so that qemu:///system works, for the optional
+# end-to-end test tests/adapters/libvirt_qemu_e2e_test.cpp (and CI).
+#
+# Idempotent: installs only missing packages, creates the qemu user and groups only if
+# missing, and starts virtlogd/libvirtd only if they are not already running.
+# Needs root. Exits 0 when `virsh -c qemu:///system version` answers, non-zero otherwise
+# (the e2e test then skips itself with a message; nothing else depends on this script).
+set -euo pipefail
+
+log() { echo "start_libvirtd: $*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  log "must run as root"
+  exit 1
+fi
+
+packages=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients)
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]} > 0)); then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian QEMU driver runs guests as libvirt-qemu; the packages that normally create the
+# account (libvirt-daemon-system) are not installed here.
+getent group kvm >/dev/null || groupadd --system kvm
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+if ! id libvirt-qemu >/dev/null 2>&1; then
+  useradd --system --gid kvm --groups libvirt-qemu --home-dir /var/lib/libvirt \
+    --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+fi
+if [[ -e /dev/kvm ]]; then
+  chgrp kvm /dev/kvm 2>/dev/null || true
+  chmod 0660 /dev/kvm 2>/dev/null || true
+fi
+
+mkdir -p /run/libvirt /var/lib/libvirt/qemu /var/cache/libvirt/qemu /var/log/libvirt/qemu
+
+is_running() { pgrep -x "$1" >/dev/null 2>&1; }
+
+if ! is_running virtlogd; then
+  log "starting virtlogd"
+  virtlogd -d
+fi
+if ! is_running libvirtd; then
+  log "starting libvirtd"
+  libvirtd -d
+fi
+
+# Wait (bounded) for the daemon to answer.
+for _ in $(seq 1 60); do
+  if virsh -c qemu:///system version >/dev/null 2>&1; then
+    log "qemu:///system is up"
+    exit 0
+  fi
+  sleep 0.5
+done
+log "libvirtd did not answer on qemu:///system within 30 s"
+exit 1
