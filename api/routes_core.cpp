@@ -23,6 +23,8 @@ bool parse_u64(const std::string& s, uint64_t& out) {
 Json event_to_json(const eventstore::RecordedEvent& e) {
   Json data = Json::parse(e.data, nullptr, false);
   if (data.is_discarded()) data = e.data;
+  // Secrets never leave the broker, even for auditors: password hashes are redacted.
+  if (data.is_object() && data.contains("password_hash")) data["password_hash"] = "[redacted]";
   Json j{{"position", e.position},
          {"stream", e.stream},
          {"stream_version", e.stream_version},

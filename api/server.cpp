@@ -16,6 +16,24 @@ std::string lower(std::string s) {
   return s;
 }
 
+// A header with a name chosen at run time. Pistache 0.0.5 writes only typed headers of a
+// response (raw ones are dropped), so every header we send goes through this class.
+class DynamicHeader : public Http::Header::Header {
+ public:
+  DynamicHeader(std::string name, std::string value)
+      : name_(std::move(name)), value_(std::move(value)) {}
+  const char* name() const override { return name_.c_str(); }
+  void parse(const std::string& data) override { value_ = data; }
+  void write(std::ostream& os) const override { os << value_; }
+#ifdef SAFE_HEADER_CAST
+  uint64_t hash() const override { return 0; }
+#endif
+
+ private:
+  std::string name_;
+  std::string value_;
+};
+
 class PistacheHandler : public Http::Handler {
  public:
   HTTP_PROTOTYPE(PistacheHandler)
@@ -47,7 +65,7 @@ class PistacheHandler : public Http::Handler {
                                  : problem(invalid("the query string is not valid percent-encoding",
                                                    "invalid_query"));
     for (const auto& [name, value] : resp.headers) {
-      writer.headers().addRaw(Http::Header::Raw(name, value));
+      writer.headers().add(std::make_shared<DynamicHeader>(name, value));
     }
     auto code = static_cast<Http::Code>(resp.status);
     if (resp.content_type.empty()) {

@@ -19,3 +19,175 @@ TempDir::~TempDir() {
 }
 
 }  // namespace atrium::testing
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "api/daemon.h"
+
+namespace atrium::testing {
+
+namespace {
+
+int connect_loopback(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool send_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads until EOF, or until a complete response (by Content-Length) has arrived.
+std::string read_response(int fd, int timeout_ms) {
+  std::string buf;
+  char tmp[65536];
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, timeout_ms) <= 0) break;
+    ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
+    if (n <= 0) break;
+    buf.append(tmp, static_cast<size_t>(n));
+    auto hend = buf.find("\r\n\r\n");
+    if (hend != std::string::npos) {
+      std::string head = buf.substr(0, hend);
+      for (auto& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      auto cl = head.find("content-length:");
+      if (cl != std::string::npos) {
+        size_t len = std::strtoul(head.c_str() + cl + 15, nullptr, 10);
+        if (buf.size() >= hend + 4 + len) break;
+      }
+    }
+  }
+  return buf;
+}
+
+HttpReply parse_reply(const std::string& raw) {
+  HttpReply r;
+  auto hend = raw.find("\r\n\r\n");
+  if (raw.rfind("HTTP/1.", 0) != 0 || hend == std::string::npos) return r;
+  r.status = std::atoi(raw.c_str() + 9);
+  size_t pos = raw.find("\r\n") + 2;
+  while (pos < hend) {
+    size_t eol = raw.find("\r\n", pos);
+    std::string line = raw.substr(pos, eol - pos);
+    auto colon = line.find(':');
+    if (colon != std::string::npos) {
+      std::string k = line.substr(0, colon);
+      for (auto& c : k) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      std::string v = line.substr(colon + 1);
+      while (!v.empty() && v.front() == ' ') v.erase(0, 1);
+      r.headers[k] = v;
+    }
+    pos = eol + 2;
+  }
+  r.body = raw.substr(hend + 4);
+  return r;
+}
+
+}  // namespace
+
+HttpReply http(uint16_t port, const std::string& method, const std::string& path,
+               const std::string& body,
+               const std::vector<std::pair<std::string, std::string>>& headers, int timeout_ms) {
+  int fd = connect_loopback(port);
+  if (fd < 0) return {};
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+  bool has_ct = false;
+  for (const auto& [k, v] : headers) {
+    req += k + ": " + v + "\r\n";
+    if (strcasecmp(k.c_str(), "content-type") == 0) has_ct = true;
+  }
+  if (!body.empty() && !has_ct) req += "Content-Type: application/json\r\n";
+  req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  HttpReply r;
+  if (send_all(fd, req)) r = parse_reply(read_response(fd, timeout_ms));
+  ::close(fd);
+  return r;
+}
+
+std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms) {
+  int fd = connect_loopback(port);
+  if (fd < 0) return {};
+  std::string out;
+  if (send_all(fd, bytes)) out = read_response(fd, timeout_ms);
+  ::close(fd);
+  return out;
+}
+
+TestBroker::TestBroker(const std::string& data_dir) {
+  if (data_dir.empty()) {
+    own_dir_ = std::make_unique<TempDir>();
+    dir_ = own_dir_->str();
+  } else {
+    dir_ = data_dir;
+  }
+  start();
+}
+
+TestBroker::~TestBroker() { daemon_.reset(); }
+
+void TestBroker::start() {
+  api::DaemonConfig cfg;
+  cfg.data_dir = dir_;
+  cfg.api.port = 0;
+  cfg.api.threads = 8;
+  cfg.api.access_log = false;
+  cfg.api.sse_wait = std::chrono::milliseconds(1500);
+  cfg.bootstrap_token = kAdminToken;
+  auto offset = clock_offset_;
+  auto d = api::Daemon::start(cfg, [offset] { return pipeline::system_now_ms() + offset->load(); });
+  if (!d.ok()) throw std::runtime_error("broker did not start: " + d.error().message);
+  daemon_ = std::move(*d);
+}
+
+void TestBroker::restart() {
+  daemon_.reset();
+  start();
+}
+
+uint16_t TestBroker::port() const { return daemon_->port(); }
+
+HttpReply TestBroker::call(const std::string& method, const std::string& path,
+                           const nlohmann::json& body, const std::string& token,
+                           std::vector<std::pair<std::string, std::string>> headers) {
+  if (!token.empty()) headers.emplace_back("Authorization", "Bearer " + token);
+  return http(port(), method, path, body.is_null() ? "" : body.dump(), headers);
+}
+
+std::pair<std::string, std::string> TestBroker::user(const std::string& name,
+                                                     const std::vector<std::string>& roles) {
+  auto r = call("POST", "/v1/users",
+                {{"name", name}, {"password", "password-" + name}, {"roles", roles}});
+  if (r.status != 201) throw std::runtime_error("user create failed: " + r.body);
+  auto login = call("POST", "/v1/auth/login", {{"name", name}, {"password", "password-" + name}}, "");
+  if (login.status != 200) throw std::runtime_error("login failed: " + login.body);
+  return {r.json()["id"].get<std::string>(), login.json()["token"].get<std::string>()};
+}
+
+int run_command(const std::string& cmd) {
+  int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+}  // namespace atrium::testing

@@ -22,3 +22,71 @@ class TempDir {
 };
 
 }  // namespace atrium::testing
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+namespace atrium::api {
+class Daemon;
+}
+
+namespace atrium::testing {
+
+struct HttpReply {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;
+  nlohmann::json json() const { return nlohmann::json::parse(body, nullptr, false); }
+  std::string header(const std::string& lower) const {
+    auto it = headers.find(lower);
+    return it == headers.end() ? "" : it->second;
+  }
+};
+
+// A minimal HTTP/1.1 client over a fresh loopback connection per request.
+// status 0 means the connection failed or the reply could not be parsed.
+HttpReply http(uint16_t port, const std::string& method, const std::string& path,
+               const std::string& body = "",
+               const std::vector<std::pair<std::string, std::string>>& headers = {},
+               int timeout_ms = 30000);
+
+// Sends raw bytes and returns whatever the server answered (for malformed-request tests).
+std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms = 10000);
+
+// The real broker (store, pipeline, API, Pistache) in this process on 127.0.0.1:<any port>,
+// with a known admin token.
+class TestBroker {
+ public:
+  static constexpr const char* kAdminToken = "atr_test_admin_token_0123456789abcdef";
+  explicit TestBroker(const std::string& data_dir = "");
+  ~TestBroker();
+
+  uint16_t port() const;
+  api::Daemon& daemon() { return *daemon_; }
+  const std::string& data_dir() const { return dir_; }
+  void restart();  // stop and start again on the same data dir
+  // Moves the broker's clock (tokens expire, load reports go stale).
+  void advance_clock_ms(int64_t ms) { *clock_offset_ += ms; }
+
+  HttpReply call(const std::string& method, const std::string& path,
+                 const nlohmann::json& body = nullptr, const std::string& token = kAdminToken,
+                 std::vector<std::pair<std::string, std::string>> headers = {});
+  // Creates a user with a password and returns {id, token}.
+  std::pair<std::string, std::string> user(const std::string& name,
+                                           const std::vector<std::string>& roles = {"user"});
+
+ private:
+  void start();
+  std::unique_ptr<TempDir> own_dir_;
+  std::string dir_;
+  std::unique_ptr<api::Daemon> daemon_;
+  std::shared_ptr<std::atomic<int64_t>> clock_offset_ = std::make_shared<std::atomic<int64_t>>(0);
+};
+
+// Runs a program and returns its exit code (stdout/stderr to the given file if set).
+int run_command(const std::string& cmd);
+
+}  // namespace atrium::testing

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Atrium builds and tests with. Idempotent; needs root (or sudo).
+set -euo pipefail
+pkgs=(build-essential cmake ninja-build pkg-config
+      libpistache-dev librocksdb-dev nlohmann-json3-dev libvirt-dev prometheus-cpp-dev
+      doctest-dev libsodium-dev libssl-dev
+      libvirt-daemon libvirt-clients wrk nginx-light nodejs npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
