@@ -15,6 +15,10 @@
 
 #include "common/result.h"
 
+namespace rocksdb {
+class Env;
+}  // namespace rocksdb
+
 namespace atrium::eventstore {
 
 // Expected version of a stream for optimistic concurrency (EventStoreDB style).
@@ -107,7 +111,8 @@ class EventStore {
   virtual Result<uint64_t> scan(uint64_t after, uint64_t max_events,
                                 const EventVisitor& visit) const = 0;
 
-  // Events of one stream with version > after_version, in order, at most `limit`.
+  // Events of one stream with version > after_version, in order, at most `limit`
+  // (0 = no limit, as for scan).
   virtual Result<std::vector<RecordedEvent>> read_stream(std::string_view stream,
                                                          uint64_t after_version,
                                                          size_t limit) const = 0;
@@ -138,6 +143,9 @@ struct RocksOptions {
   bool sync = true;            // false only for benchmarks that say so
   bool create_if_missing = true;
   size_t block_cache_bytes = 64u << 20;
+  // Optional RocksDB environment (not owned; must outlive the store). Null = the default.
+  // Lets tests inject storage faults through a rocksdb::FileSystemWrapper.
+  rocksdb::Env* env = nullptr;
 };
 
 // Opens (or creates) a RocksDB-backed store at `dir`. Fails loudly (unavailable/internal

@@ -1,0 +1,58 @@
+// Internals shared by the event store implementations (not part of the public API):
+// the canonical/stored event encoding and the append validation rules.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+#include "eventstore/event_store.h"
+
+namespace atrium::eventstore::detail {
+
+// Canonical bytes format tag (first byte); bump if the encoding ever changes.
+inline constexpr uint8_t kCanonicalFormat = 1;
+
+inline void put_be64(char* out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<char>(v & 0xffu);
+    v >>= 8;
+  }
+}
+
+inline uint64_t get_be64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<uint8_t>(p[i]);
+  return v;
+}
+
+// An 8-byte big-endian key, so that byte order equals numeric order.
+struct BeKey {
+  char bytes[8];
+  explicit BeKey(uint64_t v) { put_be64(bytes, v); }
+  std::string_view view() const { return {bytes, sizeof bytes}; }
+};
+
+// Writes canonical_bytes(e) into `out` (cleared first, capacity reused).
+void encode_canonical(const RecordedEvent& e, std::string& out);
+
+// Stored value of an event: canonical bytes followed by the 32-byte hash.
+void encode_stored(const RecordedEvent& e, std::string& out);
+
+// Decodes a stored value into `e`, reusing its string capacity. Strict: returns false on
+// a short, over-long or otherwise malformed value.
+bool decode_stored(std::string_view value, RecordedEvent& e);
+
+// SHA-256(previous || canonical).
+Hash chain_hash_bytes(const Hash& previous, std::string_view canonical);
+
+// Validates the shape of a request (names, types, sizes). Does not look at versions.
+Status validate_request(const AppendRequest& req);
+
+// Conflict error when `expected` does not hold for a stream currently at `current`.
+Status check_expected(std::string_view stream, const ExpectedVersion& expected,
+                      uint64_t current);
+
+}  // namespace atrium::eventstore::detail
