@@ -1059,6 +1059,7 @@ bool LibvirtConnection::is_alive() {
 }
 
 Status LibvirtConnection::close() {
+  std::lock_guard close_lock(close_mutex_);
   auto st = state_;
   std::deque<State::Task> cancelled;
   {

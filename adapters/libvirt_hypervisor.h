@@ -174,6 +174,7 @@ class LibvirtConnection final : public HypervisorConnection {
   Status call_status(std::string_view what, std::function<Status(virConnectPtr)> fn);
 
   std::shared_ptr<State> state_;
+  std::mutex close_mutex_;  // serializes close() (and the destructor's close)
   std::vector<std::thread> workers_;
 };
 

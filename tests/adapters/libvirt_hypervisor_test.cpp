@@ -566,3 +566,39 @@ TEST_CASE("destroying a connection without close() closes it") {
   CHECK(events.wait("desk-running", "stopped", "destroyed"));
   conn.reset();  // must deregister and close without hanging or leaking
 }
+
+TEST_CASE("close() from several threads while calls are running") {
+  auto conn = open(kFixtureUri);
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok_calls{0};
+  std::atomic<int> closed_errors{0};
+  std::atomic<int> other_errors{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&] {
+      while (!stop.load()) {
+        auto r = conn->list_domains();
+        if (r.ok()) {
+          ok_calls++;
+        } else if (r.error().code == Code::unavailable && r.error().reason == "connection_closed") {
+          closed_errors++;
+        } else {
+          other_errors++;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(50ms);
+  std::vector<std::thread> closers;
+  for (int t = 0; t < 3; ++t) {
+    closers.emplace_back([&] { CHECK(conn->close().ok()); });
+  }
+  for (auto& t : closers) t.join();
+  std::this_thread::sleep_for(20ms);
+  stop.store(true);
+  for (auto& t : callers) t.join();
+  CHECK(ok_calls.load() > 0);
+  CHECK(closed_errors.load() > 0);
+  CHECK(other_errors.load() == 0);
+  CHECK_FALSE(conn->is_alive());
+}
