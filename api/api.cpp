@@ -134,14 +134,7 @@ HttpResponse Api::handle(HttpRequest& req) {
   resp.with_header("X-Request-Id", req.request_id);
 
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  metrics_.http_requests
-      ->Add({{"route", m.tmpl}, {"method", req.method}, {"status", std::to_string(resp.status)}})
-      .Increment();
-  metrics_.http_duration
-      ->Add({{"route", m.tmpl}, {"method", req.method}},
-            prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                    0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10})
-      .Observe(secs);
+  record_metrics(m.tmpl, req.method, resp.status, secs);
   if (cfg_.access_log) {
     char dur[32];
     std::snprintf(dur, sizeof dur, "%.3f", secs * 1000);
@@ -155,6 +148,36 @@ HttpResponse Api::handle(HttpRequest& req) {
   }
   idle_cv_.notify_all();
   return resp;
+}
+
+// Prometheus families look labels up under a lock; a per-thread cache of the series keeps
+// that off the hot path (the route label is a template, so the cache stays small).
+void Api::record_metrics(const std::string& route, const std::string& method, int status,
+                         double secs) {
+  struct Series {
+    prometheus::Counter* requests;
+    prometheus::Histogram* duration;
+  };
+  thread_local std::unordered_map<std::string, Series> cache;
+  thread_local uint64_t owner = 0;
+  if (owner != metrics_.serial) {  // another broker in this process (tests): forget series
+    cache.clear();
+    owner = metrics_.serial;
+  }
+  std::string key = route + ' ' + method + ' ' + std::to_string(status);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    Series s{&metrics_.http_requests->Add(
+                 {{"route", route}, {"method", method}, {"status", std::to_string(status)}}),
+             &metrics_.http_duration->Add(
+                 {{"route", route}, {"method", method}},
+                 prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                         0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                         5, 10})};
+    it = cache.emplace(std::move(key), s).first;
+  }
+  it->second.requests->Increment();
+  it->second.duration->Observe(secs);
 }
 
 HttpResponse Api::run(const HttpRequest& req, pipeline::Command cmd) {

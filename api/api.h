@@ -82,6 +82,8 @@ class Api {
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
+  void record_metrics(const std::string& route, const std::string& method, int status,
+                      double secs);
 
   ApiConfig cfg_;
   eventstore::EventStore& store_;

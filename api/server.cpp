@@ -53,10 +53,12 @@ class PistacheHandler : public Http::Handler {
       query_ok = query_ok && ok1 && ok2;
       req.query[k] = v;
     }
-    for (const auto& h : preq.headers().list()) {
+    // Pistache parses a few headers into typed objects; of those the API reads only
+    // Authorization. Everything else arrives raw.
+    if (auto h = preq.headers().tryGet("Authorization")) {
       std::ostringstream os;
       h->write(os);
-      req.headers[lower(h->name())] = os.str();
+      req.headers["authorization"] = os.str();
     }
     for (const auto& [name, raw] : preq.headers().rawList()) {
       req.headers[lower(name)] = raw.value();

@@ -137,6 +137,39 @@ void replay_run(uint64_t n) {
     }
   }
   auto store = open(dir);
+  {
+    auto t = SteadyClock::now();
+    uint64_t bytes = 0;
+    auto c = store->scan(0, 0, [&](const eventstore::RecordedEvent& e) {
+      bytes += e.data.size();
+      return true;
+    });
+    double sc = since(t);
+    t = SteadyClock::now();
+    auto d = store->scan(0, 0, [&](const eventstore::RecordedEvent& e) {
+      return projections::decode(e).ok();
+    });
+    double dc = since(t);
+    std::vector<std::pair<domain::Event, domain::Applied>> decoded;
+    decoded.reserve(*c);
+    (void)store->scan(0, 0, [&](const eventstore::RecordedEvent& e) {
+      decoded.emplace_back(*projections::decode(e),
+                           domain::Applied{e.position, e.stream_version, e.recorded_at_ms});
+      return true;
+    });
+    t = SteadyClock::now();
+    {
+      domain::State st;
+      for (const auto& [ev, at] : decoded) domain::evolve(st, ev, at);
+      double ec = since(t);
+      std::printf("replay parts: scan only %.0f events/s; scan + JSON decode %.0f events/s; "
+                  "evolve only %.0f events/s\n",
+                  static_cast<double>(*c) / sc, static_cast<double>(*d) / dc,
+                  static_cast<double>(decoded.size()) / ec);
+      t = SteadyClock::now();
+    }
+    std::printf("state destruction %.2f s\n", since(t));
+  }
   long before = rss_kib();
   domain::State s;
   auto t0 = SteadyClock::now();
@@ -159,6 +192,10 @@ void replay_run(uint64_t n) {
 
 int main(int argc, char** argv) {
   uint64_t replay_events = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1000000;
+  if (argc > 2 && std::string(argv[2]) == "replay-only") {
+    replay_run(replay_events);
+    return 0;
+  }
   double put_rate = single_put_rate();
   std::printf("single synced put: %.0f puts/s (%.2f ms each)\n", put_rate, 1000.0 / put_rate);
   for (int n : {1, 16, 64}) pipeline_run(n, put_rate);

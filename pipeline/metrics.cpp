@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <prometheus/text_serializer.h>
 
@@ -22,7 +23,9 @@ prometheus::Histogram::BucketBoundaries size_buckets() {
 }
 }  // namespace
 
-Metrics::Metrics() : registry(std::make_shared<prometheus::Registry>()) {
+static std::atomic<uint64_t> next_serial{1};
+
+Metrics::Metrics() : registry(std::make_shared<prometheus::Registry>()), serial(next_serial++) {
   auto& r = *registry;
   events_appended = &BuildCounter()
                          .Name("atrium_events_appended_total")

@@ -16,6 +16,7 @@ struct Metrics {
   Metrics();
 
   std::shared_ptr<prometheus::Registry> registry;
+  const uint64_t serial;  // unique per instance in this process, for caches keyed on it
 
   // Event store and pipeline.
   prometheus::Counter* events_appended = nullptr;

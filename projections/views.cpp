@@ -1,5 +1,9 @@
 #include "projections/views.h"
 
+#include <condition_variable>
+#include <deque>
+#include <thread>
+
 namespace atrium::projections {
 
 Result<domain::Event> decode(const eventstore::RecordedEvent& e) {
@@ -14,28 +18,82 @@ Result<domain::Event> decode(const eventstore::RecordedEvent& e) {
   return out;
 }
 
+// Replay runs in two stages on two threads: a reader scans the log and decodes JSON into
+// batches, the caller's thread folds them. Decoding and folding cost about the same, so on
+// two cores this nearly halves start-up and audit rebuilds.
 Result<uint64_t> replay(const eventstore::EventStore& store, domain::State& state,
                         uint64_t upto) {
+  struct Item {
+    domain::Event event;
+    domain::Applied at;
+  };
+  constexpr size_t kBatch = 4096, kMaxBatches = 4;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::vector<Item>> ready;
+  bool done = false, cancelled = false;
   std::optional<Error> failure;
+
+  std::thread reader([&] {
+    std::vector<Item> batch;
+    batch.reserve(kBatch);
+    auto push = [&](std::vector<Item>&& b) {
+      std::unique_lock l(mu);
+      cv.wait(l, [&] { return ready.size() < kMaxBatches || cancelled; });
+      if (cancelled) return false;
+      ready.push_back(std::move(b));
+      cv.notify_all();
+      return true;
+    };
+    auto visited = store.scan(state.position, 0, [&](const eventstore::RecordedEvent& re) {
+      if (re.position > upto) return false;
+      auto ev = decode(re);
+      if (!ev.ok()) {
+        std::lock_guard l(mu);
+        failure = ev.error();
+        return false;
+      }
+      batch.push_back({std::move(*ev), {re.position, re.stream_version, re.recorded_at_ms}});
+      if (batch.size() == kBatch) {
+        if (!push(std::move(batch))) return false;
+        batch = {};
+        batch.reserve(kBatch);
+      }
+      return true;
+    });
+    if (!batch.empty()) push(std::move(batch));
+    std::lock_guard l(mu);
+    if (!visited.ok() && !failure) failure = visited.error();
+    done = true;
+    cv.notify_all();
+  });
+
   uint64_t applied = 0;
-  auto visited = store.scan(state.position, 0, [&](const eventstore::RecordedEvent& re) {
-    if (re.position > upto) return false;
-    auto ev = decode(re);
-    if (!ev.ok()) {
-      failure = ev.error();
-      return false;
+  for (;;) {
+    std::vector<Item> batch;
+    {
+      std::unique_lock l(mu);
+      cv.wait(l, [&] { return !ready.empty() || done; });
+      if (ready.empty()) break;
+      batch = std::move(ready.front());
+      ready.pop_front();
+      cv.notify_all();
     }
     try {
-      domain::evolve(state, *ev, {re.position, re.stream_version, re.recorded_at_ms});
+      for (const auto& it : batch) {
+        domain::evolve(state, it.event, it.at);
+        ++applied;
+      }
     } catch (const std::exception& ex) {
-      failure = Error::make(Code::internal, "event " + std::to_string(re.position) + " (" +
-                                                re.type + ") could not be applied: " + ex.what());
-      return false;
+      std::lock_guard l(mu);
+      failure = Error::make(Code::internal, "event " + std::to_string(state.position + 1) +
+                                                " could not be applied: " + ex.what());
+      cancelled = true;
+      cv.notify_all();
+      break;
     }
-    ++applied;
-    return true;
-  });
-  if (!visited.ok()) return visited.error();
+  }
+  reader.join();
   if (failure) return *failure;
   return applied;
 }
