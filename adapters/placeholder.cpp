@@ -1,1 +1,0 @@
-// Keeps the adapters library non-empty until its first source lands.
