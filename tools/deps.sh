@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libpistache-dev librocksdb-dev nlohmann-json3-dev libvirt-dev prometheus-cpp-dev
       doctest-dev libsodium-dev libssl-dev
-      libvirt-daemon libvirt-clients wrk nginx-light nodejs npm)
+      libvirt-daemon libvirt-clients wrk nginx-light nodejs npm prometheus curl openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

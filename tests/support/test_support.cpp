@@ -145,6 +145,13 @@ TestBroker::TestBroker(const std::string& data_dir) {
   start();
 }
 
+TestBroker::TestBroker(std::function<void(api::DaemonConfig&)> configure)
+    : configure_(std::move(configure)) {
+  own_dir_ = std::make_unique<TempDir>();
+  dir_ = own_dir_->str();
+  start();
+}
+
 TestBroker::~TestBroker() { daemon_.reset(); }
 
 void TestBroker::start() {
@@ -155,6 +162,7 @@ void TestBroker::start() {
   cfg.api.access_log = false;
   cfg.api.sse_wait = std::chrono::milliseconds(1500);
   cfg.bootstrap_token = kAdminToken;
+  if (configure_) configure_(cfg);
   auto offset = clock_offset_;
   auto d = api::Daemon::start(cfg, [offset] { return pipeline::system_now_ms() + offset->load(); });
   if (!d.ok()) throw std::runtime_error("broker did not start: " + d.error().message);

@@ -29,8 +29,11 @@ class TempDir {
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include <functional>
+
 namespace atrium::api {
 class Daemon;
+struct DaemonConfig;
 }
 
 namespace atrium::testing {
@@ -62,6 +65,8 @@ class TestBroker {
  public:
   static constexpr const char* kAdminToken = "atr_test_admin_token_0123456789abcdef";
   explicit TestBroker(const std::string& data_dir = "");
+  // With a configuration hook applied before start (TLS, limits, ...).
+  explicit TestBroker(std::function<void(api::DaemonConfig&)> configure);
   ~TestBroker();
 
   uint16_t port() const;
@@ -83,6 +88,7 @@ class TestBroker {
   std::unique_ptr<TempDir> own_dir_;
   std::string dir_;
   std::unique_ptr<api::Daemon> daemon_;
+  std::function<void(api::DaemonConfig&)> configure_;
   std::shared_ptr<std::atomic<int64_t>> clock_offset_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
