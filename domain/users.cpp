@@ -258,3 +258,34 @@ Json users_to_json(const UsersState& s) {
 }
 
 }  // namespace atrium::domain
+
+namespace atrium::domain {
+
+Status users_from_json(UsersState& s, const Json& j) {
+  s = UsersState{};
+  for (const auto& [id, uj] : j.at("users").items()) {
+    User u;
+    u.id = uj.at("id").get<std::string>();
+    u.name = uj.at("name").get<std::string>();
+    u.roles = uj.at("roles").get<std::set<std::string>>();
+    u.disabled = uj.at("disabled").get<bool>();
+    u.password_hash = uj.value("password_hash", "");
+    u.created_at_ms = uj.at("created_at_ms").get<int64_t>();
+    u.updated_at_ms = uj.at("updated_at_ms").get<int64_t>();
+    u.version = uj.at("version").get<uint64_t>();
+    s.id_by_name[u.name] = u.id;
+    s.by_id[id] = std::move(u);
+  }
+  for (const auto& [hash, tj] : j.at("tokens").items()) {
+    Token t;
+    t.hash = hash;
+    t.user_id = tj.at("user_id").get<std::string>();
+    t.expires_at_ms = tj.at("expires_at_ms").get<int64_t>();
+    t.revoked = tj.at("revoked").get<bool>();
+    s.tokens[hash] = std::move(t);
+  }
+  recount_admins(s);
+  return Status::Ok();
+}
+
+}  // namespace atrium::domain
