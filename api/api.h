@@ -73,6 +73,7 @@ class Api {
 
   // ---- lifecycle ------------------------------------------------------------------------
   void begin_drain() { draining_ = true; }
+  bool draining() const { return draining_.load(); }
   bool wait_idle(std::chrono::milliseconds timeout);
   size_t in_flight() const { return in_flight_.load(); }
 

@@ -127,6 +127,9 @@ void register_auth(Api& api) {
     return api.run(req, std::move(c));
   });
   r.add("POST", "/v1/auth/logout", Access::AnyRole(), [&api](HttpRequest& req) {
+    // Logout acts on the calling token; a replayed answer for another token of the same
+    // user would leave that token alive, so Idempotency-Key is ignored here.
+    req.headers.erase("idempotency-key");
     domain::RevokeToken cmd{req.principal->token_hash};
     Command c;
     c.name = "RevokeToken";
@@ -308,7 +311,12 @@ void register_audit(Api& api) {
                                  "too_many_streams"));
     }
     std::string out = "retry: 500\n\n";
-    if (api.store().last_position() <= after) api.store().wait_for(after, api.config().sse_wait);
+    // Wait in short slices so a draining daemon answers waiting streams promptly.
+    auto deadline = std::chrono::steady_clock::now() + api.config().sse_wait;
+    while (api.store().last_position() <= after && !api.draining() &&
+           std::chrono::steady_clock::now() < deadline) {
+      api.store().wait_for(after, std::chrono::milliseconds(250));
+    }
     size_t n = 0;
     auto scanned = api.store().scan(after, 1000, [&](const eventstore::RecordedEvent& e) {
       out += "id: " + std::to_string(e.position) + "\nevent: " + e.type +
