@@ -14,7 +14,9 @@
 namespace atrium::domain {
 
 // ---- names and small helpers ------------------------------------------------------------
-const char* scope_name(Scope s) { return s == Scope::server ? "server" : "cluster"; }
+const char* scope_name(Scope s) {
+  return s == Scope::server ? "server" : "cluster";
+}
 
 std::optional<Scope> parse_scope(std::string_view s) {
   if (s == "server") return Scope::server;
@@ -24,11 +26,16 @@ std::optional<Scope> parse_scope(std::string_view s) {
 
 const char* intra_policy_name(IntraClusterPolicy p) {
   switch (p) {
-    case IntraClusterPolicy::least_sessions: return "least_sessions";
-    case IntraClusterPolicy::least_cpu: return "least_cpu";
-    case IntraClusterPolicy::least_memory: return "least_memory";
-    case IntraClusterPolicy::round_robin: return "round_robin";
-    case IntraClusterPolicy::weighted: return "weighted";
+    case IntraClusterPolicy::least_sessions:
+      return "least_sessions";
+    case IntraClusterPolicy::least_cpu:
+      return "least_cpu";
+    case IntraClusterPolicy::least_memory:
+      return "least_memory";
+    case IntraClusterPolicy::round_robin:
+      return "round_robin";
+    case IntraClusterPolicy::weighted:
+      return "weighted";
   }
   return "weighted";
 }
@@ -49,14 +56,30 @@ std::string application_id(const std::string& name, const std::string& executabl
   return sha256_hex(input).substr(0, 16);
 }
 
-std::string cluster_stream(const std::string& id) { return "cluster-" + id; }
-std::string server_stream(const std::string& id) { return "server-" + id; }
-std::string server_load_stream(const std::string& id) { return "server-load-" + id; }
-std::string server_inventory_stream(const std::string& id) { return "server-inventory-" + id; }
-std::string application_stream(const std::string& id) { return "application-" + id; }
-std::string publication_stream(const std::string& id) { return "publication-" + id; }
-std::string authorization_stream(const std::string& id) { return "authorization-" + id; }
-std::string session_stream(const std::string& id) { return "session-" + id; }
+std::string cluster_stream(const std::string& id) {
+  return "cluster-" + id;
+}
+std::string server_stream(const std::string& id) {
+  return "server-" + id;
+}
+std::string server_load_stream(const std::string& id) {
+  return "server-load-" + id;
+}
+std::string server_inventory_stream(const std::string& id) {
+  return "server-inventory-" + id;
+}
+std::string application_stream(const std::string& id) {
+  return "application-" + id;
+}
+std::string publication_stream(const std::string& id) {
+  return "publication-" + id;
+}
+std::string authorization_stream(const std::string& id) {
+  return "authorization-" + id;
+}
+std::string session_stream(const std::string& id) {
+  return "session-" + id;
+}
 
 namespace {
 
@@ -67,13 +90,13 @@ Error missing(std::string reason, std::string msg) {
   return Error::make(Code::not_found, std::move(msg), std::move(reason));
 }
 Error field_error(const std::string& field, const std::string& problem, std::string reason) {
-  return Error{Code::invalid_argument, field + " " + problem, std::move(reason),
-               {{field, problem}}};
+  return Error{
+      Code::invalid_argument, field + " " + problem, std::move(reason), {{field, problem}}};
 }
 
 // Free text: at most `max` bytes, no control characters except (optionally) newlines and tabs.
-Status validate_text(const std::string& field, const std::string& v, size_t max,
-                     bool multiline, bool required = false) {
+Status validate_text(const std::string& field, const std::string& v, size_t max, bool multiline,
+                     bool required = false) {
   if (required && v.empty()) return field_error(field, "must not be empty", "invalid_" + field);
   if (v.size() > max) {
     return field_error(field, "must be at most " + std::to_string(max) + " characters",
@@ -124,8 +147,7 @@ std::set<std::string> minus(const std::set<std::string>& a, const std::set<std::
 }
 
 // What `srv` should hold if it were in cluster `cluster_id` ("" = standalone).
-DesiredState desired_for(const AppCloudState& s, const Server& srv,
-                         const std::string& cluster_id) {
+DesiredState desired_for(const AppCloudState& s, const Server& srv, const std::string& cluster_id) {
   DesiredState d;
   d.server_id = srv.id;
   d.remote_app_service = srv.remote_app_service;
@@ -196,9 +218,8 @@ Status check_target(const AppCloudState& s, Scope scope, const std::string& targ
     const Server* srv = s.server(target);
     if (srv == nullptr) return missing("server_not_found", "server " + target + " not found");
     if (!srv->standalone()) {
-      return refused("server_in_cluster",
-                     "server " + target + " is in cluster " + srv->cluster_id +
-                         "; publish and authorize at cluster scope instead");
+      return refused("server_in_cluster", "server " + target + " is in cluster " + srv->cluster_id +
+                                              "; publish and authorize at cluster scope instead");
     }
   } else if (s.cluster(target) == nullptr) {
     return missing("cluster_not_found", "cluster " + target + " not found");
@@ -214,8 +235,8 @@ Status validate_id(const std::string& field, const std::string& id) {
   }
   for (unsigned char c : id) {
     bool ok = std::isalnum(c) != 0 || c == '-' || c == '_' || c == '.';
-    if (!ok) return field_error(field, "may hold only letters, digits, '-', '_' and '.'",
-                                "invalid_id");
+    if (!ok)
+      return field_error(field, "may hold only letters, digits, '-', '_' and '.'", "invalid_id");
   }
   return Status::Ok();
 }
@@ -247,7 +268,9 @@ const typename M::mapped_type* find_in(const M& m, const std::string& id) {
 const Cluster* AppCloudState::cluster(const std::string& id) const {
   return find_in(clusters, id);
 }
-const Server* AppCloudState::server(const std::string& id) const { return find_in(servers, id); }
+const Server* AppCloudState::server(const std::string& id) const {
+  return find_in(servers, id);
+}
 const Application* AppCloudState::application(const std::string& id) const {
   return find_in(applications, id);
 }
@@ -476,10 +499,11 @@ Result<Events> decide(const State& s, const DeleteCluster& c, const Context&) {
   auto members = ac.members(c.id);
   if (!members.empty()) {
     std::vector<std::string> ids;
+    ids.reserve(members.size());
     for (const Server* m : members) ids.push_back(m->id);
-    return refused("cluster_not_empty", "cluster " + c.id + " still has " +
-                                            std::to_string(ids.size()) + " server(s): " +
-                                            join(ids) + "; each must leave the cluster first");
+    return refused("cluster_not_empty",
+                   "cluster " + c.id + " still has " + std::to_string(ids.size()) +
+                       " server(s): " + join(ids) + "; each must leave the cluster first");
   }
   Events out;
   remove_at(ac, Scope::cluster, c.id, nullptr, "cluster_deleted", "cluster_deleted", out);
@@ -620,8 +644,8 @@ Result<Events> decide(const State& s, const JoinCluster& c, const Context&) {
   }
   if (!srv->standalone()) {
     return refused("server_already_in_cluster", "server " + c.server_id +
-                                                    " is already in cluster " +
-                                                    srv->cluster_id + "; a server joins at "
+                                                    " is already in cluster " + srv->cluster_id +
+                                                    "; a server joins at "
                                                     "most one cluster");
   }
   // (a) the server's published applications are a subset of the cluster's.
@@ -633,9 +657,9 @@ Result<Events> decide(const State& s, const JoinCluster& c, const Context&) {
     }
   }
   if (!not_in_cluster.empty()) {
-    return refused("join_publications_not_subset",
-                   "applications published on server " + c.server_id +
-                       " but not in cluster " + c.cluster_id + ": " + join(not_in_cluster));
+    return refused("join_publications_not_subset", "applications published on server " +
+                                                       c.server_id + " but not in cluster " +
+                                                       c.cluster_id + ": " + join(not_in_cluster));
   }
   // (b) for every user, the server's authorizations are a subset of the cluster's.
   auto auths = ac.authorizations_at(Scope::server, c.server_id);
@@ -648,8 +672,8 @@ Result<Events> decide(const State& s, const JoinCluster& c, const Context&) {
   }
   if (!not_authorized.empty()) {
     return refused("join_authorizations_not_subset",
-                   "user/application authorized on server " + c.server_id +
-                       " but not in cluster " + c.cluster_id + ": " + join(not_authorized));
+                   "user/application authorized on server " + c.server_id + " but not in cluster " +
+                       c.cluster_id + ": " + join(not_authorized));
   }
 
   DesiredState before = desired_for(ac, *srv, "");
@@ -718,8 +742,8 @@ Result<Events> decide(const State& s, const Publish& c, const Context&) {
   }
   if (const Publication* p = ac.find_publication(c.application_id, c.scope, c.target_id)) {
     return already("already_published", "application " + c.application_id +
-                                             " is already published at " + scope_name(c.scope) +
-                                             " " + c.target_id + " (publication " + p->id + ")");
+                                            " is already published at " + scope_name(c.scope) +
+                                            " " + c.target_id + " (publication " + p->id + ")");
   }
   return Events{{publication_stream(c.id), "ApplicationPublished", 1,
                  Json{{"id", c.id},
@@ -754,16 +778,15 @@ Result<Events> decide(const State& s, const Authorize& c, const Context&) {
   }
   if (auto st = check_target(ac, c.scope, c.target_id); !st) return st.error();
   if (ac.find_publication(c.application_id, c.scope, c.target_id) == nullptr) {
-    return refused("not_published", "application " + c.application_id +
-                                        " is not published at " + scope_name(c.scope) + " " +
-                                        c.target_id + "; publish it there first");
+    return refused("not_published", "application " + c.application_id + " is not published at " +
+                                        scope_name(c.scope) + " " + c.target_id +
+                                        "; publish it there first");
   }
   if (const Authorization* a =
           ac.find_authorization(c.user_id, c.application_id, c.scope, c.target_id)) {
     return already("already_authorized", "user " + c.user_id + " is already authorized for " +
-                                             c.application_id + " at " + scope_name(c.scope) +
-                                             " " + c.target_id + " (authorization " + a->id +
-                                             ")");
+                                             c.application_id + " at " + scope_name(c.scope) + " " +
+                                             c.target_id + " (authorization " + a->id + ")");
   }
   return Events{{authorization_stream(c.id), "ApplicationAuthorized", 1,
                  Json{{"id", c.id},
@@ -828,12 +851,11 @@ Result<Events> decide(const State& s, const ReportServerInventory& c, const Cont
 
 // ---- JSON views -------------------------------------------------------------------------
 Json placement_to_json(const ClusterPlacement& p) {
-  return Json{{"policy", intra_policy_name(p.policy)},
-              {"weights",
-               {{"cpu", p.weights.cpu},
-                {"memory", p.weights.memory},
-                {"sessions", p.weights.sessions}}},
-              {"max_sessions", p.max_sessions}};
+  return Json{
+      {"policy", intra_policy_name(p.policy)},
+      {"weights",
+       {{"cpu", p.weights.cpu}, {"memory", p.weights.memory}, {"sessions", p.weights.sessions}}},
+      {"max_sessions", p.max_sessions}};
 }
 
 Result<ClusterPlacement> placement_from_json(const Json& j) {
@@ -854,11 +876,12 @@ Result<ClusterPlacement> placement_from_json(const Json& j) {
   if (j.contains("weights")) {
     const Json& w = j["weights"];
     if (!w.is_object()) return bad("placement.weights", "must be an object");
-    for (auto [key, dst] : {std::pair{"cpu", &p.weights.cpu},
-                            std::pair{"memory", &p.weights.memory},
-                            std::pair{"sessions", &p.weights.sessions}}) {
+    for (auto [key, dst] :
+         {std::pair{"cpu", &p.weights.cpu}, std::pair{"memory", &p.weights.memory},
+          std::pair{"sessions", &p.weights.sessions}}) {
       if (!w.contains(key)) continue;
-      if (!w[key].is_number()) return bad(std::string("placement.weights.") + key, "must be a number");
+      if (!w[key].is_number())
+        return bad(std::string("placement.weights.") + key, "must be a number");
       *dst = w[key].get<double>();
     }
   }
@@ -1002,7 +1025,9 @@ Json appcloud_to_json(const AppCloudState& s) {
 // ---- evolve -----------------------------------------------------------------------------
 namespace {
 
-std::string str(const Event& e, const char* key) { return e.data.at(key).get<std::string>(); }
+std::string str(const Event& e, const char* key) {
+  return e.data.at(key).get<std::string>();
+}
 
 Scope scope_of(const Event& e) {
   return parse_scope(e.data.value("scope", "server")).value_or(Scope::server);

@@ -132,8 +132,8 @@ struct Server {
   std::string os_version;
   uint32_t cpus = 0;
   uint64_t memory_mb = 0;
-  bool remote_app_service = true;  // false: maintenance, never chosen for a launch
-  std::string cluster_id;          // empty: standalone
+  bool remote_app_service = true;      // false: maintenance, never chosen for a launch
+  std::string cluster_id;              // empty: standalone
   std::set<std::string> applications;  // ids of the applications present
   std::optional<LoadReport> load;
   // Launches decided onto this server since its last load report: added to the reported
@@ -199,8 +199,8 @@ struct DesiredState {
 struct SyncStatus {
   bool in_sync = false;
   bool reported = false;  // false: the server never reported; compared as if it held nothing
-  std::set<std::string> missing_apps;   // desired, not reported
-  std::set<std::string> extra_apps;     // reported, not desired
+  std::set<std::string> missing_apps;  // desired, not reported
+  std::set<std::string> extra_apps;    // reported, not desired
   std::set<std::string> missing_users;
   std::set<std::string> extra_users;
 };
@@ -243,8 +243,7 @@ struct AppCloudState {
   const Authorization* find_authorization(const std::string& user_id, const std::string& app_id,
                                           Scope scope, const std::string& target_id) const;
   std::vector<const Publication*> publications_at(Scope scope, const std::string& target) const;
-  std::vector<const Authorization*> authorizations_at(Scope scope,
-                                                      const std::string& target) const;
+  std::vector<const Authorization*> authorizations_at(Scope scope, const std::string& target) const;
   std::vector<const Authorization*> authorizations_of(const std::string& user_id,
                                                       const std::string& app_id) const;
   // Member servers of a cluster, by id.
@@ -262,8 +261,8 @@ struct AppCloudState {
   // Targets offered for authorizing `app_id` to `user_id` at `scope`: where it is published at
   // that scope, minus those already authorized for that user. Sorted by id. (The API resolves
   // a publication id to its application first.)
-  std::vector<std::string> authorize_targets(const std::string& app_id,
-                                             const std::string& user_id, Scope scope) const;
+  std::vector<std::string> authorize_targets(const std::string& app_id, const std::string& user_id,
+                                             Scope scope) const;
 
   // The applications authorized to `user_id`, each with where, ordered by application id.
   std::vector<Entitlement> entitlements(const std::string& user_id) const;

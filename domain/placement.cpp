@@ -21,9 +21,12 @@ std::optional<ScopePreference> parse_scope_preference(std::string_view s) {
 
 const char* inter_policy_name(InterTargetPolicy p) {
   switch (p) {
-    case InterTargetPolicy::first: return "first";
-    case InterTargetPolicy::least_loaded: return "least_loaded";
-    case InterTargetPolicy::round_robin: return "round_robin";
+    case InterTargetPolicy::first:
+      return "first";
+    case InterTargetPolicy::least_loaded:
+      return "least_loaded";
+    case InterTargetPolicy::round_robin:
+      return "round_robin";
   }
   return "first";
 }
@@ -38,7 +41,9 @@ std::optional<InterTargetPolicy> parse_inter_policy(std::string_view s) {
 
 Status validate_placement_config(const PlacementConfig& c) {
   auto bad = [](const std::string& field, const std::string& problem) {
-    return Error{Code::invalid_argument, field + " " + problem, "invalid_placement_config",
+    return Error{Code::invalid_argument,
+                 field + " " + problem,
+                 "invalid_placement_config",
                  {{field, problem}}};
   };
   if (c.stale_after_ms <= 0) return bad("stale_after_ms", "must be positive");
@@ -59,18 +64,32 @@ double rotation(size_t index, size_t count, uint64_t counter) {
   return static_cast<double>((index + count - k) % count);
 }
 
-double by_sessions(const ScoreInput& in) { return in.sessions; }
-double by_cpu(const ScoreInput& in) { return in.cpu; }
-double by_memory(const ScoreInput& in) { return in.memory; }
-double by_rotation(const ScoreInput& in) { return rotation(in.index, in.count, in.counter); }
+double by_sessions(const ScoreInput& in) {
+  return in.sessions;
+}
+double by_cpu(const ScoreInput& in) {
+  return in.cpu;
+}
+double by_memory(const ScoreInput& in) {
+  return in.memory;
+}
+double by_rotation(const ScoreInput& in) {
+  return rotation(in.index, in.count, in.counter);
+}
 double by_weights(const ScoreInput& in) {
   return in.weights.cpu * in.cpu + in.weights.memory * in.memory +
          in.weights.sessions * in.sessions_norm;
 }
 
-double target_first(const TargetInput& in) { return static_cast<double>(in.index); }
-double target_least_loaded(const TargetInput& in) { return in.load; }
-double target_rotation(const TargetInput& in) { return rotation(in.index, in.count, in.counter); }
+double target_first(const TargetInput& in) {
+  return static_cast<double>(in.index);
+}
+double target_least_loaded(const TargetInput& in) {
+  return in.load;
+}
+double target_rotation(const TargetInput& in) {
+  return rotation(in.index, in.count, in.counter);
+}
 
 }  // namespace
 
@@ -109,7 +128,9 @@ struct Target {
   std::vector<Eligible> eligible;  // by server id
 };
 
-std::string seconds(int64_t ms) { return std::to_string(ms / 1000) + " s"; }
+std::string seconds(int64_t ms) {
+  return std::to_string(ms / 1000) + " s";
+}
 
 // The reason `srv` cannot run `app_id` now, or nullopt when it can.
 std::optional<std::pair<std::string, std::string>> exclusion(const Server& srv,
@@ -157,10 +178,10 @@ std::string no_candidate_message(const AppCloudState& s, const std::string& user
   msg += app != nullptr ? app->name + " (" + app_id + ")" : app_id;
   msg += " for user " + user_id + ": ";
   if (excluded.empty()) {
-    std::vector<std::string> empty;
-    for (const auto& t : targets) empty.push_back(std::string(scope_name(t.scope)) + " " + t.id);
     msg += "the authorized targets have no servers (";
-    for (size_t i = 0; i < empty.size(); ++i) msg += (i ? ", " : "") + empty[i];
+    for (size_t i = 0; i < targets.size(); ++i) {
+      msg += (i ? ", " : "") + std::string(scope_name(targets[i].scope)) + " " + targets[i].id;
+    }
     return msg + ")";
   }
   msg += std::to_string(excluded.size()) + (excluded.size() == 1 ? " server" : " servers") +
@@ -178,8 +199,8 @@ Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        int64_t now_ms) {
   auto auths = s.authorizations_of(user_id, application_id);
   if (auths.empty()) {
-    return refused("not_authorized", "user " + user_id + " is not authorized for application " +
-                                         application_id);
+    return refused("not_authorized",
+                   "user " + user_id + " is not authorized for application " + application_id);
   }
 
   // 1-2: targets and exclusions.

@@ -133,7 +133,7 @@ struct Decision {
   std::string authorization_id;
   std::string scope_preference;  // policy names used at each step
   std::string inter_target;
-  std::string intra_target;      // a cluster policy name, or "single_server"
+  std::string intra_target;           // a cluster policy name, or "single_server"
   std::vector<TargetScore> targets;   // the competing targets of the chosen scope
   std::vector<Candidate> candidates;  // the eligible servers of the chosen target
   std::vector<Exclusion> excluded;    // every excluded server of every authorized target

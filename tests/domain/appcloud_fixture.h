@@ -119,10 +119,11 @@ inline Then events(std::vector<std::string> e, Json data = nullptr) {
 inline Then error(Code c, std::string reason) { return Then{{}, nullptr, c, std::move(reason)}; }
 
 inline void check_subset(const Json& actual, const Json& expected) {
-  for (const auto& [k, v] : expected.items()) {
-    CAPTURE(k);
-    REQUIRE(actual.contains(k));
-    CHECK(actual[k] == v);
+  for (auto it = expected.begin(); it != expected.end(); ++it) {
+    const std::string& key = it.key();
+    CAPTURE(key);
+    REQUIRE(actual.contains(key));
+    CHECK(actual[key] == it.value());
   }
 }
 

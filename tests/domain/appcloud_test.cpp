@@ -327,7 +327,7 @@ std::vector<Cmd> join_base() {
           join("s9", "c1"),
           server("s1"), app_on("s1", "A"), app_on("s1", "B"), app_on("s1", "D")};
 }
-std::vector<Cmd> with(std::vector<Cmd> more) { return join_base() + more; }
+std::vector<Cmd> with(const std::vector<Cmd>& more) { return join_base() + more; }
 const Json kNone = Json::array();
 }  // namespace
 

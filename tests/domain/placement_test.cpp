@@ -135,7 +135,7 @@ TEST_CASE("weighted scores are recorded per candidate") {
 }
 
 TEST_CASE("exclusions, staleness and no candidate") {
-  auto world = [](std::vector<Cmd> more) {
+  auto world = [](const std::vector<Cmd>& more) {
     return cluster_world(policy(IntraClusterPolicy::weighted)) + more;
   };
   run_rows({
@@ -226,7 +226,7 @@ std::vector<Cmd> multi_loads() {
 TEST_CASE("scope preference and inter-target policies") {
   using SP = ScopePreference;
   using IT = InterTargetPolicy;
-  auto world = [](std::vector<Cmd> more = {}) { return multi_world() + multi_loads() + more; };
+  auto world = [](const std::vector<Cmd>& more = {}) { return multi_world() + multi_loads() + more; };
   Cmd disable_s1 = UpdateServer{"s1", {}, {}, {}, {}, {}, {}, false};
   Cmd disable_s2 = UpdateServer{"s2", {}, {}, {}, {}, {}, {}, false};
   run_rows({
