@@ -15,5 +15,7 @@ void register_users(EvolveTable& t);
 Json users_to_json(const UsersState& s);
 void register_appcloud(EvolveTable& t);
 Json appcloud_to_json(const AppCloudState& s);
+void register_hosts(EvolveTable& t);
+Json hosts_to_json(const HostsState& s);
 
 }  // namespace atrium::domain

@@ -10,6 +10,7 @@ const EvolveTable& table() {
     EvolveTable t;
     register_users(t);
     register_appcloud(t);
+    register_hosts(t);
     return t;
   }();
   return t;
@@ -44,6 +45,7 @@ Json state_to_json(const State& s) {
   j["stream_versions"] = versions;
   j["users"] = users_to_json(s.users);
   j["appcloud"] = appcloud_to_json(s.appcloud);
+  j["hosts"] = hosts_to_json(s.hosts);
   return j;
 }
 

@@ -8,6 +8,7 @@
 
 #include "domain/appcloud.h"
 #include "domain/event.h"
+#include "domain/hosts.h"
 #include "domain/users.h"
 
 namespace atrium::domain {
@@ -17,6 +18,7 @@ struct State {
   std::unordered_map<std::string, uint64_t> stream_versions;
   UsersState users;
   AppCloudState appcloud;
+  HostsState hosts;
 
   uint64_t version_of(const std::string& stream) const {
     auto it = stream_versions.find(stream);
