@@ -13,9 +13,11 @@ using EvolveTable = std::unordered_map<std::string, EvolveFn>;
 
 void register_users(EvolveTable& t);
 Json users_to_json(const UsersState& s);
+Status users_from_json(UsersState& s, const Json& j);
 void register_appcloud(EvolveTable& t);
 Json appcloud_to_json(const AppCloudState& s);
 void register_hosts(EvolveTable& t);
 Json hosts_to_json(const HostsState& s);
+Status hosts_from_json(HostsState& s, const Json& j);
 
 }  // namespace atrium::domain

@@ -49,4 +49,25 @@ Json state_to_json(const State& s) {
   return j;
 }
 
+Result<State> state_from_json(const Json& j) {
+  try {
+    State s;
+    s.position = j.at("position").get<uint64_t>();
+    for (const auto& [k, v] : j.at("stream_versions").items()) {
+      s.stream_versions[k] = v.get<uint64_t>();
+    }
+    if (auto st = users_from_json(s.users, j.at("users")); !st) return st.error();
+    if (auto st = hosts_from_json(s.hosts, j.at("hosts")); !st) return st.error();
+    // The application cloud has no snapshot codec yet: a snapshot that holds any of it is
+    // refused, so start-up falls back to a full replay rather than a wrong state.
+    if (j.at("appcloud") != appcloud_to_json(s.appcloud)) {
+      return Error::make(Code::failed_precondition,
+                         "snapshot holds application-cloud state, which has no codec yet");
+    }
+    return s;
+  } catch (const std::exception& ex) {
+    return Error::make(Code::invalid_argument, std::string("snapshot unreadable: ") + ex.what());
+  }
+}
+
 }  // namespace atrium::domain

@@ -37,4 +37,8 @@ Status check_expected(const State& s, const std::string& stream,
 // A canonical JSON dump of the state, for replay-equality tests and debugging.
 Json state_to_json(const State& s);
 
+// Inverse of state_to_json, for snapshots. An error (never a partial state) when the JSON
+// is not a snapshot this binary can read.
+Result<State> state_from_json(const Json& j);
+
 }  // namespace atrium::domain

@@ -1,5 +1,6 @@
 #include "pipeline/pipeline.h"
 
+#include <cstdio>
 #include <unordered_map>
 
 namespace atrium::pipeline {
@@ -18,8 +19,33 @@ Pipeline::Pipeline(eventstore::EventStore& store, projections::Views& views, Met
 
 Pipeline::~Pipeline() { stop(); }
 
+namespace {
+constexpr const char* kSnapshotName = "snapshot";
+constexpr int kSnapshotFormat = 1;
+}  // namespace
+
+// Start-up and recovery: the latest snapshot (if readable and not ahead of the log), then
+// the events after it. An unreadable or incompatible snapshot costs a full replay, never
+// a wrong state.
 Status Pipeline::rebuild() {
   domain::State fresh;
+  auto snap = store_.get_checkpoint(kSnapshotName);
+  if (snap.ok() && snap->has_value()) {
+    const std::string& bytes = **snap;
+    Json j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
+    if (!j.is_discarded() && j.value("format", 0) == kSnapshotFormat && j.contains("state")) {
+      auto st = domain::state_from_json(j["state"]);
+      if (st.ok() && st->position <= store_.last_position()) {
+        fresh = std::move(*st);
+        snapshot_position_ = fresh.position;
+      } else {
+        std::fprintf(stderr, "atriumd: ignoring snapshot (%s); replaying the whole log\n",
+                     st.ok() ? "ahead of the log" : st.error().message.c_str());
+      }
+    } else {
+      std::fprintf(stderr, "atriumd: ignoring unreadable snapshot; replaying the whole log\n");
+    }
+  }
   auto r = projections::replay(store_, fresh);
   if (!r.ok()) return r.error();
   state_ = fresh;
@@ -27,6 +53,19 @@ Status Pipeline::rebuild() {
   metrics_.last_position->Set(static_cast<double>(state_.position));
   metrics_.projection_lag->Set(0);
   return Status::Ok();
+}
+
+Status Pipeline::write_snapshot() {
+  std::lock_guard lock(snapshot_mu_);
+  domain::State copy = views_.read([](const domain::State& s) { return s; });
+  if (copy.position == snapshot_position_.load()) return Status::Ok();
+  Json j{{"format", kSnapshotFormat}, {"state", domain::state_to_json(copy)}};
+  std::vector<uint8_t> bytes = Json::to_cbor(j);
+  auto st = store_.put_checkpoint(kSnapshotName,
+                                  std::string_view(reinterpret_cast<const char*>(bytes.data()),
+                                                   bytes.size()));
+  if (st.ok()) snapshot_position_ = copy.position;
+  return st;
 }
 
 Status Pipeline::start() {

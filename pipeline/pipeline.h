@@ -79,6 +79,12 @@ class Pipeline {
   // Stops taking commands, finishes every queued one, stops the writer.
   void stop();
 
+  // Writes the current views as a snapshot checkpoint (CBOR of domain::state_to_json) so
+  // the next start replays only the events after it. Safe from any thread; readers are
+  // blocked only while the state is copied.
+  Status write_snapshot();
+  uint64_t snapshot_position() const { return snapshot_position_.load(); }
+
   bool ready() const { return ready_.load(); }
   size_t queue_depth() const;
   uint64_t last_position() const { return store_.last_position(); }
@@ -104,6 +110,8 @@ class Pipeline {
   std::deque<Pending> queue_;
   bool stopping_ = false;
   std::atomic<bool> ready_{false};
+  std::atomic<uint64_t> snapshot_position_{0};
+  std::mutex snapshot_mu_;
   bool broken_ = false;  // writer thread only
   std::thread writer_;
 
