@@ -75,6 +75,7 @@ Status Pipeline::start() {
     stopping_ = false;
   }
   writer_ = std::thread([this] { run(); });
+  if (opts_.snapshot_every > 0) snapshotter_ = std::thread([this] { run_snapshots(); });
   ready_ = true;
   return Status::Ok();
 }
@@ -121,8 +122,31 @@ void Pipeline::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  snapshot_cv_.notify_all();
+  bool was_running = writer_.joinable();
   if (writer_.joinable()) writer_.join();
+  if (snapshotter_.joinable()) snapshotter_.join();
+  if (was_running && opts_.snapshot_every > 0 &&
+      views_.position() > snapshot_position_.load()) {
+    if (auto st = write_snapshot(); !st) {
+      std::fprintf(stderr, "atriumd: final snapshot failed: %s\n", st.error().message.c_str());
+    }
+  }
   ready_ = false;
+}
+
+void Pipeline::run_snapshots() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    snapshot_cv_.wait_for(lock, std::chrono::seconds(5));
+    if (stopping_) break;
+    if (views_.position() < snapshot_position_.load() + opts_.snapshot_every) continue;
+    lock.unlock();
+    if (auto st = write_snapshot(); !st) {
+      std::fprintf(stderr, "atriumd: snapshot failed: %s\n", st.error().message.c_str());
+    }
+    lock.lock();
+  }
 }
 
 void Pipeline::run() {

@@ -54,6 +54,9 @@ struct Outcome {
 struct PipelineOptions {
   size_t queue_capacity = 10000;
   size_t max_batch = 1000;
+  // A snapshot is written in the background once this many events follow the last one,
+  // and on stop(); 0 disables snapshots.
+  uint64_t snapshot_every = 100000;
 };
 
 class Pipeline {
@@ -95,6 +98,7 @@ class Pipeline {
     std::promise<Result<Outcome>> promise;
   };
   void run();
+  void run_snapshots();
   void process(std::vector<Pending>& batch);
   Status rebuild();
   void recover();  // rebuild after a failed batch; marks the pipeline broken if it can't
@@ -114,6 +118,8 @@ class Pipeline {
   std::mutex snapshot_mu_;
   bool broken_ = false;  // writer thread only
   std::thread writer_;
+  std::thread snapshotter_;
+  std::condition_variable snapshot_cv_;  // with mu_
 
   domain::State state_;  // writer-private decision state
 };

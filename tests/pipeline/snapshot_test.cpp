@@ -1,0 +1,149 @@
+// Snapshots: start-up from a snapshot plus the events after it gives exactly the state a
+// full replay gives; an unreadable snapshot falls back to a full replay.
+#include <doctest/doctest.h>
+
+#include "domain/hosts.h"
+#include "domain/users.h"
+#include "pipeline/pipeline.h"
+#include "support/test_support.h"
+
+using namespace atrium;
+using domain::Json;
+using domain::State;
+
+namespace {
+
+template <typename C>
+pipeline::Command cmd(const char* name, C c) {
+  pipeline::Command out;
+  out.name = name;
+  out.decide = [c](const State& s, const domain::Context& ctx) { return domain::decide(s, c, ctx); };
+  out.meta.actor = "test";
+  return out;
+}
+
+void fill(pipeline::Pipeline& p, int from, int to) {
+  for (int i = from; i < to; ++i) {
+    std::string id = "u" + std::to_string(i);
+    REQUIRE(p.execute(cmd("CreateUser", domain::CreateUser{id, id, {"user"}, "h"})).ok());
+    REQUIRE(p.execute(cmd("IssueToken", domain::IssueToken{id, id + std::string(64 - id.size(), '0'), 9'999'999'999'999})).ok());
+  }
+}
+
+Json live(projections::Views& v) {
+  return v.read([](const State& s) { return domain::state_to_json(s); });
+}
+
+}  // namespace
+
+TEST_CASE("restart from a snapshot plus the tail equals a full replay") {
+  testing::TempDir dir;
+  Json before;
+  uint64_t snap_pos = 0;
+  {
+    auto store = eventstore::open_rocksdb(dir.str());
+    REQUIRE(store.ok());
+    projections::Views views;
+    pipeline::Metrics m;
+    pipeline::PipelineOptions no_auto;
+    no_auto.snapshot_every = 0;  // only the explicit snapshot below
+    pipeline::Pipeline p(**store, views, m, pipeline::system_now_ms, no_auto);
+    REQUIRE(p.start().ok());
+    fill(p, 0, 5);
+    REQUIRE(p.execute(cmd("AddHost", domain::AddHost{"h1", "op1", "kvm-1", "test:///default", "", {}})).ok());
+    REQUIRE(p.execute(cmd("RecordHostConnected", domain::RecordHostConnected{"h1", 1, Json{{"cpus", 8}}})).ok());
+    REQUIRE(p.execute(cmd("RecordDomainsObserved",
+                          domain::RecordDomainsObserved{"h1", 1, {{"vm-a", "uuid-a", "running", 5901}, {"vm-b", "uuid-b", "shut_off", -1}}})).ok());
+    REQUIRE(p.write_snapshot().ok());
+    snap_pos = p.snapshot_position();
+    CHECK(snap_pos == (*store)->last_position());
+    fill(p, 5, 8);  // the tail after the snapshot
+    before = live(views);
+    p.stop();
+  }
+  auto store = eventstore::open_rocksdb(dir.str());
+  REQUIRE(store.ok());
+  projections::Views views;
+  pipeline::Metrics m;
+  pipeline::Pipeline p(**store, views, m);
+  REQUIRE(p.start().ok());
+  CHECK(p.snapshot_position() == snap_pos);  // the snapshot was used
+  CHECK(live(views) == before);
+  State full;
+  REQUIRE(projections::replay(**store, full).ok());
+  CHECK(domain::state_to_json(full) == before);
+  // The writer state came from the snapshot too: deciding still sees earlier entities.
+  auto dup = p.execute(cmd("CreateUser", domain::CreateUser{"x", "u1", {"user"}, ""}));
+  REQUIRE_FALSE(dup.ok());
+  CHECK(dup.error().reason == "user_name_taken");
+}
+
+TEST_CASE("stop() writes a final snapshot that the next start uses") {
+  testing::TempDir dir;
+  uint64_t last = 0;
+  {
+    auto store = eventstore::open_rocksdb(dir.str());
+    REQUIRE(store.ok());
+    projections::Views views;
+    pipeline::Metrics m;
+    pipeline::Pipeline p(**store, views, m);
+    REQUIRE(p.start().ok());
+    fill(p, 0, 4);
+    p.stop();
+    last = (*store)->last_position();
+    CHECK(p.snapshot_position() == last);
+  }
+  auto store = eventstore::open_rocksdb(dir.str());
+  REQUIRE(store.ok());
+  projections::Views views;
+  pipeline::Metrics m;
+  pipeline::Pipeline p(**store, views, m);
+  REQUIRE(p.start().ok());
+  CHECK(p.snapshot_position() == last);
+  CHECK(views.position() == last);
+}
+
+TEST_CASE("a corrupt snapshot is ignored and the log is replayed in full") {
+  testing::TempDir dir;
+  Json before;
+  {
+    auto store = eventstore::open_rocksdb(dir.str());
+    REQUIRE(store.ok());
+    projections::Views views;
+    pipeline::Metrics m;
+    pipeline::Pipeline p(**store, views, m);
+    REQUIRE(p.start().ok());
+    fill(p, 0, 3);
+    before = live(views);
+    p.stop();
+    REQUIRE((*store)->put_checkpoint("snapshot", "definitely not CBOR").ok());
+  }
+  auto store = eventstore::open_rocksdb(dir.str());
+  REQUIRE(store.ok());
+  projections::Views views;
+  pipeline::Metrics m;
+  pipeline::Pipeline p(**store, views, m);
+  REQUIRE(p.start().ok());
+  CHECK(p.snapshot_position() == 0);
+  CHECK(live(views) == before);
+}
+
+TEST_CASE("state_from_json inverts state_to_json for users and hosts") {
+  State s;
+  uint64_t pos = 0;
+  domain::Context ctx{1000, "t"};
+  auto apply = [&](const Result<domain::Events>& r) {
+    REQUIRE(r.ok());
+    for (const auto& e : *r) domain::evolve(s, e, {++pos, s.version_of(e.stream) + 1, 1000});
+  };
+  apply(domain::decide(s, domain::CreateUser{"a", "admin", {"admin"}, "h"}, ctx));
+  apply(domain::decide(s, domain::IssueToken{"a", std::string(64, 'b'), 5000}, ctx));
+  apply(domain::decide(s, domain::AddHost{"h1", "op1", "kvm", "test:///default", "", {}}, ctx));
+  apply(domain::decide(s, domain::RecordHostConnected{"h1", 1, Json{{"cpus", 4}}}, ctx));
+  apply(domain::decide(s, domain::RecordDomainsObserved{"h1", 1, {{"d1", "u-1", "running", 5900}}}, ctx));
+  Json j = domain::state_to_json(s);
+  auto back = domain::state_from_json(j);
+  REQUIRE(back.ok());
+  CHECK(domain::state_to_json(*back) == j);
+  CHECK_FALSE(domain::state_from_json(Json{{"position", 1}}).ok());
+}
