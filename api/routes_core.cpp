@@ -43,11 +43,6 @@ Json event_to_json(const eventstore::RecordedEvent& e) {
 // Public view of a user, with no password hash.
 Json user_view(const domain::User& u) { return domain::user_to_json(u); }
 
-HttpResponse with_etag(HttpResponse r, uint64_t version) {
-  r.with_header("ETag", "\"" + std::to_string(version) + "\"");
-  return r;
-}
-
 // Reads a password field: 8 to 1024 bytes.
 std::optional<std::string> read_password(BodyReader& br, bool required) {
   return br.str("password", required, 1024, 8);
@@ -110,17 +105,14 @@ void register_auth(Api& api) {
     }
     std::string token = new_token();
     domain::IssueToken cmd{found->first, sha256_hex(token), api.now_ms() + api.config().token_ttl_ms};
-    Command c;
-    c.name = "IssueToken";
-    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
-    c.render = [cmd, token](const State& s) {
+    Command c = command("IssueToken", cmd, 200, [cmd, token](const State& s) {
       const domain::User* u = s.users.find(cmd.user_id);
       return Json{{"token", token},
                   {"token_type", "Bearer"},
                   {"expires_at_ms", cmd.expires_at_ms},
                   {"user_id", cmd.user_id},
                   {"roles", u ? u->roles : std::set<std::string>{}}};
-    };
+    });
     req.principal = Principal{found->first, *name, {}, ""};
     // Login is not idempotent by key: each call issues a fresh token.
     req.headers.erase("idempotency-key");
@@ -131,11 +123,7 @@ void register_auth(Api& api) {
     // user would leave that token alive, so Idempotency-Key is ignored here.
     req.headers.erase("idempotency-key");
     domain::RevokeToken cmd{req.principal->token_hash};
-    Command c;
-    c.name = "RevokeToken";
-    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
-    c.success_status = 204;
-    return api.run(req, std::move(c));
+    return api.run(req, command("RevokeToken", cmd, 204));
   });
 }
 
@@ -155,12 +143,9 @@ void register_users(Api& api) {
       if (!h.ok()) return problem(h.error());
       cmd.password_hash = *h;
     }
-    Command c;
-    c.name = "CreateUser";
-    c.success_status = 201;
-    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
-    c.render = [id = cmd.id](const State& s) { return user_view(*s.users.find(id)); };
-    HttpResponse resp = api.run(req, std::move(c));
+    HttpResponse resp = api.run(req, command("CreateUser", cmd, 201, [id = cmd.id](const State& s) {
+                                  return user_view(*s.users.find(id));
+                                }));
     if (resp.status == 201) {
       Json j = Json::parse(resp.body, nullptr, false);
       if (j.is_object()) resp.with_header("Location", "/v1/users/" + j.value("id", ""));
@@ -193,9 +178,7 @@ void register_users(Api& api) {
       return problem(not_found("user " + id + " not found"));  // 404, not 403
     }
     return api.with_state(req, [&](const State& s) {
-      const domain::User* u = s.users.find(id);
-      if (u == nullptr) return problem(not_found("user " + id + " not found"));
-      return with_etag(HttpResponse::json(200, user_view(*u)), u->version);
+      return entity_response(s.users.find(id), "user", id, user_view);
     });
   });
 
@@ -223,22 +206,15 @@ void register_users(Api& api) {
       if (!h.ok()) return problem(h.error());
       cmd.password_hash = *h;
     }
-    Command c;
-    c.name = "UpdateUser";
-    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
-    c.render = [id](const State& s) { return user_view(*s.users.find(id)); };
-    return api.run(req, std::move(c));
+    return api.run(req, command("UpdateUser", cmd, 200,
+                                [id](const State& s) { return user_view(*s.users.find(id)); }));
   });
 
   r.add("DELETE", "/v1/users/{id}", Access::Admin(), [&api](HttpRequest& req) {
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
     domain::DeleteUser cmd{req.param("id"), *expected};
-    Command c;
-    c.name = "DeleteUser";
-    c.success_status = 204;
-    c.decide = [cmd](const State& s, const domain::Context& ctx) { return domain::decide(s, cmd, ctx); };
-    return api.run(req, std::move(c));
+    return api.run(req, command("DeleteUser", cmd, 204));
   });
 }
 
