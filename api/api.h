@@ -13,6 +13,7 @@
 #include "api/access_log.h"
 #include "api/http_types.h"
 #include "api/router.h"
+#include "domain/placement.h"
 #include "eventstore/event_store.h"
 #include "pipeline/metrics.h"
 #include "pipeline/pipeline.h"
@@ -32,12 +33,38 @@ struct ApiConfig {
   std::chrono::milliseconds sse_wait{15000};
   std::chrono::milliseconds command_timeout{30000};
   size_t max_sse_streams = 8;
+  domain::PlacementConfig placement;  // broker-wide launch placement settings
 };
 
 struct Page {
   size_t limit = 100;
   std::string after;  // decoded cursor: the last key of the previous page
 };
+
+// A command whose decision is domain::decide(state, cmd, ctx) for a command struct.
+template <typename C>
+pipeline::Command command(std::string name, C cmd, int success_status = 200,
+                          std::function<domain::Json(const domain::State&)> render = {}) {
+  pipeline::Command c;
+  c.name = std::move(name);
+  c.success_status = success_status;
+  c.decide = [cmd = std::move(cmd)](const domain::State& s, const domain::Context& ctx) {
+    return domain::decide(s, cmd, ctx);
+  };
+  c.render = std::move(render);
+  return c;
+}
+
+// The response of a GET of one entity: 404 "<kind> <id> not found" when absent, else its
+// JSON with an ETag of its version.
+template <typename T, typename ToJson>
+HttpResponse entity_response(const T* entity, const std::string& kind, const std::string& id,
+                             ToJson&& to_json) {
+  if (entity == nullptr) return problem(not_found(kind + " " + id + " not found"));
+  HttpResponse r = HttpResponse::json(200, to_json(*entity));
+  r.with_header("ETag", "\"" + std::to_string(entity->version) + "\"");
+  return r;
+}
 
 class Api {
  public:
@@ -102,6 +129,10 @@ class Api {
   std::condition_variable idle_cv_;
 };
 
+// Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
+void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
+// Hosts, VMs and operations (api/routes_hosts.cpp).
+void register_host_routes(Api& api);
 
 }  // namespace atrium::api
