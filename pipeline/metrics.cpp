@@ -108,8 +108,17 @@ void Metrics::refresh_process() {
   }
 }
 
+void Metrics::add_collector(std::function<void()> f) {
+  std::lock_guard lock(collectors_mu_);
+  collectors_.push_back(std::move(f));
+}
+
 std::string Metrics::serialize() {
   refresh_process();
+  {
+    std::lock_guard lock(collectors_mu_);
+    for (auto& f : collectors_) f();
+  }
   return prometheus::TextSerializer().Serialize(registry->Collect());
 }
 

@@ -7,7 +7,10 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <vector>
 #include <string>
 
 namespace atrium::pipeline {
@@ -37,9 +40,16 @@ struct Metrics {
   prometheus::Gauge* resident_memory = nullptr;
   prometheus::Gauge* open_fds = nullptr;
 
+  // Registers a function run before each scrape (e.g. gauges computed from the views).
+  void add_collector(std::function<void()> f);
+
   // Refreshes gauges that are read on scrape (process memory, fds).
   void refresh_process();
   std::string serialize();
+
+ private:
+  std::mutex collectors_mu_;
+  std::vector<std::function<void()>> collectors_;
 };
 
 }  // namespace atrium::pipeline
