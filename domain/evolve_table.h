@@ -16,6 +16,8 @@ Json users_to_json(const UsersState& s);
 Status users_from_json(UsersState& s, const Json& j);
 void register_appcloud(EvolveTable& t);
 Json appcloud_to_json(const AppCloudState& s);
+// Inverse of appcloud_to_json (derived fields are recomputed), for snapshots.
+Status appcloud_from_json(AppCloudState& s, const Json& j);
 void register_hosts(EvolveTable& t);
 Json hosts_to_json(const HostsState& s);
 Status hosts_from_json(HostsState& s, const Json& j);
