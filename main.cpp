@@ -32,6 +32,10 @@ const std::vector<Flag> kFlags = {
      "file holding the first admin token (ATRIUM_BOOTSTRAP_TOKEN also works)"},
     {"access-log", "ATRIUM_ACCESS_LOG", "on|off (default on, to stderr)"},
     {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
+    {"host-reconciler", "ATRIUM_HOST_RECONCILER", "on|off: connect to hosts and reconcile VMs (default on)"},
+    {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
+    {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
+     "a host not up after N seconds goes to alert (default 300)"},
 };
 
 void usage() {
@@ -155,6 +159,17 @@ int main(int argc, char** argv) {
   if (auto v = get("queue-capacity")) {
     if (!to_int(*v, n) || n < 1) return std::fprintf(stderr, "atriumd: bad --queue-capacity\n"), 2;
     cfg.pipeline.queue_capacity = static_cast<size_t>(n);
+  }
+  if (auto v = get("host-reconciler")) cfg.host_manager = *v != "off";
+  if (auto v = get("host-resync-s")) {
+    if (!to_int(*v, n) || n < 1) return std::fprintf(stderr, "atriumd: bad --host-resync-s\n"), 2;
+    cfg.hosts.resync_interval = std::chrono::seconds(n);
+  }
+  if (auto v = get("host-connect-timeout-s")) {
+    if (!to_int(*v, n) || n < 1) {
+      return std::fprintf(stderr, "atriumd: bad --host-connect-timeout-s\n"), 2;
+    }
+    cfg.hosts.connect_timeout = std::chrono::seconds(n);
   }
   if (auto v = get("tls-cert")) cfg.api.tls_cert = *v;
   if (auto v = get("tls-key")) cfg.api.tls_key = *v;

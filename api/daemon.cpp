@@ -34,7 +34,22 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());
+  register_appcloud_routes(*d->api_);
+  register_host_routes(*d->api_);
   if (auto st = d->bootstrap(cfg); !st) return st.error();
+  d->host_metrics_ = std::make_unique<adapters::HostMetrics>(*d->metrics_->registry);
+  d->metrics_->add_collector([hm = d->host_metrics_.get(), v = &d->views_] { hm->refresh(*v); });
+  if (cfg.host_manager) {
+    auto hv = cfg.hypervisor;
+    if (!hv) {
+      adapters::LibvirtOptions lo;
+      lo.observer = d->host_metrics_->observer();
+      hv = std::make_shared<adapters::LibvirtHypervisor>(lo);
+    }
+    d->hosts_ = std::make_unique<adapters::HostManager>(*d->pipeline_, d->views_, hv, cfg.hosts,
+                                                        clock, d->host_metrics_.get());
+    d->hosts_->start();
+  }
   d->server_ = std::make_unique<HttpServer>(*d->api_);
   if (auto st = d->server_->start(); !st) return st.error();
   return d;
@@ -50,6 +65,7 @@ void Daemon::stop() {
     api_->wait_idle(std::chrono::seconds(10));
   }
   if (server_) server_->shutdown();
+  if (hosts_) hosts_->stop();  // its workers submit commands: before the pipeline
   if (pipeline_) pipeline_->stop();
 }
 

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "adapters/host_reconciler.h"
 #include "api/api.h"
 #include "api/server.h"
 
@@ -18,6 +19,10 @@ struct DaemonConfig {
   bool write_admin_credentials = true;         // first start: data_dir/admin-credentials
   pipeline::PipelineOptions pipeline;
   bool sync = true;
+  // The host reconciler (adapters/host_reconciler.h): on by default.
+  bool host_manager = true;
+  adapters::HostManagerOptions hosts;
+  std::shared_ptr<adapters::Hypervisor> hypervisor;  // null: libvirt
 };
 
 class Daemon {
@@ -33,6 +38,7 @@ class Daemon {
   eventstore::EventStore& store() { return *store_; }
   projections::Views& views() { return views_; }
   pipeline::Pipeline& pipeline() { return *pipeline_; }
+  adapters::HostManager* host_manager() { return hosts_.get(); }
   const std::string& admin_credentials_path() const { return credentials_path_; }
 
   // Graceful stop: refuse new requests, finish in-flight ones (bounded), flush the queue,
@@ -48,6 +54,8 @@ class Daemon {
   projections::Views views_;
   std::unique_ptr<pipeline::Pipeline> pipeline_;
   std::unique_ptr<Api> api_;
+  std::unique_ptr<adapters::HostMetrics> host_metrics_;
+  std::unique_ptr<adapters::HostManager> hosts_;
   std::unique_ptr<HttpServer> server_;
   std::string credentials_path_;
   bool stopped_ = false;
