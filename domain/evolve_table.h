@@ -21,5 +21,10 @@ Status appcloud_from_json(AppCloudState& s, const Json& j);
 void register_hosts(EvolveTable& t);
 Json hosts_to_json(const HostsState& s);
 Status hosts_from_json(HostsState& s, const Json& j);
+void register_pools(EvolveTable& t);
+// Pools also fold other modules' events (user deleted, VM gone) after their own handler.
+void pools_after_evolve(State& s, const Event& e, const Applied& at);
+Json pools_to_json(const PoolsState& s);
+Status pools_from_json(PoolsState& s, const Json& j);
 
 }  // namespace atrium::domain

@@ -11,6 +11,7 @@ const EvolveTable& table() {
     register_users(t);
     register_appcloud(t);
     register_hosts(t);
+    register_pools(t);
     return t;
   }();
   return t;
@@ -22,6 +23,7 @@ void evolve(State& s, const Event& e, const Applied& at) {
   s.stream_versions[e.stream] = at.stream_version;
   auto it = table().find(e.type);
   if (it != table().end()) it->second(s, e, at);
+  pools_after_evolve(s, e, at);
 }
 
 Status check_expected(const State& s, const std::string& stream,
@@ -46,6 +48,7 @@ Json state_to_json(const State& s) {
   j["users"] = users_to_json(s.users);
   j["appcloud"] = appcloud_to_json(s.appcloud);
   j["hosts"] = hosts_to_json(s.hosts);
+  j["pools"] = pools_to_json(s.pools);
   return j;
 }
 
@@ -58,6 +61,9 @@ Result<State> state_from_json(const Json& j) {
     }
     if (auto st = users_from_json(s.users, j.at("users")); !st) return st.error();
     if (auto st = hosts_from_json(s.hosts, j.at("hosts")); !st) return st.error();
+    if (j.contains("pools")) {
+      if (auto st = pools_from_json(s.pools, j.at("pools")); !st) return st.error();
+    }
     // The application cloud has no snapshot codec yet: a snapshot that holds any of it is
     // refused, so start-up falls back to a full replay rather than a wrong state.
     if (j.at("appcloud") != appcloud_to_json(s.appcloud)) {

@@ -9,6 +9,7 @@
 #include "domain/appcloud.h"
 #include "domain/event.h"
 #include "domain/hosts.h"
+#include "domain/pools.h"
 #include "domain/users.h"
 
 namespace atrium::domain {
@@ -19,6 +20,7 @@ struct State {
   UsersState users;
   AppCloudState appcloud;
   HostsState hosts;
+  PoolsState pools;
 
   uint64_t version_of(const std::string& stream) const {
     auto it = stream_versions.find(stream);

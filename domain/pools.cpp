@@ -1,0 +1,1349 @@
+#include "domain/pools.h"
+
+#include <algorithm>
+#include <cctype>
+
+#include "domain/evolve_table.h"
+#include "domain/hosts.h"
+#include "domain/state.h"
+#include "domain/users.h"
+
+namespace atrium::domain {
+
+std::string pool_stream(const std::string& id) { return "pool-" + id; }
+std::string desktop_session_stream(const std::string& id) { return "desktop-session-" + id; }
+static std::string messages_stream(const std::string& user) { return "user-messages-" + user; }
+
+// ---- queries ----------------------------------------------------------------------------
+const Pool* PoolsState::pool(const std::string& id) const {
+  auto it = pools.find(id);
+  return it == pools.end() ? nullptr : &it->second;
+}
+const PoolMember* PoolsState::member(const std::string& vm_id) const {
+  auto it = members.find(vm_id);
+  return it == members.end() ? nullptr : &it->second;
+}
+const DesktopSession* PoolsState::session(const std::string& id) const {
+  auto it = sessions.find(id);
+  return it == sessions.end() ? nullptr : &it->second;
+}
+std::vector<const PoolMember*> PoolsState::members_of(const std::string& pool_id) const {
+  std::vector<const PoolMember*> out;
+  for (const auto& [id, m] : members) {
+    if (m.pool_id == pool_id) out.push_back(&m);
+  }
+  std::sort(out.begin(), out.end(), [](auto* a, auto* b) { return a->vm_id < b->vm_id; });
+  return out;
+}
+const DesktopSession* PoolsState::live_session(const std::string& pool_id,
+                                               const std::string& user_id) const {
+  auto it = live_by_user.find(user_id);
+  if (it == live_by_user.end()) return nullptr;
+  for (const auto& sid : it->second) {
+    const DesktopSession* d = session(sid);
+    if (d != nullptr && d->live() && d->pool_id == pool_id) return d;
+  }
+  return nullptr;
+}
+const PoolMember* PoolsState::assigned(const std::string& pool_id,
+                                       const std::string& user_id) const {
+  for (const auto& [id, m] : members) {
+    if (m.pool_id == pool_id && m.assigned_user == user_id) return &m;
+  }
+  return nullptr;
+}
+
+// ---- pure rules -------------------------------------------------------------------------
+namespace {
+
+bool running_like(const std::string& o) { return o == "running" || o == "blocked"; }
+
+bool host_up(const State& s, const std::string& host_id) {
+  const Host* h = s.hosts.host(host_id);
+  return h != nullptr && h->state == "up" && h->connected;
+}
+
+// Is the member's VM running, or on its way to running?
+bool powered_on(const State& s, const PoolMember& m) {
+  const Vm* v = s.hosts.vm(m.vm_id);
+  if (v == nullptr) return false;
+  if (v->desired == "running") return true;
+  return v->desired == "none" && running_like(v->observed);
+}
+
+bool needs_port(const State& s, const PoolMember& m) {
+  const Vm* v = s.hosts.vm(m.vm_id);
+  if (v == nullptr) return true;
+  if (v->allocated_port >= 0) return false;
+  return !(running_like(v->observed) && v->display_port >= 0);
+}
+
+uint64_t host_memory_kib(const Host& h) {
+  auto it = h.capabilities.find("memory_kib");
+  if (it == h.capabilities.end() || !it->is_number_unsigned()) return 0;
+  return it->get<uint64_t>();
+}
+
+}  // namespace
+
+bool member_free(const State& s, const PoolMember& m) {
+  return m.state == "ready" && m.assigned_user.empty() && m.session_id.empty() &&
+         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id);
+}
+
+Result<std::string> choose_host(const State& s, const Pool& pool) {
+  struct Cand {
+    std::string id;
+    int64_t free_mem;
+    int free_ports;
+    int members;
+  };
+  std::vector<Cand> cands;
+  bool any_up = false;
+  for (const auto& hid : pool.host_ids) {
+    const Host* h = s.hosts.host(hid);
+    if (h == nullptr || h->state != "up" || !h->connected) continue;
+    any_up = true;
+    int ports = s.hosts.ports_free(hid);
+    if (ports <= 0) continue;
+    int64_t used = 0;
+    int n = 0;
+    for (const auto& [id, m] : s.pools.members) {
+      if (m.host_id != hid) continue;
+      used += static_cast<int64_t>(m.memory_kib);
+      ++n;
+    }
+    cands.push_back({hid, static_cast<int64_t>(host_memory_kib(*h)) - used, ports, n});
+  }
+  if (!any_up) {
+    return refused("no_host_up", "no host of pool " + pool.name +
+                                     " is up (hosts in maintenance, down or removed are skipped)");
+  }
+  if (cands.empty()) {
+    return refused("display_ports_exhausted",
+                   "every up host of pool " + pool.name + " has used all its display ports");
+  }
+  std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
+    if (a.free_mem != b.free_mem) return a.free_mem > b.free_mem;
+    if (a.free_ports != b.free_ports) return a.free_ports > b.free_ports;
+    if (a.members != b.members) return a.members < b.members;
+    return a.id < b.id;
+  });
+  return cands.front().id;
+}
+
+SparePlan plan_spares(const State& s, const Pool& pool) {
+  SparePlan plan;
+  auto members = s.pools.members_of(pool.id);
+  if (pool.deleting) {
+    for (const PoolMember* m : members) {
+      if (m->session_id.empty() && m->state != "removing" && m->state != "provisioning") {
+        plan.remove.push_back(m->vm_id);
+      }
+    }
+    plan.finish_deletion = members.empty();
+    return plan;
+  }
+  std::vector<const PoolMember*> running, standby;
+  int provisioning = 0, active = 0;
+  for (const PoolMember* m : members) {
+    if (m->state == "failed") {
+      plan.remove.push_back(m->vm_id);
+      continue;
+    }
+    if (m->state == "removing") continue;
+    ++active;
+    if (m->state == "provisioning") ++provisioning;
+    if (!member_free(s, *m)) continue;
+    (powered_on(s, *m) ? running : standby).push_back(m);
+  }
+  // Shrink first: never a member in use, standby spares before running ones.
+  int excess = active - pool.max_size;
+  for (auto* list : {&standby, &running}) {
+    while (excess > 0 && !list->empty()) {
+      plan.remove.push_back(list->back()->vm_id);
+      list->pop_back();
+      --excess;
+      --active;
+    }
+  }
+  int need_run = std::max(0, pool.min_ready - static_cast<int>(running.size()));
+  size_t i = 0;
+  for (; i < standby.size() && static_cast<int>(i) < need_run; ++i) {
+    plan.start.push_back(standby[i]->vm_id);
+  }
+  int short_run = need_run - static_cast<int>(i);
+  int standby_left = static_cast<int>(standby.size() - i);
+  int need_standby = std::max(0, pool.min_standby - standby_left);
+  int want = short_run + need_standby - provisioning;
+  int capacity = pool.max_size - active;
+  plan.provision = std::max(0, std::min(want, capacity));
+  return plan;
+}
+
+std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms) {
+  std::vector<PowerAction> out;
+  std::vector<const DesktopSession*> live;
+  for (const auto& [uid, ids] : s.pools.live_by_user) {
+    for (const auto& id : ids) {
+      if (const DesktopSession* d = s.pools.session(id)) live.push_back(d);
+    }
+  }
+  std::sort(live.begin(), live.end(), [](auto* a, auto* b) { return a->id < b->id; });
+  for (const DesktopSession* d : live) {
+    const Pool* p = s.pools.pool(d->pool_id);
+    const Vm* v = s.hosts.vm(d->vm_id);
+    std::string vm_state;
+    if (v == nullptr) {
+      vm_state = "missing";
+    } else if (v->observed == "crashed" || v->observed == "missing" ||
+               (v->observed == "shut_off" && v->desired != "running")) {
+      vm_state = v->observed;
+    }
+    if (d->state == "disconnected") {
+      int64_t grace_ms = (p ? p->grace_s : 0) * 1000;
+      if (!vm_state.empty()) {
+        out.push_back({"end_session", d->id, "vm_" + vm_state});
+      } else if (now_ms - d->disconnected_at_ms >= grace_ms) {
+        out.push_back({"end_session", d->id, "grace_expired"});
+      }
+      continue;
+    }
+    if (!vm_state.empty()) {
+      out.push_back({"deactivate_session", d->id, "vm_" + vm_state});
+    } else if (client_timeout_ms > 0 && now_ms - d->last_seen_ms > client_timeout_ms) {
+      out.push_back({"deactivate_session", d->id, "client_timeout"});
+    }
+  }
+  // Idle shutdown: members without a session past idle_timeout; unassigned spares only
+  // beyond min_ready.
+  std::vector<std::string> pool_ids;
+  for (const auto& [id, p] : s.pools.pools) pool_ids.push_back(id);
+  std::sort(pool_ids.begin(), pool_ids.end());
+  for (const auto& pid : pool_ids) {
+    const Pool& p = *s.pools.pool(pid);
+    if (p.power_policy != "shutdown_when_idle") continue;
+    int spares_kept = 0;
+    std::vector<const PoolMember*> idle;
+    for (const PoolMember* m : s.pools.members_of(pid)) {
+      if (m->state != "ready" || !m->session_id.empty() || !powered_on(s, *m)) continue;
+      int64_t since = std::max(m->last_session_end_ms, m->since_ms);
+      bool timed_out = now_ms - since >= p.idle_timeout_s * 1000;
+      if (m->assigned_user.empty() && spares_kept < p.min_ready) {
+        ++spares_kept;
+        continue;
+      }
+      if (timed_out) idle.push_back(m);
+    }
+    for (const PoolMember* m : idle) out.push_back({"shutdown_vm", m->vm_id, "idle_timeout"});
+  }
+  return out;
+}
+
+// ---- domain XML -------------------------------------------------------------------------
+namespace {
+
+std::string xml_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '&': o += "&amp;"; break;
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '\'': o += "&apos;"; break;
+      case '"': o += "&quot;"; break;
+      default: o += c;
+    }
+  }
+  return o;
+}
+
+// Replaces the text of the first <tag>...</tag> (or inserts it after the opening of
+// `parent`). Returns false when neither exists.
+bool set_element(std::string& xml, const std::string& tag, const std::string& value,
+                 const std::string& parent_open_end_pos_tag) {
+  std::string open = "<" + tag + ">", close = "</" + tag + ">";
+  auto a = xml.find(open);
+  if (a != std::string::npos) {
+    auto b = xml.find(close, a);
+    if (b == std::string::npos) return false;
+    xml.replace(a + open.size(), b - a - open.size(), xml_escape(value));
+    return true;
+  }
+  auto p = xml.find(parent_open_end_pos_tag);
+  if (p == std::string::npos) return false;
+  auto gt = xml.find('>', p);
+  if (gt == std::string::npos) return false;
+  xml.insert(gt + 1, "\n  " + open + xml_escape(value) + close);
+  return true;
+}
+
+// Removes every element `<tag .../>` or `<tag ...>...</tag>` whose start is inside [from, to).
+void erase_elements(std::string& xml, const std::string& tag, size_t from, size_t& to) {
+  std::string open = "<" + tag;
+  for (;;) {
+    auto a = xml.find(open, from);
+    if (a == std::string::npos || a >= to) return;
+    char after = xml[a + open.size()];
+    if (after != ' ' && after != '>' && after != '/' && after != '\n' && after != '\t') {
+      from = a + 1;
+      continue;
+    }
+    auto gt = xml.find('>', a);
+    if (gt == std::string::npos) return;
+    size_t end;
+    if (xml[gt - 1] == '/') {
+      end = gt + 1;
+    } else {
+      auto c = xml.find("</" + tag + ">", gt);
+      if (c == std::string::npos) return;
+      end = c + tag.size() + 3;
+    }
+    xml.erase(a, end - a);
+    to -= end - a;
+  }
+}
+
+}  // namespace
+
+uint64_t domain_memory_kib(const std::string& xml) {
+  auto a = xml.find("<memory");
+  if (a == std::string::npos) return 0;
+  auto gt = xml.find('>', a);
+  auto lt = xml.find('<', gt);
+  if (gt == std::string::npos || lt == std::string::npos) return 0;
+  std::string head = xml.substr(a, gt - a);
+  uint64_t v = 0;
+  for (size_t i = gt + 1; i < lt; ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(xml[i]))) continue;
+    v = v * 10 + static_cast<uint64_t>(xml[i] - '0');
+  }
+  if (head.find("unit='MiB'") != std::string::npos || head.find("unit=\"MiB\"") != std::string::npos) v *= 1024;
+  if (head.find("unit='GiB'") != std::string::npos || head.find("unit=\"GiB\"") != std::string::npos) v *= 1024 * 1024;
+  if (head.find("unit='bytes'") != std::string::npos || head.find("unit='b'") != std::string::npos) v /= 1024;
+  return v;
+}
+
+Result<std::string> member_domain_xml(const std::string& template_xml, const MemberXmlParams& p) {
+  std::string xml = template_xml;
+  auto dom = xml.find("<domain");
+  auto end = xml.rfind("</domain>");
+  if (dom == std::string::npos || end == std::string::npos) {
+    return invalid("template.domain_xml is not a libvirt <domain> document", "invalid_template");
+  }
+  if (!set_element(xml, "name", p.name, "<domain") || !set_element(xml, "uuid", p.uuid, "<domain")) {
+    return invalid("template.domain_xml has no usable <domain> element", "invalid_template");
+  }
+  auto dev = xml.find("<devices>");
+  if (dev == std::string::npos) {
+    end = xml.rfind("</domain>");
+    xml.insert(end, "  <devices>\n  </devices>\n");
+    dev = xml.find("<devices>");
+  }
+  size_t dev_end = xml.find("</devices>", dev);
+  // A new MAC on the first interface; other MACs are dropped so libvirt generates them.
+  size_t from = dev;
+  bool first_mac = true;
+  for (;;) {
+    auto i = xml.find("<interface", from);
+    if (i == std::string::npos || i >= dev_end) break;
+    auto ie = xml.find("</interface>", i);
+    if (ie == std::string::npos) break;
+    size_t to = ie;
+    erase_elements(xml, "mac", i, to);
+    dev_end = xml.find("</devices>", dev);
+    if (first_mac) {
+      auto gt = xml.find('>', i);
+      xml.insert(gt + 1, "\n      <mac address='" + xml_escape(p.mac) + "'/>");
+      first_mac = false;
+      dev_end = xml.find("</devices>", dev);
+    }
+    from = xml.find("</interface>", i) + 1;
+  }
+  // The overlay replaces the first disk's source.
+  if (!p.overlay_path.empty()) {
+    auto d = xml.find("<disk", dev);
+    if (d == std::string::npos || d >= dev_end) {
+      return invalid("template has a base volume but no <disk> to put the overlay on",
+                     "invalid_template");
+    }
+    auto de = xml.find("</disk>", d);
+    size_t to = de;
+    erase_elements(xml, "source", d, to);
+    erase_elements(xml, "driver", d, to);
+    erase_elements(xml, "backingStore", d, to);
+    auto gt = xml.find('>', d);
+    xml.insert(gt + 1, "\n      <driver name='qemu' type='qcow2'/>\n      <source file='" +
+                           xml_escape(p.overlay_path) + "'/>");
+    dev_end = xml.find("</devices>", dev);
+  }
+  // One SPICE display with the broker's port and password.
+  size_t to = dev_end;
+  erase_elements(xml, "graphics", dev, to);
+  dev_end = xml.find("</devices>", dev);
+  std::string g = "  <graphics type='spice'";
+  if (p.spice_port > 0) {
+    g += " port='" + std::to_string(p.spice_port) + "' autoport='no'";
+  } else {
+    g += " autoport='yes'";
+  }
+  if (!p.spice_password.empty()) g += " passwd='" + xml_escape(p.spice_password) + "'";
+  if (!p.password_valid_to.empty()) g += " passwdValidTo='" + xml_escape(p.password_valid_to) + "'";
+  g += ">\n      <listen type='address' address='" + xml_escape(p.spice_listen) + "'/>\n    </graphics>\n  ";
+  xml.insert(dev_end, g);
+  return xml;
+}
+
+// ---- views ------------------------------------------------------------------------------
+Json pool_to_json(const State& s, const Pool& p) {
+  int ready = 0, standby = 0, in_use = 0, provisioning = 0, total = 0;
+  for (const PoolMember* m : s.pools.members_of(p.id)) {
+    ++total;
+    if (m->state == "provisioning") ++provisioning;
+    if (!m->session_id.empty()) ++in_use;
+    if (member_free(s, *m)) (powered_on(s, *m) ? ready : standby)++;
+  }
+  Json t = Json::object();
+  if (!p.tmpl.domain_xml.empty()) t["domain_xml"] = p.tmpl.domain_xml;
+  if (!p.tmpl.domain_name.empty()) {
+    t["domain_name"] = p.tmpl.domain_name;
+    t["host_id"] = p.tmpl.host_id;
+  }
+  if (!p.tmpl.base_volume.empty()) {
+    t["base_volume"] = p.tmpl.base_volume;
+    t["storage_pool"] = p.tmpl.storage_pool;
+  }
+  t["memory_kib"] = p.tmpl.memory_kib;
+  return Json{{"id", p.id},
+              {"name", p.name},
+              {"kind", p.kind},
+              {"template", t},
+              {"host_ids", p.host_ids},
+              {"min_ready", p.min_ready},
+              {"min_standby", p.min_standby},
+              {"max_size", p.max_size},
+              {"power_policy", p.power_policy},
+              {"idle_timeout_s", p.idle_timeout_s},
+              {"reconnect", p.reconnect},
+              {"grace_s", p.grace_s},
+              {"state", p.deleting ? "deleting" : "active"},
+              {"entitled_users", p.entitled},
+              {"size", Json{{"total", total}, {"ready", ready}, {"standby", standby},
+                            {"in_use", in_use}, {"provisioning", provisioning}}},
+              {"created_at_ms", p.created_at_ms},
+              {"updated_at_ms", p.updated_at_ms},
+              {"version", p.version}};
+}
+
+Json member_to_json(const State& s, const PoolMember& m) {
+  Json j{{"vm_id", m.vm_id},     {"pool_id", m.pool_id}, {"host_id", m.host_id},
+         {"name", m.name},       {"uuid", m.uuid},       {"mac", m.mac},
+         {"overlay", m.overlay}, {"state", m.state},     {"memory_kib", m.memory_kib},
+         {"free", member_free(s, m)}};
+  j["assigned_user_id"] = m.assigned_user.empty() ? Json(nullptr) : Json(m.assigned_user);
+  j["session_id"] = m.session_id.empty() ? Json(nullptr) : Json(m.session_id);
+  j["error"] = m.error.empty() ? Json(nullptr) : Json(m.error);
+  if (const Vm* v = s.hosts.vm(m.vm_id)) {
+    j["desired_state"] = v->desired;
+    j["observed_state"] = shown_observed(s.hosts, *v);
+  }
+  return j;
+}
+
+Json desktop_session_to_json(const DesktopSession& d) {
+  Json j{{"id", d.id},
+         {"kind", "desktop"},
+         {"pool_id", d.pool_id},
+         {"user_id", d.user_id},
+         {"vm_id", d.vm_id},
+         {"host_id", d.host_id},
+         {"state", d.state},
+         {"ticket_expires_at_ms", d.ticket_expires_at_ms},
+         {"ticket_applied", d.ticket_applied},
+         {"last_seen_ms", d.last_seen_ms},
+         {"created_at_ms", d.created_at_ms},
+         {"updated_at_ms", d.updated_at_ms},
+         {"version", d.version}};
+  j["end_reason"] = d.end_reason.empty() ? Json(nullptr) : Json(d.end_reason);
+  j["ticket_note"] = d.ticket_note.empty() ? Json(nullptr) : Json(d.ticket_note);
+  return j;
+}
+
+// ---- decide -----------------------------------------------------------------------------
+namespace {
+
+Event pool_event(const std::string& id, const char* type, Json data) {
+  return {pool_stream(id), type, 1, std::move(data)};
+}
+Event session_event(const std::string& id, const char* type, Json data) {
+  return {desktop_session_stream(id), type, 1, std::move(data)};
+}
+Error pool_not_found(const std::string& id) { return not_found("pool " + id + " not found"); }
+
+Error field_error(const std::string& field, const std::string& msg,
+                  const std::string& reason = "invalid_pool") {
+  return Error{Code::invalid_argument, field + " " + msg, reason, {{field, msg}}};
+}
+
+bool one_of(const std::string& v, std::initializer_list<const char*> options) {
+  for (const char* o : options) {
+    if (v == o) return true;
+  }
+  return false;
+}
+
+// Validates the settings a pool would have after a create or update.
+Status validate_pool(const State& s, const Pool& p, const std::string& self_id) {
+  if (auto st = validate_name("name", p.name); !st) return st;
+  for (const auto& [id, other] : s.pools.pools) {
+    if (id != self_id && other.name == p.name) {
+      return Error::make(Code::already_exists, "a pool named '" + p.name + "' already exists",
+                         "pool_name_taken");
+    }
+  }
+  if (!one_of(p.kind, {"dedicated", "floating"})) {
+    return field_error("kind", "must be dedicated or floating");
+  }
+  if (p.host_ids.empty()) return field_error("host_ids", "must name at least one host");
+  std::set<std::string> seen;
+  for (const auto& h : p.host_ids) {
+    const Host* host = s.hosts.host(h);
+    if (host == nullptr || host->state == "removed") {
+      return Error{Code::invalid_argument, "host " + h + " does not exist", "unknown_host",
+                   {{"host_ids", "host " + h + " does not exist"}}};
+    }
+    if (!seen.insert(h).second) return field_error("host_ids", "must not repeat a host");
+  }
+  if (p.min_ready < 0) return field_error("min_ready", "must be >= 0");
+  if (p.min_standby < 0) return field_error("min_standby", "must be >= 0");
+  if (p.max_size < 1 || p.max_size > 10000) return field_error("max_size", "must be 1 to 10000");
+  if (p.min_ready + p.min_standby > p.max_size) {
+    return Error{Code::invalid_argument, "min_ready + min_standby must not exceed max_size",
+                 "invalid_capacity", {{"max_size", "must be >= min_ready + min_standby"}}};
+  }
+  if (!one_of(p.power_policy,
+              {"keep_on", "shutdown_on_logoff", "shutdown_when_idle", "refresh_on_logoff"})) {
+    return field_error("power_policy",
+                       "must be keep_on, shutdown_on_logoff, shutdown_when_idle or refresh_on_logoff");
+  }
+  if (p.power_policy == "refresh_on_logoff" && p.kind != "floating") {
+    return field_error("power_policy", "refresh_on_logoff is for floating pools only");
+  }
+  if (p.idle_timeout_s < 1) return field_error("idle_timeout_s", "must be >= 1");
+  if (!one_of(p.reconnect, {"always", "disconnected_only"})) {
+    return field_error("reconnect", "must be always or disconnected_only");
+  }
+  if (p.grace_s < 0) return field_error("grace_s", "must be >= 0");
+  return Status::Ok();
+}
+
+Json pool_settings(const Pool& p) {
+  return Json{{"name", p.name},
+              {"host_ids", p.host_ids},
+              {"min_ready", p.min_ready},
+              {"min_standby", p.min_standby},
+              {"max_size", p.max_size},
+              {"power_policy", p.power_policy},
+              {"idle_timeout_s", p.idle_timeout_s},
+              {"reconnect", p.reconnect},
+              {"grace_s", p.grace_s}};
+}
+
+void append(Events& out, Result<Events> r) {
+  if (!r.ok()) return;
+  for (auto& e : *r) out.push_back(std::move(e));
+}
+
+// Ends a live session: the session event, the floating assignment, the power policy.
+void end_session_events(const State& s, const DesktopSession& d, const std::string& reason,
+                        const std::string& op_id, const Context& ctx, Events& out) {
+  out.push_back(session_event(d.id, "DesktopSessionEnded",
+                              Json{{"reason", reason}, {"vm_id", d.vm_id},
+                                   {"pool_id", d.pool_id}, {"user_id", d.user_id}}));
+  const Pool* p = s.pools.pool(d.pool_id);
+  const PoolMember* m = s.pools.member(d.vm_id);
+  if (p == nullptr || m == nullptr) return;
+  if (p->kind == "floating" && m->assigned_user == d.user_id) {
+    out.push_back(pool_event(p->id, "DesktopUnassigned",
+                             Json{{"vm_id", m->vm_id}, {"user_id", d.user_id},
+                                  {"reason", "session ended: " + reason}}));
+  }
+  if (op_id.empty()) return;
+  const Vm* v = s.hosts.vm(m->vm_id);
+  if (v == nullptr) return;
+  if (p->power_policy == "shutdown_on_logoff" && v->desired != "shut_off") {
+    append(out, decide(s, RequestVmPower{m->vm_id, op_id, "shutdown", std::nullopt}, ctx));
+  } else if (p->power_policy == "refresh_on_logoff" && m->state == "ready") {
+    out.push_back(pool_event(p->id, "PoolVmRefreshStarted",
+                             Json{{"vm_id", m->vm_id}, {"reason", "logoff"}}));
+    if (v->desired != "shut_off") {
+      append(out, decide(s, RequestVmPower{m->vm_id, op_id, "destroy", std::nullopt}, ctx));
+    }
+  }
+}
+
+}  // namespace
+
+Result<Events> decide(const State& s, const CreatePool& c, const Context&) {
+  if (c.id.empty()) return invalid("pool id is required");
+  if (s.pools.pool(c.id) != nullptr) {
+    return Error::make(Code::already_exists, "pool " + c.id + " exists", "pool_exists");
+  }
+  Pool p;
+  p.name = c.name;
+  p.kind = c.kind;
+  p.tmpl = c.tmpl;
+  p.host_ids = c.host_ids;
+  p.min_ready = c.min_ready;
+  p.min_standby = c.min_standby;
+  p.max_size = c.max_size;
+  p.power_policy = c.power_policy;
+  p.idle_timeout_s = c.idle_timeout_s;
+  p.reconnect = c.reconnect;
+  p.grace_s = c.grace_s;
+  if (auto st = validate_pool(s, p, c.id); !st) return st.error();
+  if (c.tmpl.domain_xml.empty()) {
+    // Cloning an existing domain needs its XML, which the hypervisor adapter cannot export yet.
+    return field_error("template", "must carry domain_xml (cloning a named domain is not supported yet)",
+                       "invalid_template");
+  }
+  if (c.tmpl.domain_xml.size() > 65536) return field_error("template.domain_xml", "must be at most 64 KiB");
+  MemberXmlParams probe;
+  probe.name = "probe";
+  probe.uuid = "00000000-0000-4000-8000-000000000000";
+  probe.mac = "52:54:00:00:00:00";
+  if (!c.tmpl.base_volume.empty()) probe.overlay_path = "/probe.qcow2";
+  if (auto x = member_domain_xml(c.tmpl.domain_xml, probe); !x.ok()) return x.error();
+  Json data = pool_settings(p);
+  data["id"] = c.id;
+  data["kind"] = c.kind;
+  data["template"] = Json{{"domain_xml", c.tmpl.domain_xml},
+                          {"base_volume", c.tmpl.base_volume},
+                          {"storage_pool", c.tmpl.storage_pool.empty() ? "default" : c.tmpl.storage_pool},
+                          {"memory_kib", domain_memory_kib(c.tmpl.domain_xml)}};
+  return Events{pool_event(c.id, "PoolCreated", data)};
+}
+
+Result<Events> decide(const State& s, const UpdatePool& c, const Context&) {
+  const Pool* cur = s.pools.pool(c.id);
+  if (cur == nullptr) return pool_not_found(c.id);
+  if (auto st = check_expected(s, pool_stream(c.id), c.expected_version); !st) return st.error();
+  if (cur->deleting) return refused("pool_deleting", "pool " + cur->name + " is being deleted");
+  Pool p = *cur;
+  if (c.name) p.name = *c.name;
+  if (c.host_ids) p.host_ids = *c.host_ids;
+  if (c.min_ready) p.min_ready = *c.min_ready;
+  if (c.min_standby) p.min_standby = *c.min_standby;
+  if (c.max_size) p.max_size = *c.max_size;
+  if (c.power_policy) p.power_policy = *c.power_policy;
+  if (c.idle_timeout_s) p.idle_timeout_s = *c.idle_timeout_s;
+  if (c.reconnect) p.reconnect = *c.reconnect;
+  if (c.grace_s) p.grace_s = *c.grace_s;
+  if (auto st = validate_pool(s, p, c.id); !st) return st.error();
+  Json before = pool_settings(*cur), after = pool_settings(p), changes = Json::object();
+  for (auto& [k, v] : after.items()) {
+    if (before[k] != v) changes[k] = v;
+  }
+  if (changes.empty()) return Events{};
+  return Events{pool_event(c.id, "PoolUpdated", changes)};
+}
+
+Result<Events> decide(const State& s, const DeletePool& c, const Context&) {
+  const Pool* p = s.pools.pool(c.id);
+  if (p == nullptr) return pool_not_found(c.id);
+  if (auto st = check_expected(s, pool_stream(c.id), c.expected_version); !st) return st.error();
+  if (p->deleting) return Events{};
+  Events out{pool_event(c.id, "PoolDeletionRequested", Json::object())};
+  if (s.pools.members_of(c.id).empty()) out.push_back(pool_event(c.id, "PoolDeleted", Json::object()));
+  return out;
+}
+
+Result<Events> decide(const State& s, const FinishPoolDeletion& c, const Context&) {
+  const Pool* p = s.pools.pool(c.id);
+  if (p == nullptr || !p->deleting) return Events{};
+  if (!s.pools.members_of(c.id).empty()) {
+    return refused("pool_has_members", "pool " + p->name + " still has VMs");
+  }
+  return Events{pool_event(c.id, "PoolDeleted", Json::object())};
+}
+
+Result<Events> decide(const State& s, const AddEntitlement& c, const Context&) {
+  const Pool* p = s.pools.pool(c.pool_id);
+  if (p == nullptr) return pool_not_found(c.pool_id);
+  if (p->deleting) return refused("pool_deleting", "pool " + p->name + " is being deleted");
+  if (s.users.find(c.user_id) == nullptr) {
+    return Error{Code::invalid_argument, "user " + c.user_id + " does not exist", "unknown_user",
+                 {{"user_id", "no such user"}}};
+  }
+  if (p->entitled.count(c.user_id) != 0) return Events{};
+  return Events{pool_event(c.pool_id, "PoolEntitlementAdded", Json{{"user_id", c.user_id}})};
+}
+
+Result<Events> decide(const State& s, const RemoveEntitlement& c, const Context& ctx) {
+  const Pool* p = s.pools.pool(c.pool_id);
+  if (p == nullptr) return pool_not_found(c.pool_id);
+  if (p->entitled.count(c.user_id) == 0) {
+    return not_found("user " + c.user_id + " is not entitled to pool " + p->name);
+  }
+  Events out;
+  if (const DesktopSession* d = s.pools.live_session(c.pool_id, c.user_id)) {
+    end_session_events(s, *d, "entitlement_removed", "", ctx, out);
+  }
+  if (const PoolMember* m = s.pools.assigned(c.pool_id, c.user_id); m && p->kind == "dedicated") {
+    out.push_back(pool_event(p->id, "DesktopUnassigned",
+                             Json{{"vm_id", m->vm_id}, {"user_id", c.user_id},
+                                  {"reason", "entitlement removed"}}));
+  }
+  out.push_back(pool_event(c.pool_id, "PoolEntitlementRemoved", Json{{"user_id", c.user_id}}));
+  return out;
+}
+
+Result<Events> decide(const State& s, const ProvisionPoolVm& c, const Context&) {
+  const Pool* p = s.pools.pool(c.pool_id);
+  if (p == nullptr) return pool_not_found(c.pool_id);
+  if (p->deleting) return refused("pool_deleting", "pool " + p->name + " is being deleted");
+  int active = 0;
+  for (const PoolMember* m : s.pools.members_of(p->id)) active += m->state != "removing";
+  if (active >= p->max_size) {
+    return refused("pool_full", "pool " + p->name + " has reached max_size " + std::to_string(p->max_size));
+  }
+  if (c.name.empty() || c.uuid.empty() || c.mac.empty()) return invalid("name, uuid and mac are required");
+  auto host = choose_host(s, *p);
+  if (!host.ok()) return host.error();
+  std::string vm_id = vm_id_for(*host, c.uuid);
+  if (s.pools.member(vm_id) != nullptr || s.hosts.vm(vm_id) != nullptr) {
+    return Error::make(Code::already_exists, "vm " + vm_id + " exists", "vm_exists");
+  }
+  std::string overlay = c.with_overlay && !p->tmpl.base_volume.empty() ? c.name + ".qcow2" : "";
+  return Events{pool_event(p->id, "PoolVmProvisionStarted",
+                           Json{{"vm_id", vm_id}, {"host_id", *host}, {"name", c.name},
+                                {"uuid", c.uuid}, {"mac", c.mac}, {"overlay", overlay},
+                                {"memory_kib", p->tmpl.memory_kib}})};
+}
+
+Result<Events> decide(const State& s, const RecordPoolVmProvisioned& c, const Context& ctx) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr || m->state != "provisioning") return Events{};
+  if (!c.ok) {
+    return Events{pool_event(m->pool_id, "PoolVmProvisionFailed",
+                             Json{{"vm_id", m->vm_id}, {"error", c.error}})};
+  }
+  if (s.hosts.vm(c.vm_id) == nullptr) {
+    return refused("vm_not_observed", "vm " + m->name + " is defined but not yet observed on its host");
+  }
+  Events out{pool_event(m->pool_id, "PoolVmProvisioned", Json{{"vm_id", m->vm_id}})};
+  auto adopt = decide(s, AdoptVm{m->vm_id, m->pool_id}, ctx);
+  if (!adopt.ok()) return adopt.error();
+  for (auto& e : *adopt) out.push_back(std::move(e));
+  return out;
+}
+
+Result<Events> decide(const State& s, const RemovePoolVm& c, const Context& ctx) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr) return not_found("pool vm " + c.vm_id + " not found");
+  if (m->state == "removing") return Events{};
+  if (!m->session_id.empty()) {
+    return refused("vm_in_use", "vm " + m->name + " has a live session: it is never removed");
+  }
+  const Pool* p = s.pools.pool(m->pool_id);
+  bool deleting = p != nullptr && p->deleting;
+  if (!m->assigned_user.empty() && !deleting) {
+    return refused("vm_assigned", "vm " + m->name + " is assigned to user " + m->assigned_user);
+  }
+  Events out;
+  if (!m->assigned_user.empty()) {
+    out.push_back(pool_event(m->pool_id, "DesktopUnassigned",
+                             Json{{"vm_id", m->vm_id}, {"user_id", m->assigned_user},
+                                  {"reason", "vm removed: " + c.reason}}));
+  }
+  out.push_back(pool_event(m->pool_id, "PoolVmRemovalStarted",
+                           Json{{"vm_id", m->vm_id}, {"reason", c.reason}}));
+  const Vm* v = s.hosts.vm(m->vm_id);
+  if (v != nullptr && v->desired == "running") {
+    append(out, decide(s, RequestVmPower{m->vm_id, "rm-" + m->vm_id + "-" + std::to_string(ctx.now_ms),
+                                         "destroy", std::nullopt}, ctx));
+  }
+  return out;
+}
+
+Result<Events> decide(const State& s, const RecordPoolVmRemoved& c, const Context&) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr || m->state != "removing") return Events{};
+  if (!c.ok) {
+    return Events{pool_event(m->pool_id, "PoolVmRemovalFailed",
+                             Json{{"vm_id", m->vm_id}, {"error", c.error}})};
+  }
+  return Events{pool_event(m->pool_id, "PoolVmRemoved", Json{{"vm_id", m->vm_id}})};
+}
+
+Result<Events> decide(const State& s, const RecordPoolVmRefreshed& c, const Context&) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr || m->state != "refreshing") return Events{};
+  return Events{pool_event(m->pool_id, "PoolVmRefreshed",
+                           Json{{"vm_id", m->vm_id}, {"ok", c.ok}, {"error", c.error}})};
+}
+
+Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx) {
+  const Pool* p = s.pools.pool(c.pool_id);
+  if (p == nullptr) return pool_not_found(c.pool_id);
+  if (s.users.find(c.user_id) == nullptr) return not_found("user " + c.user_id + " not found");
+  if (p->entitled.count(c.user_id) == 0) {
+    return Error::make(Code::permission_denied, "user is not entitled to pool " + p->name,
+                       "not_entitled");
+  }
+  if (p->deleting) return refused("pool_deleting", "pool " + p->name + " is being deleted");
+  // A live session: reconnect to it (same VM, same session).
+  if (const DesktopSession* d = s.pools.live_session(p->id, c.user_id)) {
+    if (p->reconnect == "disconnected_only" && d->state == "connected") {
+      return refused("session_connected",
+                     "session " + d->id + " is connected elsewhere; pool " + p->name +
+                         " reconnects only to a disconnected session");
+    }
+    return Events{};
+  }
+  if (c.session_id.empty() || s.pools.session(c.session_id) != nullptr) {
+    return invalid("a new session id is required");
+  }
+  const PoolMember* chosen = nullptr;
+  bool assign = true;
+  std::string refusal, detail;
+  if (p->kind == "dedicated") {
+    if (const PoolMember* m = s.pools.assigned(p->id, c.user_id)) {
+      assign = false;
+      if (m->state != "ready" || s.hosts.vm(m->vm_id) == nullptr) {
+        return refused("vm_unavailable", "the user's desktop " + m->name + " is " + m->state);
+      }
+      if (!host_up(s, m->host_id)) {
+        return refused("no_host_up", "the host of the user's desktop " + m->name + " is not up");
+      }
+      if (needs_port(s, *m) && s.hosts.ports_free(m->host_id) <= 0) {
+        return refused("display_ports_exhausted",
+                       "the host of the user's desktop " + m->name + " has no free display port");
+      }
+      chosen = m;
+    }
+  }
+  if (chosen == nullptr) {
+    std::vector<const PoolMember*> free_on, free_off;
+    bool free_but_host_down = false, free_but_no_port = false;
+    int active = 0;
+    for (const PoolMember* m : s.pools.members_of(p->id)) {
+      if (m->state != "removing") ++active;
+      bool candidate = m->state == "ready" && m->assigned_user.empty() && m->session_id.empty() &&
+                       s.hosts.vm(m->vm_id) != nullptr;
+      if (!candidate) continue;
+      if (!host_up(s, m->host_id)) {
+        free_but_host_down = true;
+        continue;
+      }
+      if (!needs_port(s, *m) || s.hosts.ports_free(m->host_id) > 0) {
+        (powered_on(s, *m) ? free_on : free_off).push_back(m);
+      } else {
+        free_but_no_port = true;
+      }
+    }
+    if (!free_on.empty()) {
+      chosen = free_on.front();
+    } else if (!free_off.empty()) {
+      chosen = free_off.front();
+    } else if (free_but_no_port) {
+      return refused("display_ports_exhausted",
+                     "free desktops of pool " + p->name + " are on hosts without a free display port");
+    } else if (free_but_host_down) {
+      return refused("no_host_up", "free desktops of pool " + p->name + " are on hosts that are not up");
+    } else if (active >= p->max_size) {
+      return refused("pool_full", "every desktop of pool " + p->name + " is in use (max_size " +
+                                      std::to_string(p->max_size) + ")");
+    } else {
+      return refused("no_vm_ready", "pool " + p->name +
+                                        " has no desktop ready yet; more are being provisioned");
+    }
+  }
+  Events out;
+  if (needs_port(s, *chosen)) {
+    auto port = decide(s, AllocateDisplayPort{chosen->vm_id}, ctx);
+    if (!port.ok()) return port.error();
+    for (auto& e : *port) out.push_back(std::move(e));
+  }
+  if (assign) {
+    out.push_back(pool_event(p->id, "DesktopAssigned",
+                             Json{{"vm_id", chosen->vm_id}, {"user_id", c.user_id},
+                                  {"session_id", c.session_id}}));
+  }
+  out.push_back(session_event(c.session_id, "DesktopSessionCreated",
+                              Json{{"id", c.session_id}, {"pool_id", p->id},
+                                   {"user_id", c.user_id}, {"vm_id", chosen->vm_id},
+                                   {"host_id", chosen->host_id}}));
+  return out;
+}
+
+Result<Events> decide(const State& s, const RecordSessionTicket& c, const Context&) {
+  const DesktopSession* d = s.pools.session(c.session_id);
+  if (d == nullptr) return not_found("session " + c.session_id + " not found");
+  if (!d->live()) return refused("session_ended", "session " + c.session_id + " has ended");
+  Json data{{"expires_at_ms", c.expires_at_ms}, {"applied", c.applied}};
+  if (!c.note.empty()) data["note"] = c.note;
+  return Events{session_event(d->id, "DesktopSessionTicketIssued", data)};
+}
+
+Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx) {
+  const DesktopSession* d = s.pools.session(c.session_id);
+  if (d == nullptr) return not_found("session " + c.session_id + " not found");
+  if (c.state != "connected" && c.state != "disconnected") {
+    return field_error("state", "must be connected or disconnected", "invalid_state");
+  }
+  if (!d->live()) return refused("session_ended", "session " + c.session_id + " has ended");
+  if (c.state == "connected" && d->state != "connected") {
+    return Events{session_event(d->id, "DesktopSessionConnected", Json::object())};
+  }
+  if (c.state == "disconnected" && d->state != "disconnected") {
+    return Events{session_event(d->id, "DesktopSessionDisconnected", Json{{"reason", "client"}})};
+  }
+  // A heartbeat is recorded at most every 5 s, enough for the monitor's timeouts.
+  if (ctx.now_ms - d->last_seen_ms >= 5000) {
+    return Events{session_event(d->id, "DesktopSessionHeartbeat", Json::object())};
+  }
+  return Events{};
+}
+
+Result<Events> decide(const State& s, const DeactivateSession& c, const Context&) {
+  const DesktopSession* d = s.pools.session(c.session_id);
+  if (d == nullptr || !d->live() || d->state == "disconnected") return Events{};
+  return Events{session_event(d->id, "DesktopSessionDisconnected", Json{{"reason", c.reason}})};
+}
+
+Result<Events> decide(const State& s, const EndDesktopSession& c, const Context& ctx) {
+  const DesktopSession* d = s.pools.session(c.session_id);
+  if (d == nullptr) return not_found("session " + c.session_id + " not found");
+  if (!d->live()) return Events{};
+  Events out;
+  end_session_events(s, *d, c.reason.empty() ? "logoff" : c.reason, c.power_operation_id, ctx, out);
+  return out;
+}
+
+Result<Events> decide(const State& s, const SetMemberPower& c, const Context& ctx) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr) return not_found("pool vm " + c.vm_id + " not found");
+  if (c.action != "shutdown") return invalid("only shutdown is decided here");
+  if (!m->session_id.empty()) return refused("vm_in_use", "vm " + m->name + " has a live session");
+  const Vm* v = s.hosts.vm(m->vm_id);
+  if (v == nullptr || v->desired == "shut_off") return Events{};
+  return decide(s, RequestVmPower{m->vm_id, c.operation_id, "shutdown", std::nullopt}, ctx);
+}
+
+Result<Events> decide(const State& s, const SendUserMessage& c, const Context&) {
+  if (s.users.find(c.user_id) == nullptr) return not_found("user " + c.user_id + " not found");
+  Json sessions = Json::array();
+  if (auto it = s.pools.live_by_user.find(c.user_id); it != s.pools.live_by_user.end()) {
+    for (const auto& id : it->second) sessions.push_back(id);
+  }
+  if (sessions.empty()) {
+    return refused("no_live_session", "user " + c.user_id + " has no live desktop session");
+  }
+  if (c.kind == "message") {
+    if (c.text.empty() || c.text.size() > 2000) return field_error("text", "must be 1 to 2000 characters", "invalid_message");
+    return Events{{messages_stream(c.user_id), "AdminMessageSent", 1,
+                   Json{{"user_id", c.user_id}, {"text", c.text}, {"session_ids", sessions}}}};
+  }
+  if (c.kind == "command") {
+    if (c.text != "logoff" && c.text != "reconnect") {
+      return field_error("command", "must be logoff or reconnect", "invalid_command");
+    }
+    return Events{{messages_stream(c.user_id), "ClientCommandSent", 1,
+                   Json{{"user_id", c.user_id}, {"command", c.text}, {"session_ids", sessions}}}};
+  }
+  return invalid("kind must be message or command");
+}
+
+// ---- evolve -----------------------------------------------------------------------------
+namespace {
+
+constexpr size_t kMaxNotices = 1000;
+
+Pool* pool_of(State& s, const Event& e) {
+  auto it = s.pools.pools.find(e.stream.substr(5));  // "pool-"
+  return it == s.pools.pools.end() ? nullptr : &it->second;
+}
+void touch(Pool& p, const Applied& at) {
+  p.updated_at_ms = at.recorded_at_ms;
+  p.version = at.stream_version;
+}
+PoolMember* member_of(State& s, const Event& e) {
+  auto it = s.pools.members.find(e.data.value("vm_id", ""));
+  return it == s.pools.members.end() ? nullptr : &it->second;
+}
+DesktopSession* session_of(State& s, const Event& e) {
+  auto it = s.pools.sessions.find(e.stream.substr(16));  // "desktop-session-"
+  return it == s.pools.sessions.end() ? nullptr : &it->second;
+}
+
+void apply_settings(Pool& p, const Json& d) {
+  p.name = d.value("name", p.name);
+  if (d.contains("host_ids")) p.host_ids = d["host_ids"].get<std::vector<std::string>>();
+  p.min_ready = d.value("min_ready", p.min_ready);
+  p.min_standby = d.value("min_standby", p.min_standby);
+  p.max_size = d.value("max_size", p.max_size);
+  p.power_policy = d.value("power_policy", p.power_policy);
+  p.idle_timeout_s = d.value("idle_timeout_s", p.idle_timeout_s);
+  p.reconnect = d.value("reconnect", p.reconnect);
+  p.grace_s = d.value("grace_s", p.grace_s);
+}
+
+void on_pool_created(State& s, const Event& e, const Applied& at) {
+  Pool p;
+  p.id = e.data.at("id").get<std::string>();
+  p.kind = e.data.at("kind").get<std::string>();
+  apply_settings(p, e.data);
+  const Json& t = e.data.at("template");
+  p.tmpl.domain_xml = t.value("domain_xml", "");
+  p.tmpl.base_volume = t.value("base_volume", "");
+  p.tmpl.storage_pool = t.value("storage_pool", "default");
+  p.tmpl.memory_kib = t.value("memory_kib", uint64_t{0});
+  p.created_at_ms = at.recorded_at_ms;
+  touch(p, at);
+  std::string id = p.id;
+  s.pools.pools[id] = std::move(p);
+}
+void on_pool_updated(State& s, const Event& e, const Applied& at) {
+  if (Pool* p = pool_of(s, e)) {
+    apply_settings(*p, e.data);
+    touch(*p, at);
+  }
+}
+void on_deletion_requested(State& s, const Event& e, const Applied& at) {
+  if (Pool* p = pool_of(s, e)) {
+    p->deleting = true;
+    touch(*p, at);
+  }
+}
+void on_pool_deleted(State& s, const Event& e, const Applied&) {
+  s.pools.pools.erase(e.stream.substr(5));
+}
+void on_entitled(State& s, const Event& e, const Applied& at) {
+  if (Pool* p = pool_of(s, e)) {
+    p->entitled.insert(e.data.at("user_id").get<std::string>());
+    touch(*p, at);
+  }
+}
+void on_unentitled(State& s, const Event& e, const Applied& at) {
+  if (Pool* p = pool_of(s, e)) {
+    p->entitled.erase(e.data.at("user_id").get<std::string>());
+    touch(*p, at);
+  }
+}
+void on_provision_started(State& s, const Event& e, const Applied& at) {
+  PoolMember m;
+  m.vm_id = e.data.at("vm_id").get<std::string>();
+  m.pool_id = e.stream.substr(5);
+  m.host_id = e.data.at("host_id").get<std::string>();
+  m.name = e.data.at("name").get<std::string>();
+  m.uuid = e.data.at("uuid").get<std::string>();
+  m.mac = e.data.at("mac").get<std::string>();
+  m.overlay = e.data.value("overlay", "");
+  m.memory_kib = e.data.value("memory_kib", uint64_t{0});
+  m.state = "provisioning";
+  m.since_ms = at.recorded_at_ms;
+  std::string id = m.vm_id;
+  s.pools.members[id] = std::move(m);
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
+void set_member_state(State& s, const Event& e, const Applied& at, const char* state) {
+  if (PoolMember* m = member_of(s, e)) {
+    m->state = state;
+    m->error = e.data.value("error", "");
+    m->since_ms = at.recorded_at_ms;
+  }
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
+void on_provisioned(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "ready"); }
+void on_provision_failed(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "failed"); }
+void on_removal_started(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "removing"); }
+void on_removal_failed(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "removing"); }
+void on_refresh_started(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "refreshing"); }
+void on_refreshed(State& s, const Event& e, const Applied& at) {
+  set_member_state(s, e, at, e.data.value("ok", true) ? "ready" : "failed");
+}
+void on_removed(State& s, const Event& e, const Applied& at) {
+  s.pools.members.erase(e.data.at("vm_id").get<std::string>());
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
+void on_assigned(State& s, const Event& e, const Applied& at) {
+  if (PoolMember* m = member_of(s, e)) m->assigned_user = e.data.at("user_id").get<std::string>();
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
+void on_unassigned(State& s, const Event& e, const Applied& at) {
+  if (PoolMember* m = member_of(s, e)) m->assigned_user.clear();
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
+
+void touch(DesktopSession& d, const Applied& at) {
+  d.updated_at_ms = at.recorded_at_ms;
+  d.version = at.stream_version;
+}
+void on_session_created(State& s, const Event& e, const Applied& at) {
+  DesktopSession d;
+  d.id = e.data.at("id").get<std::string>();
+  d.pool_id = e.data.at("pool_id").get<std::string>();
+  d.user_id = e.data.at("user_id").get<std::string>();
+  d.vm_id = e.data.at("vm_id").get<std::string>();
+  d.host_id = e.data.at("host_id").get<std::string>();
+  d.state = "created";
+  d.created_at_ms = at.recorded_at_ms;
+  d.last_seen_ms = at.recorded_at_ms;
+  touch(d, at);
+  if (auto it = s.pools.members.find(d.vm_id); it != s.pools.members.end()) {
+    it->second.session_id = d.id;
+  }
+  s.pools.live_by_user[d.user_id].insert(d.id);
+  std::string id = d.id;
+  s.pools.sessions[id] = std::move(d);
+}
+void on_ticket(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->ticket_expires_at_ms = e.data.value("expires_at_ms", int64_t{0});
+    d->ticket_applied = e.data.value("applied", false);
+    d->ticket_note = e.data.value("note", "");
+    touch(*d, at);
+  }
+}
+void on_connected(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->state = "connected";
+    d->last_seen_ms = at.recorded_at_ms;
+    touch(*d, at);
+  }
+}
+void on_heartbeat(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->last_seen_ms = at.recorded_at_ms;
+    touch(*d, at);
+  }
+}
+void on_disconnected(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->state = "disconnected";
+    d->disconnected_at_ms = at.recorded_at_ms;
+    if (e.data.value("reason", "") == "client") d->last_seen_ms = at.recorded_at_ms;
+    touch(*d, at);
+  }
+}
+void end_session(State& s, DesktopSession& d, const std::string& reason, int64_t at_ms) {
+  d.state = "ended";
+  d.end_reason = reason;
+  d.updated_at_ms = at_ms;
+  if (auto it = s.pools.members.find(d.vm_id); it != s.pools.members.end()) {
+    if (it->second.session_id == d.id) it->second.session_id.clear();
+    it->second.last_session_end_ms = at_ms;
+  }
+  if (auto it = s.pools.live_by_user.find(d.user_id); it != s.pools.live_by_user.end()) {
+    it->second.erase(d.id);
+    if (it->second.empty()) s.pools.live_by_user.erase(it);
+  }
+}
+void on_ended(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    end_session(s, *d, e.data.value("reason", ""), at.recorded_at_ms);
+    touch(*d, at);
+  }
+}
+void on_notice(State& s, const Event& e, const Applied& at) {
+  UserNotice n;
+  n.position = at.position;
+  n.user_id = e.data.at("user_id").get<std::string>();
+  n.kind = e.type == "AdminMessageSent" ? "message" : "command";
+  n.data = e.data;
+  n.at_ms = at.recorded_at_ms;
+  s.pools.notices.push_back(std::move(n));
+  if (s.pools.notices.size() > kMaxNotices) {
+    s.pools.notices.erase(s.pools.notices.begin(),
+                          s.pools.notices.begin() + static_cast<long>(s.pools.notices.size() - kMaxNotices));
+  }
+}
+
+// Cascades of other modules' events: a deleted user or a VM that is gone ends the sessions
+// and assignments it had, in the same fold, so no stale assignment survives.
+void drop_user(State& s, const std::string& user_id, int64_t at_ms) {
+  for (auto& [id, d] : s.pools.sessions) {
+    if (d.user_id == user_id && d.live()) end_session(s, d, "user_deleted", at_ms);
+  }
+  for (auto& [id, m] : s.pools.members) {
+    if (m.assigned_user == user_id) m.assigned_user.clear();
+  }
+  for (auto& [id, p] : s.pools.pools) p.entitled.erase(user_id);
+}
+void drop_vm(State& s, const std::string& vm_id, int64_t at_ms, bool forget) {
+  auto it = s.pools.members.find(vm_id);
+  if (it == s.pools.members.end()) return;
+  PoolMember& m = it->second;
+  if (!m.session_id.empty()) {
+    if (auto sit = s.pools.sessions.find(m.session_id); sit != s.pools.sessions.end()) {
+      end_session(s, sit->second, "vm_lost", at_ms);
+    }
+  }
+  m.assigned_user.clear();
+  if (forget) {
+    s.pools.members.erase(it);
+  } else if (m.state == "ready" || m.state == "refreshing") {
+    m.state = "failed";
+    m.error = "vm disappeared from its host";
+  }
+}
+
+}  // namespace
+
+void pools_after_evolve(State& s, const Event& e, const Applied& at) {
+  if (e.type == "UserDeleted") {
+    drop_user(s, e.stream.substr(5), at.recorded_at_ms);
+  } else if (e.type == "VmObserved" && e.data.value("observed", "") == "missing") {
+    drop_vm(s, e.stream.substr(3), at.recorded_at_ms, false);
+  } else if (e.type == "HostRemoved") {
+    std::string host = e.stream.substr(5);
+    std::vector<std::string> gone;
+    for (const auto& [id, m] : s.pools.members) {
+      if (m.host_id == host) gone.push_back(id);
+    }
+    for (const auto& id : gone) drop_vm(s, id, at.recorded_at_ms, true);
+  }
+}
+
+void register_pools(EvolveTable& t) {
+  t["PoolCreated"] = on_pool_created;
+  t["PoolUpdated"] = on_pool_updated;
+  t["PoolDeletionRequested"] = on_deletion_requested;
+  t["PoolDeleted"] = on_pool_deleted;
+  t["PoolEntitlementAdded"] = on_entitled;
+  t["PoolEntitlementRemoved"] = on_unentitled;
+  t["PoolVmProvisionStarted"] = on_provision_started;
+  t["PoolVmProvisioned"] = on_provisioned;
+  t["PoolVmProvisionFailed"] = on_provision_failed;
+  t["PoolVmRemovalStarted"] = on_removal_started;
+  t["PoolVmRemovalFailed"] = on_removal_failed;
+  t["PoolVmRemoved"] = on_removed;
+  t["PoolVmRefreshStarted"] = on_refresh_started;
+  t["PoolVmRefreshed"] = on_refreshed;
+  t["DesktopAssigned"] = on_assigned;
+  t["DesktopUnassigned"] = on_unassigned;
+  t["DesktopSessionCreated"] = on_session_created;
+  t["DesktopSessionTicketIssued"] = on_ticket;
+  t["DesktopSessionConnected"] = on_connected;
+  t["DesktopSessionHeartbeat"] = on_heartbeat;
+  t["DesktopSessionDisconnected"] = on_disconnected;
+  t["DesktopSessionEnded"] = on_ended;
+  t["AdminMessageSent"] = on_notice;
+  t["ClientCommandSent"] = on_notice;
+}
+
+// ---- snapshot codec ---------------------------------------------------------------------
+Json pools_to_json(const PoolsState& s) {
+  std::map<std::string, Json> pools, members, sessions;
+  for (const auto& [id, p] : s.pools) {
+    pools[id] = Json{{"id", p.id}, {"name", p.name}, {"kind", p.kind},
+                     {"template", Json{{"domain_xml", p.tmpl.domain_xml}, {"base_volume", p.tmpl.base_volume},
+                                       {"storage_pool", p.tmpl.storage_pool}, {"memory_kib", p.tmpl.memory_kib}}},
+                     {"host_ids", p.host_ids}, {"min_ready", p.min_ready}, {"min_standby", p.min_standby},
+                     {"max_size", p.max_size}, {"power_policy", p.power_policy},
+                     {"idle_timeout_s", p.idle_timeout_s}, {"reconnect", p.reconnect},
+                     {"grace_s", p.grace_s}, {"deleting", p.deleting}, {"entitled", p.entitled},
+                     {"created_at_ms", p.created_at_ms}, {"updated_at_ms", p.updated_at_ms},
+                     {"version", p.version}};
+  }
+  for (const auto& [id, m] : s.members) {
+    members[id] = Json{{"vm_id", m.vm_id}, {"pool_id", m.pool_id}, {"host_id", m.host_id},
+                       {"name", m.name}, {"uuid", m.uuid}, {"mac", m.mac}, {"overlay", m.overlay},
+                       {"memory_kib", m.memory_kib}, {"state", m.state}, {"error", m.error},
+                       {"assigned_user", m.assigned_user}, {"session_id", m.session_id},
+                       {"last_session_end_ms", m.last_session_end_ms}, {"since_ms", m.since_ms}};
+  }
+  for (const auto& [id, d] : s.sessions) {
+    Json j = desktop_session_to_json(d);
+    j["disconnected_at_ms"] = d.disconnected_at_ms;
+    j["end_reason"] = d.end_reason;
+    j["ticket_note"] = d.ticket_note;
+    sessions[id] = j;
+  }
+  Json notices = Json::array();
+  for (const auto& n : s.notices) {
+    notices.push_back(Json{{"position", n.position}, {"user_id", n.user_id}, {"kind", n.kind},
+                           {"data", n.data}, {"at_ms", n.at_ms}});
+  }
+  return Json{{"pools", pools}, {"members", members}, {"sessions", sessions}, {"notices", notices}};
+}
+
+Status pools_from_json(PoolsState& s, const Json& j) {
+  s = PoolsState{};
+  for (const auto& [id, pj] : j.at("pools").items()) {
+    Pool p;
+    p.id = pj.at("id").get<std::string>();
+    p.name = pj.at("name").get<std::string>();
+    p.kind = pj.at("kind").get<std::string>();
+    const Json& t = pj.at("template");
+    p.tmpl.domain_xml = t.at("domain_xml").get<std::string>();
+    p.tmpl.base_volume = t.at("base_volume").get<std::string>();
+    p.tmpl.storage_pool = t.at("storage_pool").get<std::string>();
+    p.tmpl.memory_kib = t.at("memory_kib").get<uint64_t>();
+    p.host_ids = pj.at("host_ids").get<std::vector<std::string>>();
+    p.min_ready = pj.at("min_ready").get<int>();
+    p.min_standby = pj.at("min_standby").get<int>();
+    p.max_size = pj.at("max_size").get<int>();
+    p.power_policy = pj.at("power_policy").get<std::string>();
+    p.idle_timeout_s = pj.at("idle_timeout_s").get<int64_t>();
+    p.reconnect = pj.at("reconnect").get<std::string>();
+    p.grace_s = pj.at("grace_s").get<int64_t>();
+    p.deleting = pj.at("deleting").get<bool>();
+    p.entitled = pj.at("entitled").get<std::set<std::string>>();
+    p.created_at_ms = pj.at("created_at_ms").get<int64_t>();
+    p.updated_at_ms = pj.at("updated_at_ms").get<int64_t>();
+    p.version = pj.at("version").get<uint64_t>();
+    s.pools[id] = std::move(p);
+  }
+  for (const auto& [id, mj] : j.at("members").items()) {
+    PoolMember m;
+    m.vm_id = mj.at("vm_id").get<std::string>();
+    m.pool_id = mj.at("pool_id").get<std::string>();
+    m.host_id = mj.at("host_id").get<std::string>();
+    m.name = mj.at("name").get<std::string>();
+    m.uuid = mj.at("uuid").get<std::string>();
+    m.mac = mj.at("mac").get<std::string>();
+    m.overlay = mj.at("overlay").get<std::string>();
+    m.memory_kib = mj.at("memory_kib").get<uint64_t>();
+    m.state = mj.at("state").get<std::string>();
+    m.error = mj.at("error").get<std::string>();
+    m.assigned_user = mj.at("assigned_user").get<std::string>();
+    m.session_id = mj.at("session_id").get<std::string>();
+    m.last_session_end_ms = mj.at("last_session_end_ms").get<int64_t>();
+    m.since_ms = mj.at("since_ms").get<int64_t>();
+    s.members[id] = std::move(m);
+  }
+  for (const auto& [id, dj] : j.at("sessions").items()) {
+    DesktopSession d;
+    d.id = dj.at("id").get<std::string>();
+    d.pool_id = dj.at("pool_id").get<std::string>();
+    d.user_id = dj.at("user_id").get<std::string>();
+    d.vm_id = dj.at("vm_id").get<std::string>();
+    d.host_id = dj.at("host_id").get<std::string>();
+    d.state = dj.at("state").get<std::string>();
+    d.end_reason = dj.at("end_reason").get<std::string>();
+    d.ticket_expires_at_ms = dj.at("ticket_expires_at_ms").get<int64_t>();
+    d.ticket_applied = dj.at("ticket_applied").get<bool>();
+    d.ticket_note = dj.at("ticket_note").get<std::string>();
+    d.last_seen_ms = dj.at("last_seen_ms").get<int64_t>();
+    d.disconnected_at_ms = dj.at("disconnected_at_ms").get<int64_t>();
+    d.created_at_ms = dj.at("created_at_ms").get<int64_t>();
+    d.updated_at_ms = dj.at("updated_at_ms").get<int64_t>();
+    d.version = dj.at("version").get<uint64_t>();
+    if (d.live()) s.live_by_user[d.user_id].insert(d.id);
+    s.sessions[id] = std::move(d);
+  }
+  for (const auto& nj : j.at("notices")) {
+    UserNotice n;
+    n.position = nj.at("position").get<uint64_t>();
+    n.user_id = nj.at("user_id").get<std::string>();
+    n.kind = nj.at("kind").get<std::string>();
+    n.data = nj.at("data");
+    n.at_ms = nj.at("at_ms").get<int64_t>();
+    s.notices.push_back(std::move(n));
+  }
+  return Status::Ok();
+}
+
+}  // namespace atrium::domain

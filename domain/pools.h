@@ -1,0 +1,336 @@
+// Desktop pools, entitlements, assignments and desktop sessions (DOMAIN.md sections 2-3,
+// issue 5). Pure: no I/O; time comes in Context.
+//
+// Streams:
+//   pool-<id>             PoolCreated, PoolUpdated, PoolDeletionRequested, PoolDeleted,
+//                         PoolEntitlementAdded, PoolEntitlementRemoved,
+//                         PoolVmProvisionStarted, PoolVmProvisioned, PoolVmProvisionFailed,
+//                         PoolVmRemovalStarted, PoolVmRemoved, PoolVmRefreshStarted,
+//                         PoolVmRefreshed, DesktopAssigned, DesktopUnassigned
+//   desktop-session-<id>  DesktopSessionCreated, DesktopSessionTicketIssued,
+//                         DesktopSessionConnected, DesktopSessionHeartbeat,
+//                         DesktopSessionDisconnected, DesktopSessionEnded
+//   user-messages-<user>  AdminMessageSent, ClientCommandSent   (admin channels)
+// ("session-<id>" belongs to application launches, domain/appcloud.h.)
+//
+// Members: a pool's VMs are its members. The pool worker proposes a new member with
+// ProvisionPoolVm (the decider checks max_size and picks the host: up, not in maintenance,
+// most free memory, then most free display ports); it defines the domain on that host and
+// records the outcome. The VM itself lives in the hosts module (VmImported, then VmAdopted
+// with the pool id); the member record keeps what the pool needs (name, uuid, mac, overlay).
+//
+// Assignment rules (decided in the single writer, so two launches can never get one VM):
+//   - dedicated: a user's first launch assigns a free member and the assignment is kept
+//     across sessions; floating: the launch assigns a free member for that session only.
+//   - a member is free when it is provisioned, not being removed or refreshed, unassigned,
+//     has no live session and its host is up; running free members are preferred.
+//   - refusals (409, reason): not_entitled, pool_deleting, pool_full (every member busy and
+//     max_size reached), no_vm_ready (capacity left but nothing provisioned yet: retry),
+//     no_host_up (free members exist only on hosts that are not up),
+//     display_ports_exhausted (a free member must be started but its host has no port),
+//     session_connected (reconnect policy disconnected_only and the session is connected).
+//   - nothing is half assigned: a refused launch records nothing.
+// Cascades: removing an entitlement ends that user's sessions and assignments in the pool
+// (recorded as events); deleting a user or losing a VM (observed missing, host removed) ends
+// them in the same fold (evolve), so no stale user-to-VM assignment survives.
+// Power policy (pure, power_actions()): keep_on, shutdown_on_logoff, shutdown_when_idle
+// (idle_timeout_s without a live session), refresh_on_logoff (floating: back to the clean
+// overlay). A disconnected session is ended after the pool's grace_s, then the policy acts.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "domain/event.h"
+
+namespace atrium::domain {
+
+struct PoolTemplate {
+  std::string domain_xml;   // a libvirt domain XML, or
+  std::string domain_name;  // an existing domain on host_id
+  std::string host_id;
+  std::string base_volume;     // path of the base disk volume (qcow2 or raw); empty: diskless
+  std::string storage_pool;    // libvirt storage pool for overlays (default "default")
+  uint64_t memory_kib = 0;     // from the XML, for host choice
+};
+
+struct Pool {
+  std::string id;
+  std::string name;
+  std::string kind;  // dedicated|floating
+  PoolTemplate tmpl;
+  std::vector<std::string> host_ids;
+  int min_ready = 0;
+  int min_standby = 0;
+  int max_size = 1;
+  std::string power_policy = "keep_on";  // keep_on|shutdown_on_logoff|shutdown_when_idle|refresh_on_logoff
+  int64_t idle_timeout_s = 3600;
+  std::string reconnect = "always";  // always|disconnected_only
+  int64_t grace_s = 300;
+  bool deleting = false;
+  std::set<std::string> entitled;
+  int64_t created_at_ms = 0;
+  int64_t updated_at_ms = 0;
+  uint64_t version = 0;
+};
+
+struct PoolMember {
+  std::string vm_id;  // = vm_id_for(host_id, uuid)
+  std::string pool_id;
+  std::string host_id;
+  std::string name;
+  std::string uuid;
+  std::string mac;
+  std::string overlay;  // overlay volume name; empty: diskless
+  uint64_t memory_kib = 0;
+  std::string state;    // provisioning|ready|failed|removing|refreshing
+  std::string error;
+  std::string assigned_user;   // empty: unassigned
+  std::string session_id;      // the live session on it, if any
+  int64_t last_session_end_ms = 0;  // for shutdown_when_idle
+  int64_t since_ms = 0;
+};
+
+struct DesktopSession {
+  std::string id;
+  std::string pool_id;
+  std::string user_id;
+  std::string vm_id;
+  std::string host_id;
+  std::string state;  // created|connected|disconnected|ended
+  std::string end_reason;
+  int64_t ticket_expires_at_ms = 0;
+  bool ticket_applied = false;  // set on the hypervisor (false: the driver could not)
+  std::string ticket_note;
+  int64_t last_seen_ms = 0;     // last client report (or creation)
+  int64_t disconnected_at_ms = 0;
+  int64_t created_at_ms = 0;
+  int64_t updated_at_ms = 0;
+  uint64_t version = 0;
+  bool live() const { return state != "ended"; }
+};
+
+struct UserNotice {
+  uint64_t position = 0;
+  std::string user_id;
+  std::string kind;  // message|command
+  Json data;
+  int64_t at_ms = 0;
+};
+
+struct PoolsState {
+  std::unordered_map<std::string, Pool> pools;
+  std::unordered_map<std::string, PoolMember> members;           // by vm id
+  std::unordered_map<std::string, DesktopSession> sessions;      // by id
+  std::map<std::string, std::set<std::string>> live_by_user;     // user -> live session ids
+  std::vector<UserNotice> notices;  // admin channel messages (bounded, newest last)
+
+  const Pool* pool(const std::string& id) const;
+  const PoolMember* member(const std::string& vm_id) const;
+  const DesktopSession* session(const std::string& id) const;
+  std::vector<const PoolMember*> members_of(const std::string& pool_id) const;  // by vm id
+  // The user's live session in a pool, if any.
+  const DesktopSession* live_session(const std::string& pool_id, const std::string& user_id) const;
+  // The member assigned to a user in a pool, if any.
+  const PoolMember* assigned(const std::string& pool_id, const std::string& user_id) const;
+};
+
+// ---- commands ---------------------------------------------------------------------------
+struct CreatePool {
+  std::string id;
+  std::string name;
+  std::string kind;
+  PoolTemplate tmpl;
+  std::vector<std::string> host_ids;
+  int min_ready = 0;
+  int min_standby = 0;
+  int max_size = 1;
+  std::string power_policy = "keep_on";
+  int64_t idle_timeout_s = 3600;
+  std::string reconnect = "always";
+  int64_t grace_s = 300;
+};
+
+struct UpdatePool {
+  std::string id;
+  std::optional<uint64_t> expected_version;
+  std::optional<std::string> name;
+  std::optional<std::vector<std::string>> host_ids;
+  std::optional<int> min_ready, min_standby, max_size;
+  std::optional<std::string> power_policy;
+  std::optional<int64_t> idle_timeout_s;
+  std::optional<std::string> reconnect;
+  std::optional<int64_t> grace_s;
+};
+
+// Marks the pool deleting (no launches, the worker removes idle members); the pool is
+// deleted by FinishPoolDeletion once it has no members. Live sessions are never cut.
+struct DeletePool {
+  std::string id;
+  std::optional<uint64_t> expected_version;
+};
+struct FinishPoolDeletion {
+  std::string id;
+};
+
+struct AddEntitlement {
+  std::string pool_id;
+  std::string user_id;
+};
+struct RemoveEntitlement {
+  std::string pool_id;
+  std::string user_id;
+};
+
+// Pool worker steps.
+struct ProvisionPoolVm {
+  std::string pool_id;
+  std::string name;  // new domain name
+  std::string uuid;  // new uuid
+  std::string mac;   // new MAC
+  bool with_overlay = false;
+};
+struct RecordPoolVmProvisioned {  // after the domain is defined and imported
+  std::string vm_id;
+  bool ok = true;
+  std::string error;
+};
+struct RemovePoolVm {  // start removing an idle member (shrink, pool deletion)
+  std::string vm_id;
+  std::string reason;
+};
+struct RecordPoolVmRemoved {
+  std::string vm_id;
+  bool ok = true;
+  std::string error;
+};
+struct RecordPoolVmRefreshed {
+  std::string vm_id;
+  bool ok = true;
+  std::string error;
+};
+
+struct LaunchDesktop {
+  std::string session_id;  // for a new session
+  std::string user_id;
+  std::string pool_id;
+};
+
+// The worker applied (or could not apply) a one-time display ticket.
+struct RecordSessionTicket {
+  std::string session_id;
+  int64_t expires_at_ms = 0;
+  bool applied = false;
+  std::string note;
+};
+
+// The client reports its display connection: connected|disconnected (also a heartbeat).
+struct ReportSession {
+  std::string session_id;
+  std::string state;
+};
+
+// Monitor and VM manager: a session whose client went silent, or whose VM stopped.
+struct DeactivateSession {
+  std::string session_id;
+  std::string reason;
+};
+
+// Logoff (DELETE /v1/sessions/{id}), grace expiry, admin: ends the session and applies the
+// pool's power policy.
+struct EndDesktopSession {
+  std::string session_id;
+  std::string reason;  // logoff|grace_expired|vm_lost|...
+  std::string power_operation_id;  // used if the policy powers the VM off
+};
+
+// Idle timeout etc.: power a free member off (shutdown_when_idle) or on (spares).
+struct SetMemberPower {
+  std::string vm_id;
+  std::string action;  // start|shutdown
+  std::string operation_id;
+};
+
+struct SendUserMessage {
+  std::string user_id;
+  std::string kind;  // message|command
+  std::string text;  // message text, or command: logoff|reconnect
+};
+
+struct State;
+Result<Events> decide(const State& s, const CreatePool& c, const Context& ctx);
+Result<Events> decide(const State& s, const UpdatePool& c, const Context& ctx);
+Result<Events> decide(const State& s, const DeletePool& c, const Context& ctx);
+Result<Events> decide(const State& s, const FinishPoolDeletion& c, const Context& ctx);
+Result<Events> decide(const State& s, const AddEntitlement& c, const Context& ctx);
+Result<Events> decide(const State& s, const RemoveEntitlement& c, const Context& ctx);
+Result<Events> decide(const State& s, const ProvisionPoolVm& c, const Context& ctx);
+Result<Events> decide(const State& s, const RecordPoolVmProvisioned& c, const Context& ctx);
+Result<Events> decide(const State& s, const RemovePoolVm& c, const Context& ctx);
+Result<Events> decide(const State& s, const RecordPoolVmRemoved& c, const Context& ctx);
+Result<Events> decide(const State& s, const RecordPoolVmRefreshed& c, const Context& ctx);
+Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx);
+Result<Events> decide(const State& s, const RecordSessionTicket& c, const Context& ctx);
+Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx);
+Result<Events> decide(const State& s, const DeactivateSession& c, const Context& ctx);
+Result<Events> decide(const State& s, const EndDesktopSession& c, const Context& ctx);
+Result<Events> decide(const State& s, const SetMemberPower& c, const Context& ctx);
+Result<Events> decide(const State& s, const SendUserMessage& c, const Context& ctx);
+
+// ---- pure rules used by the worker and the deciders --------------------------------------
+// The host for a new member of `pool`: up, not in maintenance, fewest ... ; or an error
+// with reason no_host_up / display_ports_exhausted.
+Result<std::string> choose_host(const State& s, const Pool& pool);
+
+// Is this member free for a launch (see the header comment)?
+bool member_free(const State& s, const PoolMember& m);
+
+struct SparePlan {
+  int provision = 0;                 // new members to provision now
+  std::vector<std::string> start;    // free standby members to power on
+  std::vector<std::string> remove;   // idle members to remove (shrink / deletion)
+  bool finish_deletion = false;      // a deleting pool with no member left
+};
+// What the worker should do for `pool` to keep min_ready running and min_standby powered-off
+// free members within max_size, and to shrink or delete safely.
+SparePlan plan_spares(const State& s, const Pool& pool);
+
+struct PowerAction {
+  std::string kind;  // end_session|deactivate_session|shutdown_vm
+  std::string id;    // session id or vm id
+  std::string reason;
+};
+// Policy and monitor decisions at `now_ms`: sessions silent for longer than
+// client_timeout_ms are deactivated; disconnected sessions past the pool's grace are ended;
+// sessions whose VM is observed not running are deactivated (vm_<state>); free running
+// members of shutdown_when_idle pools idle past idle_timeout_s are shut down.
+std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms);
+
+std::string pool_stream(const std::string& id);
+std::string desktop_session_stream(const std::string& id);
+
+Json pool_to_json(const State& s, const Pool& p);
+Json member_to_json(const State& s, const PoolMember& m);
+Json desktop_session_to_json(const DesktopSession& d);
+
+// The libvirt domain XML of a member, from the pool's template XML: a new name, UUID and MAC,
+// the overlay disk when given, and a SPICE display (port, initial password) when given.
+// Pure text transformation; invalid_argument when the template is not a domain XML.
+struct MemberXmlParams {
+  std::string name, uuid, mac;
+  std::string overlay_path;  // replaces the first disk's source; empty: no change
+  int spice_port = -1;       // -1: autoport
+  std::string spice_password;
+  std::string spice_listen = "0.0.0.0";
+  std::string password_valid_to;  // ISO 8601 UTC, optional
+};
+Result<std::string> member_domain_xml(const std::string& template_xml, const MemberXmlParams& p);
+// <memory> of a domain XML in KiB, 0 when absent.
+uint64_t domain_memory_kib(const std::string& xml);
+
+}  // namespace atrium::domain

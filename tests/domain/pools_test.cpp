@@ -1,0 +1,468 @@
+// Desktop pools, entitlements, assignments, sessions and power policy: given events, when
+// command, then events or error. Replaying the produced log must rebuild the same state.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+
+#include "domain/hosts.h"
+#include "domain/pools.h"
+#include "domain/state.h"
+#include "domain/users.h"
+
+using namespace atrium;
+using namespace atrium::domain;
+
+namespace {
+
+const char* kXml =
+    "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
+    "<memory unit='MiB'>512</memory><vcpu>1</vcpu><os><type>hvm</type></os><devices>"
+    "<interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>"
+    "<graphics type='vnc' port='5900'/></devices></domain>";
+
+struct Given {
+  State s;
+  uint64_t pos = 0;
+  Context ctx{1000, "test"};
+  std::vector<std::pair<Event, Applied>> log;
+  Given& apply(const Events& es) {
+    for (const auto& e : es) {
+      Applied at{++pos, s.version_of(e.stream) + 1, ctx.now_ms};
+      evolve(s, e, at);
+      log.push_back({e, at});
+    }
+    return *this;
+  }
+  template <typename C>
+  Events ok(const C& c) {
+    auto r = decide(s, c, ctx);
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+    Events es = *r;
+    apply(es);
+    return es;
+  }
+  template <typename C>
+  Error err(const C& c) {
+    auto r = decide(s, c, ctx);
+    REQUIRE_FALSE(r.ok());
+    return r.error();
+  }
+  // Replaying the log from zero gives the same state.
+  void check_replay() {
+    State r;
+    for (const auto& [e, at] : log) evolve(r, e, at);
+    CHECK(state_to_json(r) == state_to_json(s));
+    auto back = state_from_json(state_to_json(s));
+    REQUIRE(back.ok());
+    CHECK(state_to_json(*back) == state_to_json(s));
+  }
+};
+
+std::vector<std::string> types(const Events& es) {
+  std::vector<std::string> out;
+  for (const auto& e : es) out.push_back(e.type);
+  return out;
+}
+using V = std::vector<std::string>;
+
+UpdatePool upd(const std::string& id) {
+  UpdatePool u;
+  u.id = id;
+  return u;
+}
+
+void add_host(Given& g, const std::string& id, uint64_t mem_kib, PortRange ports = {}) {
+  g.ok(AddHost{id, "op-" + id, "host-" + id, "test:///default", "", ports});
+  g.ok(RecordHostConnected{id, 1, Json{{"memory_kib", mem_kib}}});
+}
+
+CreatePool pool_cmd(const std::string& id, const std::string& kind, std::vector<std::string> hosts,
+                    int min_ready = 0, int max_size = 4) {
+  CreatePool c;
+  c.id = id;
+  c.name = "pool-" + id;
+  c.kind = kind;
+  c.tmpl.domain_xml = kXml;
+  c.host_ids = std::move(hosts);
+  c.min_ready = min_ready;
+  c.max_size = max_size;
+  return c;
+}
+
+int uuid_seq = 0;
+// Provisions one member the way the worker does: propose, define (observe), record.
+std::string provision(Given& g, const std::string& pool, const std::string& observed = "shut_off") {
+  ++uuid_seq;
+  char uuid[64];
+  std::snprintf(uuid, sizeof uuid, "00000000-0000-4000-8000-%012d", uuid_seq);
+  auto es = g.ok(ProvisionPoolVm{pool, "vm" + std::to_string(uuid_seq), uuid, "52:54:00:00:00:01", false});
+  REQUIRE(types(es) == V{"PoolVmProvisionStarted"});
+  std::string vm = es[0].data["vm_id"];
+  std::string host = es[0].data["host_id"];
+  // The host reconciler observes the new domain (keeping the others).
+  RecordDomainsObserved obs{host, g.s.hosts.host(host)->epoch, {}};
+  for (const Vm* v : g.s.hosts.vms_of(host)) obs.domains.push_back({v->name, v->uuid, v->observed, v->display_port});
+  obs.domains.push_back({"vm" + std::to_string(uuid_seq), uuid, observed, -1});
+  g.ok(obs);
+  auto rec = g.ok(RecordPoolVmProvisioned{vm, true, ""});
+  CHECK(types(rec) == V{"PoolVmProvisioned", "VmAdopted"});
+  return vm;
+}
+
+void set_observed(Given& g, const std::string& vm, const std::string& state, int port = -1) {
+  std::string host = g.s.hosts.vm(vm)->host_id;
+  RecordDomainsObserved obs{host, g.s.hosts.host(host)->epoch, {}};
+  for (const Vm* v : g.s.hosts.vms_of(host)) {
+    if (v->id == vm) {
+      obs.domains.push_back({v->name, v->uuid, state, port});
+    } else if (v->observed != "missing") {
+      obs.domains.push_back({v->name, v->uuid, v->observed, v->display_port});
+    }
+  }
+  g.ok(obs);
+}
+
+Given base(const std::string& kind, int max_size = 4, PortRange ports = {}) {
+  Given g;
+  g.ok(CreateUser{"alice", "alice", {"user"}, ""});
+  g.ok(CreateUser{"bob", "bob", {"user"}, ""});
+  g.ok(CreateUser{"carol", "carol", {"user"}, ""});
+  add_host(g, "h1", 8ull << 20, ports);
+  g.ok(pool_cmd("p", kind, {"h1"}, 0, max_size));
+  for (auto u : {"alice", "bob", "carol"}) g.ok(AddEntitlement{"p", u});
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("pool creation validates every setting with a specific reason") {
+  Given g;
+  add_host(g, "h1", 1 << 20);
+  struct Row {
+    std::function<void(CreatePool&)> change;
+    std::string reason;
+  };
+  std::vector<Row> rows = {
+      {[](CreatePool& c) { c.kind = "shared"; }, "invalid_pool"},
+      {[](CreatePool& c) { c.host_ids = {}; }, "invalid_pool"},
+      {[](CreatePool& c) { c.host_ids = {"nope"}; }, "unknown_host"},
+      {[](CreatePool& c) { c.host_ids = {"h1", "h1"}; }, "invalid_pool"},
+      {[](CreatePool& c) { c.max_size = 0; }, "invalid_pool"},
+      {[](CreatePool& c) { c.min_ready = 3; c.min_standby = 2; c.max_size = 4; }, "invalid_capacity"},
+      {[](CreatePool& c) { c.power_policy = "sleep"; }, "invalid_pool"},
+      {[](CreatePool& c) { c.kind = "dedicated"; c.power_policy = "refresh_on_logoff"; }, "invalid_pool"},
+      {[](CreatePool& c) { c.reconnect = "never"; }, "invalid_pool"},
+      {[](CreatePool& c) { c.tmpl.domain_xml = "<vm/>"; }, "invalid_template"},
+      {[](CreatePool& c) { c.tmpl.domain_xml = ""; c.tmpl.domain_name = "x"; }, "invalid_template"},
+      {[](CreatePool& c) { c.tmpl.base_volume = "/base.qcow2"; }, "invalid_template"},  // no <disk>
+  };
+  for (const auto& row : rows) {
+    CreatePool c = pool_cmd("p", "floating", {"h1"});
+    row.change(c);
+    CAPTURE(row.reason);
+    CHECK(g.err(c).reason == row.reason);
+  }
+  g.ok(pool_cmd("p", "floating", {"h1"}));
+  CreatePool dup = pool_cmd("q", "floating", {"h1"});
+  dup.name = "pool-p";
+  CHECK(g.err(dup).reason == "pool_name_taken");
+  CHECK(g.s.pools.pool("p")->tmpl.memory_kib == 512 * 1024);
+  g.check_replay();
+}
+
+TEST_CASE("member XML: new name, uuid, mac, overlay disk and a spice display with a password") {
+  std::string xml = std::string(kXml);
+  xml.replace(xml.find("<graphics"), 0,
+              "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+              "<source file='/base.img'/><target dev='vda'/></disk>");
+  MemberXmlParams p;
+  p.name = "desk-1";
+  p.uuid = "22222222-2222-4222-8222-222222222222";
+  p.mac = "52:54:00:12:34:56";
+  p.overlay_path = "/pool/desk-1.qcow2";
+  p.spice_port = 5511;
+  p.spice_password = "s3cret";
+  p.spice_listen = "127.0.0.1";
+  auto out = member_domain_xml(xml, p);
+  REQUIRE(out.ok());
+  CHECK(out->find("<name>desk-1</name>") != std::string::npos);
+  CHECK(out->find("<uuid>22222222-2222-4222-8222-222222222222</uuid>") != std::string::npos);
+  CHECK(out->find("52:54:00:12:34:56") != std::string::npos);
+  CHECK(out->find("52:54:00:aa:bb:cc") == std::string::npos);
+  CHECK(out->find("<source file='/pool/desk-1.qcow2'/>") != std::string::npos);
+  CHECK(out->find("/base.img") == std::string::npos);
+  CHECK(out->find("type='qcow2'") != std::string::npos);
+  CHECK(out->find("type='vnc'") == std::string::npos);
+  CHECK(out->find("<graphics type='spice' port='5511' autoport='no' passwd='s3cret'") != std::string::npos);
+  CHECK(domain_memory_kib(*out) == 512 * 1024);
+}
+
+TEST_CASE("host choice: only up hosts, most free memory, then free ports; reasons otherwise") {
+  Given g;
+  add_host(g, "h1", 4ull << 20);
+  add_host(g, "h2", 8ull << 20, PortRange{5500, 5501});
+  g.ok(pool_cmd("p", "floating", {"h1", "h2"}, 0, 10));
+  // h2 has more memory: the first members go there until its memory or ports run out.
+  CHECK(*choose_host(g.s, *g.s.pools.pool("p")) == "h2");
+  g.ok(EnterMaintenance{"h2", std::nullopt});
+  CHECK(*choose_host(g.s, *g.s.pools.pool("p")) == "h1");
+  g.ok(EnterMaintenance{"h1", std::nullopt});
+  CHECK(choose_host(g.s, *g.s.pools.pool("p")).error().reason == "no_host_up");
+  CHECK(g.err(ProvisionPoolVm{"p", "n", "u-1", "m", false}).reason == "no_host_up");
+  g.ok(ActivateHost{"h2", std::nullopt});
+  // Spread: members count against their host's free memory.
+  for (int i = 0; i < 9; ++i) provision(g, "p");
+  int on_h1 = 0, on_h2 = 0;
+  for (const PoolMember* m : g.s.pools.members_of("p")) (m->host_id == "h1" ? on_h1 : on_h2)++;
+  CHECK(on_h1 == 0);  // h1 is still in maintenance
+  CHECK(on_h2 == 9);
+  g.ok(ActivateHost{"h1", std::nullopt});
+  provision(g, "p");
+  CHECK(g.err(ProvisionPoolVm{"p", "n", "u-x", "m", false}).reason == "pool_full");
+  g.check_replay();
+}
+
+TEST_CASE("launch: floating hands out free VMs, never one VM to two users; refusal reasons") {
+  Given g = base("floating", 2, PortRange{5500, 5501});
+  CHECK(g.err(LaunchDesktop{"s0", "alice", "p"}).reason == "no_vm_ready");
+  std::string v1 = provision(g, "p"), v2 = provision(g, "p");
+  auto e1 = g.ok(LaunchDesktop{"s1", "alice", "p"});
+  CHECK(types(e1) == V{"DisplayPortAllocated", "DesktopAssigned", "DesktopSessionCreated"});
+  auto e2 = g.ok(LaunchDesktop{"s2", "bob", "p"});
+  CHECK(g.s.pools.session("s1")->vm_id != g.s.pools.session("s2")->vm_id);
+  CHECK(g.err(LaunchDesktop{"s3", "carol", "p"}).reason == "pool_full");
+  // A second launch of alice reconnects: no new events, same session.
+  CHECK(g.ok(LaunchDesktop{"s4", "alice", "p"}).empty());
+  CHECK(g.s.pools.live_session("p", "alice")->id == "s1");
+  // Logoff frees the VM for carol.
+  auto end = g.ok(EndDesktopSession{"s1", "logoff", "op-1"});
+  CHECK(types(end) == V{"DesktopSessionEnded", "DesktopUnassigned"});
+  g.ok(LaunchDesktop{"s5", "carol", "p"});
+  CHECK(g.s.pools.session("s5")->vm_id == g.s.pools.session("s1")->vm_id);
+  g.check_replay();
+}
+
+TEST_CASE("launch refusals: not entitled, no host up, ports exhausted; nothing half assigned") {
+  Given g = base("floating", 3, PortRange{5500, 5500});
+  g.ok(CreateUser{"dave", "dave", {"user"}, ""});
+  provision(g, "p");
+  provision(g, "p");
+  CHECK(g.err(LaunchDesktop{"s0", "dave", "p"}).reason == "not_entitled");
+  g.ok(LaunchDesktop{"s1", "alice", "p"});  // takes the only port
+  uint64_t before = g.pos;
+  CHECK(g.err(LaunchDesktop{"s2", "bob", "p"}).reason == "display_ports_exhausted");
+  CHECK(g.pos == before);
+  CHECK(g.s.pools.assigned("p", "bob") == nullptr);
+  g.ok(EnterMaintenance{"h1", std::nullopt});
+  CHECK(g.err(LaunchDesktop{"s3", "bob", "p"}).reason == "no_host_up");
+  CHECK(g.s.pools.live_session("p", "bob") == nullptr);
+}
+
+TEST_CASE("dedicated: assigned on first launch and kept across sessions") {
+  Given g = base("dedicated", 2);
+  std::string v1 = provision(g, "p"), v2 = provision(g, "p");
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  std::string mine = g.s.pools.session("s1")->vm_id;
+  g.ok(EndDesktopSession{"s1", "logoff", ""});
+  CHECK(g.s.pools.assigned("p", "alice")->vm_id == mine);
+  g.ok(LaunchDesktop{"s2", "bob", "p"});
+  CHECK(g.s.pools.session("s2")->vm_id != mine);
+  CHECK(g.err(LaunchDesktop{"s3", "carol", "p"}).reason == "pool_full");
+  g.ok(LaunchDesktop{"s4", "alice", "p"});
+  CHECK(g.s.pools.session("s4")->vm_id == mine);
+  g.check_replay();
+}
+
+TEST_CASE("cascades: removing an entitlement, a user or a VM ends its assignments") {
+  Given g = base("dedicated", 3);
+  provision(g, "p");
+  provision(g, "p");
+  std::string v3 = provision(g, "p");
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  g.ok(LaunchDesktop{"s2", "bob", "p"});
+  g.ok(LaunchDesktop{"s3", "carol", "p"});
+  auto es = g.ok(RemoveEntitlement{"p", "alice"});
+  CHECK(types(es) == V{"DesktopSessionEnded", "DesktopUnassigned", "PoolEntitlementRemoved"});
+  CHECK(g.s.pools.assigned("p", "alice") == nullptr);
+  CHECK(g.err(LaunchDesktop{"s4", "alice", "p"}).reason == "not_entitled");
+  // Deleting bob ends his session and assignment in the same fold.
+  g.ok(DeleteUser{"bob", std::nullopt});
+  CHECK(g.s.pools.assigned("p", "bob") == nullptr);
+  CHECK(g.s.pools.session("s2")->state == "ended");
+  CHECK(g.s.pools.session("s2")->end_reason == "user_deleted");
+  // Carol's VM disappears from its host.
+  std::string cv = g.s.pools.session("s3")->vm_id;
+  std::string host = g.s.hosts.vm(cv)->host_id;
+  RecordDomainsObserved obs{host, 1, {}};
+  for (const Vm* v : g.s.hosts.vms_of(host)) {
+    if (v->id != cv) obs.domains.push_back({v->name, v->uuid, v->observed, v->display_port});
+  }
+  g.ok(obs);
+  CHECK(g.s.pools.assigned("p", "carol") == nullptr);
+  CHECK(g.s.pools.session("s3")->end_reason == "vm_lost");
+  CHECK(g.s.pools.member(cv)->state == "failed");
+  for (const auto& [id, m] : g.s.pools.members) CHECK(m.assigned_user.empty());
+  g.check_replay();
+}
+
+TEST_CASE("spares: min_ready running and min_standby powered off, within max_size") {
+  Given g = base("floating", 4);
+  UpdatePool up = upd("p");
+  up.min_ready = 2;
+  up.min_standby = 1;
+  g.ok(up);
+  const Pool& p = *g.s.pools.pool("p");
+  auto plan = plan_spares(g.s, p);
+  CHECK(plan.provision == 3);
+  std::string a = provision(g, "p"), b = provision(g, "p"), c = provision(g, "p");
+  plan = plan_spares(g.s, p);
+  CHECK(plan.provision == 0);
+  CHECK(plan.start.size() == 2);  // two of three standby spares start; one stays off
+  for (const auto& v : plan.start) g.ok(RequestVmPower{v, "op-" + v, "start", std::nullopt});
+  plan = plan_spares(g.s, p);
+  CHECK(plan.start.empty());
+  CHECK(plan.provision == 0);
+  // A launch takes one running spare: one more is started and one more provisioned
+  // (standby now short), up to max_size 4.
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  plan = plan_spares(g.s, p);
+  CHECK(plan.start.size() == 1);
+  CHECK(plan.provision == 1);
+  provision(g, "p");
+  g.ok(LaunchDesktop{"s2", "bob", "p"});
+  g.ok(LaunchDesktop{"s3", "carol", "p"});
+  plan = plan_spares(g.s, p);
+  CHECK(plan.provision == 0);  // 4 members = max_size
+  // Shrink to 2 while three sessions are live: only the idle member may go.
+  UpdatePool shrink = upd("p");
+  shrink.min_ready = 0;
+  shrink.min_standby = 0;
+  shrink.max_size = 2;
+  g.ok(shrink);
+  plan = plan_spares(g.s, *g.s.pools.pool("p"));
+  REQUIRE(plan.remove.size() == 1);
+  CHECK(g.s.pools.member(plan.remove[0])->session_id.empty());
+  g.ok(RemovePoolVm{plan.remove[0], "shrink"});
+  std::string busy = g.s.pools.session("s1")->vm_id;
+  CHECK(g.err(RemovePoolVm{busy, "shrink"}).reason == "vm_in_use");
+  g.check_replay();
+}
+
+TEST_CASE("pool deletion: members without live session go first, the pool ends when empty") {
+  Given g = base("dedicated", 2);
+  provision(g, "p");
+  provision(g, "p");
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  g.ok(LaunchDesktop{"s2", "bob", "p"});
+  g.ok(EndDesktopSession{"s2", "logoff", ""});  // bob keeps his assignment, no session
+  g.ok(DeletePool{"p", std::nullopt});
+  CHECK(g.err(LaunchDesktop{"s3", "carol", "p"}).reason == "pool_deleting");
+  auto plan = plan_spares(g.s, *g.s.pools.pool("p"));
+  REQUIRE(plan.remove.size() == 1);  // alice's VM has a live session: not removed
+  auto es = g.ok(RemovePoolVm{plan.remove[0], "pool deleted"});
+  CHECK(types(es)[0] == "DesktopUnassigned");
+  g.ok(RecordPoolVmRemoved{plan.remove[0], true, ""});
+  CHECK(g.err(FinishPoolDeletion{"p"}).reason == "pool_has_members");
+  g.ok(EndDesktopSession{"s1", "logoff", ""});
+  plan = plan_spares(g.s, *g.s.pools.pool("p"));
+  REQUIRE(plan.remove.size() == 1);
+  g.ok(RemovePoolVm{plan.remove[0], "pool deleted"});
+  g.ok(RecordPoolVmRemoved{plan.remove[0], true, ""});
+  CHECK(plan_spares(g.s, *g.s.pools.pool("p")).finish_deletion);
+  g.ok(FinishPoolDeletion{"p"});
+  CHECK(g.s.pools.pool("p") == nullptr);
+  g.check_replay();
+}
+
+TEST_CASE("power policy and monitor as functions of state and time") {
+  struct Row {
+    std::string policy;
+    V after_logoff;  // event types of the logoff
+  };
+  std::vector<Row> rows = {
+      {"keep_on", {"DesktopSessionEnded", "DesktopUnassigned"}},
+      {"shutdown_on_logoff",
+       {"DesktopSessionEnded", "DesktopUnassigned", "OperationStarted", "VmPowerRequested"}},
+      {"refresh_on_logoff",
+       {"DesktopSessionEnded", "DesktopUnassigned", "PoolVmRefreshStarted", "OperationStarted",
+        "VmPowerRequested"}},
+  };
+  for (const auto& row : rows) {
+    CAPTURE(row.policy);
+    Given g = base("floating", 2);
+    UpdatePool up = upd("p");
+    up.power_policy = row.policy;
+    g.ok(up);
+    std::string v = provision(g, "p", "running");
+    g.ok(LaunchDesktop{"s1", "alice", "p"});
+    CHECK(types(g.ok(EndDesktopSession{"s1", "logoff", "op-x"})) == row.after_logoff);
+  }
+  // Monitor: a silent client is deactivated; a disconnected session ends after the grace.
+  Given g = base("floating", 2);
+  UpdatePool up = upd("p");
+  up.grace_s = 60;
+  up.power_policy = "shutdown_when_idle";
+  up.idle_timeout_s = 600;
+  g.ok(up);
+  std::string v = provision(g, "p", "running");
+  g.ok(RequestVmPower{v, "op-start", "start", std::nullopt});
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  g.ok(ReportSession{"s1", "connected"});
+  CHECK(power_actions(g.s, g.ctx.now_ms + 10000, 30000).empty());
+  auto acts = power_actions(g.s, g.ctx.now_ms + 31000, 30000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].kind == "deactivate_session");
+  CHECK(acts[0].reason == "client_timeout");
+  g.ctx.now_ms += 31000;
+  g.ok(DeactivateSession{"s1", "client_timeout"});
+  CHECK(g.s.pools.session("s1")->state == "disconnected");
+  CHECK(power_actions(g.s, g.ctx.now_ms + 59000, 30000).empty());
+  acts = power_actions(g.s, g.ctx.now_ms + 60000, 30000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].kind == "end_session");
+  CHECK(acts[0].reason == "grace_expired");
+  // Reconnect before the grace: back to connected.
+  g.ok(ReportSession{"s1", "connected"});
+  CHECK(g.s.pools.session("s1")->state == "connected");
+  g.ok(EndDesktopSession{"s1", "logoff", ""});
+  // Idle: a running member without a session past idle_timeout is shut down.
+  CHECK(power_actions(g.s, g.ctx.now_ms + 599000, 30000).empty());
+  acts = power_actions(g.s, g.ctx.now_ms + 600000, 30000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].kind == "shutdown_vm");
+  CHECK(acts[0].id == v);
+  // VM state reported by the host: a crashed VM deactivates its session.
+  g.ok(LaunchDesktop{"s2", "bob", "p"});
+  set_observed(g, v, "crashed");
+  acts = power_actions(g.s, g.ctx.now_ms, 30000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].reason == "vm_crashed");
+  g.check_replay();
+}
+
+TEST_CASE("reconnect policy disconnected_only refuses a second client while connected") {
+  Given g = base("floating", 2);
+  UpdatePool up = upd("p");
+  up.reconnect = "disconnected_only";
+  g.ok(up);
+  provision(g, "p");
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  CHECK(g.ok(LaunchDesktop{"s2", "alice", "p"}).empty());  // created, not yet connected
+  g.ok(ReportSession{"s1", "connected"});
+  CHECK(g.err(LaunchDesktop{"s3", "alice", "p"}).reason == "session_connected");
+  g.ok(ReportSession{"s1", "disconnected"});
+  CHECK(g.ok(LaunchDesktop{"s4", "alice", "p"}).empty());
+  CHECK(g.s.pools.live_session("p", "alice")->id == "s1");
+}
+
+TEST_CASE("admin channels need a live session and a known command") {
+  Given g = base("floating", 2);
+  provision(g, "p");
+  CHECK(g.err(SendUserMessage{"alice", "message", "hi"}).reason == "no_live_session");
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  CHECK(types(g.ok(SendUserMessage{"alice", "message", "maintenance at 18:00"})) == V{"AdminMessageSent"});
+  CHECK(g.err(SendUserMessage{"alice", "command", "format-disk"}).reason == "invalid_command");
+  CHECK(types(g.ok(SendUserMessage{"alice", "command", "logoff"})) == V{"ClientCommandSent"});
+  CHECK(g.s.pools.notices.size() == 2);
+  g.check_replay();
+}
