@@ -335,6 +335,9 @@ void after_observation(const State& s, const Vm& v, const std::string& observed,
     return;  // an operation drives the VM: a difference is pending work, not drift
   }
   if (v.desired == "none") return;
+  // A transitional state (QEMU reports shutting_down on the way to shut_off, even for a
+  // destroy) is not drift yet: the next observation shows where the VM settled.
+  if (observed == "shutting_down") return;
   bool ok = satisfies(v.desired, observed);
   if (!ok && !v.drift) {
     out.push_back(vm_event(v.id, "VmDriftDetected",

@@ -350,8 +350,13 @@ TEST_CASE("drift: detected once, corrected when observed equal again, given up, 
   g.ok(RequestVmPower{kA, "p1", "start", std::nullopt});
   g.ok(RecordVmActionResult{kA, 1, "p1", "start", true, ""});  // already running
   CHECK(g.op("p1").state == "succeeded");
+  // On its way down (QEMU says shutting_down even for a destroy): recorded, not drift yet.
+  auto es = g.ok(RecordDomainsObserved{"h1", 1, {{"a", "uuid-a", "shutting_down", 5500},
+                                                  {"b", "uuid-b", "shut_off", -1}}});
+  CHECK(types(es) == V{"VmObserved"});
+  CHECK(!g.vm(kA).drift);
   // Destroyed behind the broker's back.
-  auto es = g.ok(RecordDomainsObserved{"h1", 1, {{"a", "uuid-a", "shut_off", -1},
+  es = g.ok(RecordDomainsObserved{"h1", 1, {{"a", "uuid-a", "shut_off", -1},
                                                   {"b", "uuid-b", "shut_off", -1}}});
   CHECK(types(es) == V{"VmObserved", "VmDriftDetected"});
   CHECK(g.vm(kA).drift);
