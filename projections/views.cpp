@@ -31,18 +31,25 @@ Result<uint64_t> replay(const eventstore::EventStore& store, domain::State& stat
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::vector<Item>> ready;
+  std::deque<std::vector<Item>> spent;  // folded batches, freed by the reader (see below)
   bool done = false, cancelled = false;
   std::optional<Error> failure;
 
   std::thread reader([&] {
     std::vector<Item> batch;
     batch.reserve(kBatch);
+    // Decoded JSON is freed on the thread that allocated it: freeing it on the folding
+    // thread doubled that thread's work and made the allocator contend across threads.
     auto push = [&](std::vector<Item>&& b) {
-      std::unique_lock l(mu);
-      cv.wait(l, [&] { return ready.size() < kMaxBatches || cancelled; });
-      if (cancelled) return false;
-      ready.push_back(std::move(b));
-      cv.notify_all();
+      std::deque<std::vector<Item>> to_free;
+      {
+        std::unique_lock l(mu);
+        cv.wait(l, [&] { return ready.size() < kMaxBatches || cancelled; });
+        if (cancelled) return false;
+        ready.push_back(std::move(b));
+        to_free.swap(spent);
+        cv.notify_all();
+      }
       return true;
     };
     auto visited = store.scan(state.position, 0, [&](const eventstore::RecordedEvent& re) {
@@ -79,6 +86,16 @@ Result<uint64_t> replay(const eventstore::EventStore& store, domain::State& stat
       ready.pop_front();
       cv.notify_all();
     }
+    struct Recycle {  // hands the folded batch back to the reader to free
+      std::vector<Item>& b;
+      std::mutex& mu;
+      std::deque<std::vector<Item>>& spent;
+      bool& done;
+      ~Recycle() {
+        std::lock_guard l(mu);
+        if (!done) spent.push_back(std::move(b));
+      }
+    } recycle{batch, mu, spent, done};
     try {
       for (const auto& it : batch) {
         domain::evolve(state, it.event, it.at);
