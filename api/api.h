@@ -19,6 +19,10 @@
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
 
+namespace atrium::adapters {
+class PoolWorker;
+}
+
 namespace atrium::api {
 
 struct ApiConfig {
@@ -134,5 +138,8 @@ void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
 // Hosts, VMs and operations (api/routes_hosts.cpp).
 void register_host_routes(Api& api);
+// Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call
+// after register_appcloud_routes: it shares POST /v1/launches and /v1/sessions with it.
+void register_pool_routes(Api& api, adapters::PoolWorker* worker);
 
 }  // namespace atrium::api

@@ -50,6 +50,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
                                                         clock, d->host_metrics_.get());
     d->hosts_->start();
   }
+  if (cfg.pool_worker) {
+    d->pools_ = std::make_unique<adapters::PoolWorker>(*d->pipeline_, d->views_, d->hosts_.get(),
+                                                       cfg.pools, clock);
+    d->pools_->start();
+  }
+  register_pool_routes(*d->api_, d->pools_.get());
   d->server_ = std::make_unique<HttpServer>(*d->api_);
   if (auto st = d->server_->start(); !st) return st.error();
   return d;
@@ -65,6 +71,7 @@ void Daemon::stop() {
     api_->wait_idle(std::chrono::seconds(10));
   }
   if (server_) server_->shutdown();
+  if (pools_) pools_->stop();  // uses the host manager's connections: before it
   if (hosts_) hosts_->stop();  // its workers submit commands: before the pipeline
   if (pipeline_) pipeline_->stop();
 }

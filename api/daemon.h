@@ -7,6 +7,7 @@
 #include <string>
 
 #include "adapters/host_reconciler.h"
+#include "adapters/pool_worker.h"
 #include "api/api.h"
 #include "api/server.h"
 
@@ -22,6 +23,9 @@ struct DaemonConfig {
   // The host reconciler (adapters/host_reconciler.h): on by default.
   bool host_manager = true;
   adapters::HostManagerOptions hosts;
+  // The desktop pool worker (adapters/pool_worker.h): on by default.
+  bool pool_worker = true;
+  adapters::PoolWorkerOptions pools;
   std::shared_ptr<adapters::Hypervisor> hypervisor;  // null: libvirt
 };
 
@@ -39,6 +43,7 @@ class Daemon {
   projections::Views& views() { return views_; }
   pipeline::Pipeline& pipeline() { return *pipeline_; }
   adapters::HostManager* host_manager() { return hosts_.get(); }
+  adapters::PoolWorker* pool_worker() { return pools_.get(); }
   const std::string& admin_credentials_path() const { return credentials_path_; }
 
   // Graceful stop: refuse new requests, finish in-flight ones (bounded), flush the queue,
@@ -56,6 +61,7 @@ class Daemon {
   std::unique_ptr<Api> api_;
   std::unique_ptr<adapters::HostMetrics> host_metrics_;
   std::unique_ptr<adapters::HostManager> hosts_;
+  std::unique_ptr<adapters::PoolWorker> pools_;
   std::unique_ptr<HttpServer> server_;
   std::string credentials_path_;
   bool stopped_ = false;

@@ -59,6 +59,17 @@ void Router::add(std::string method, std::string tmpl, Access access, Handler h)
   routes_.push_back(std::move(r));
 }
 
+void Router::wrap(const std::string& method, const std::string& tmpl, Access fallback_access,
+                  const std::function<Handler(Handler)>& wrap) {
+  for (auto& r : routes_) {
+    if (r.method == method && r.tmpl == tmpl) {
+      r.handler = wrap(r.handler);
+      return;
+    }
+  }
+  add(method, tmpl, std::move(fallback_access), wrap(nullptr));
+}
+
 Router::Match Router::match(const std::string& method, const std::string& path) const {
   Match m;
   m.tmpl = "unmatched";

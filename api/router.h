@@ -35,6 +35,11 @@ struct Route {
 class Router {
  public:
   void add(std::string method, std::string tmpl, Access access, Handler h);
+  // Replaces the handler of an existing route with wrap(old handler), keeping its access
+  // rule; adds `fallback_access` + wrap(nullptr) when there is no such route yet. Lets two
+  // route files share one path (e.g. POST /v1/launches for pools and applications).
+  void wrap(const std::string& method, const std::string& tmpl, Access fallback_access,
+            const std::function<Handler(Handler)>& wrap);
 
   struct Match {
     const Route* route = nullptr;

@@ -1,0 +1,398 @@
+#include "adapters/pool_worker.h"
+
+#include <algorithm>
+#include <cctype>
+#include <ctime>
+#include <random>
+
+#include "domain/hosts.h"
+#include "domain/pools.h"
+
+namespace atrium::adapters {
+
+using domain::State;
+
+namespace {
+
+std::string random_hex(size_t bytes) {
+  static thread_local std::random_device rd;  // /dev/urandom on Linux
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < bytes; ++i) {
+    unsigned v = rd() & 0xffu;
+    out += kHex[v >> 4];
+    out += kHex[v & 15];
+  }
+  return out;
+}
+
+std::string new_uuid() {
+  std::string h = random_hex(16);
+  h[12] = '4';
+  h[16] = "89ab"[std::stoi(h.substr(16, 1), nullptr, 16) & 3];
+  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) +
+         "-" + h.substr(20, 12);
+}
+
+std::string new_mac() {
+  std::string h = random_hex(3);
+  return "52:54:00:" + h.substr(0, 2) + ":" + h.substr(2, 2) + ":" + h.substr(4, 2);
+}
+
+std::string iso_utc(int64_t ms) {
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  return buf;
+}
+
+template <typename C>
+pipeline::Command command(const char* name, C c) {
+  pipeline::Command cmd;
+  cmd.name = name;
+  cmd.decide = [c = std::move(c)](const State& s, const domain::Context& ctx) {
+    return domain::decide(s, c, ctx);
+  };
+  cmd.meta.actor = "system";
+  cmd.meta.correlation_id = "pool-worker";
+  return cmd;
+}
+
+bool running_like(const std::string& o) { return o == "running" || o == "blocked"; }
+
+}  // namespace
+
+PoolWorker::PoolWorker(pipeline::Pipeline& pipeline, projections::Views& views, HostManager* hosts,
+                       PoolWorkerOptions options, pipeline::Clock clock)
+    : pipeline_(pipeline), views_(views), hosts_(hosts), opts_(std::move(options)),
+      clock_(std::move(clock)) {}
+
+PoolWorker::~PoolWorker() { stop(); }
+
+void PoolWorker::start() {
+  std::lock_guard lock(mu_);
+  if (running_) return;
+  running_ = true;
+  stopping_ = false;
+  thread_ = std::thread([this] { loop(); });
+}
+
+void PoolWorker::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (!running_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  std::lock_guard lock(mu_);
+  running_ = false;
+}
+
+void PoolWorker::loop() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    lock.unlock();
+    run_once();
+    lock.lock();
+    cv_.wait_for(lock, opts_.interval, [this] { return stopping_; });
+  }
+}
+
+Status PoolWorker::submit(pipeline::Command c) {
+  auto r = pipeline_.execute(std::move(c));
+  if (!r.ok()) return r.error();
+  return Status::Ok();
+}
+
+Status PoolWorker::define_member(const std::string& vm_id, int port, const std::string& password,
+                                 int64_t expires_ms) {
+  if (hosts_ == nullptr) return Error::make(Code::unavailable, "no host manager runs");
+  struct Plan {
+    std::string host, xml_tmpl, overlay;
+    domain::MemberXmlParams params;
+  };
+  auto plan = views_.read([&](const State& s) -> Result<Plan> {
+    const domain::PoolMember* m = s.pools.member(vm_id);
+    if (m == nullptr) return not_found("pool vm " + vm_id + " not found");
+    const domain::Pool* p = s.pools.pool(m->pool_id);
+    if (p == nullptr) return not_found("pool " + m->pool_id + " not found");
+    Plan pl;
+    pl.host = m->host_id;
+    pl.xml_tmpl = p->tmpl.domain_xml;
+    pl.params.name = m->name;
+    pl.params.uuid = m->uuid;
+    pl.params.mac = m->mac;
+    pl.params.spice_port = port;
+    pl.params.spice_password = password;
+    pl.params.spice_listen = opts_.spice_listen;
+    if (expires_ms > 0) pl.params.password_valid_to = iso_utc(expires_ms);
+    pl.overlay = m->overlay;
+    return pl;
+  });
+  if (!plan.ok()) return plan.error();
+  if (!plan->overlay.empty()) {
+    return Error::make(Code::failed_precondition,
+                       "overlay volumes need libvirt's storage API, which the hypervisor adapter "
+                       "does not expose yet; use a diskless template",
+                       "overlay_unsupported");
+  }
+  auto xml = domain::member_domain_xml(plan->xml_tmpl, plan->params);
+  if (!xml.ok()) return xml.error();
+  return hosts_->with_connection(plan->host, [&](HypervisorConnection& c) -> Status {
+    auto d = c.define(*xml);
+    if (!d.ok()) return d.error();
+    return Status::Ok();
+  });
+}
+
+void PoolWorker::provision(const std::string& pool_id) {
+  int64_t now = clock_();
+  if (auto it = pool_backoff_until_.find(pool_id); it != pool_backoff_until_.end() && it->second > now) {
+    return;
+  }
+  std::string prefix = views_.read([&](const State& s) {
+    const domain::Pool* p = s.pools.pool(pool_id);
+    std::string n = p ? p->name : pool_id;
+    for (char& ch : n) {
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_') ch = '-';
+    }
+    return n.substr(0, 40);
+  });
+  std::string uuid = new_uuid();
+  domain::ProvisionPoolVm c{pool_id, prefix + "-" + uuid.substr(0, 8), uuid, new_mac(), true};
+  auto r = pipeline_.execute(command("ProvisionPoolVm", c));
+  if (!r.ok()) {
+    pool_backoff_until_[pool_id] = now + 2000;  // no host up, pool full: look again later
+    return;
+  }
+  std::string vm_id = views_.read([&](const State& s) {
+    for (const auto& [id, m] : s.pools.members) {
+      if (m.uuid == uuid) return id;
+    }
+    return std::string();
+  });
+  if (vm_id.empty()) return;
+  // Defined shut off with autoport: the display port and ticket are set when it starts.
+  Status st = define_member(vm_id, -1, random_hex(12), 0);
+  if (!st.ok()) {
+    (void)submit(command("RecordPoolVmProvisioned",
+                         domain::RecordPoolVmProvisioned{vm_id, false, st.error().message}));
+    pool_backoff_until_[pool_id] = now + 5000;
+    return;
+  }
+  provisioning_since_[vm_id] = now;
+  finish_provisioning(vm_id);
+}
+
+void PoolWorker::finish_provisioning(const std::string& vm_id) {
+  auto r = pipeline_.execute(command("RecordPoolVmProvisioned",
+                                     domain::RecordPoolVmProvisioned{vm_id, true, ""}));
+  if (r.ok()) {
+    provisioning_since_.erase(vm_id);
+    return;
+  }
+  int64_t now = clock_();
+  auto it = provisioning_since_.find(vm_id);
+  if (it == provisioning_since_.end()) {
+    // Found after a restart: give it one provision timeout from now.
+    provisioning_since_[vm_id] = now;
+  } else if (now - it->second > opts_.provision_timeout.count()) {
+    (void)submit(command("RecordPoolVmProvisioned",
+                         domain::RecordPoolVmProvisioned{
+                             vm_id, false, "the defined domain was not observed on its host within " +
+                                               std::to_string(opts_.provision_timeout.count()) + " ms"}));
+    provisioning_since_.erase(it);
+  }
+}
+
+Status PoolWorker::ensure_running(const std::string& vm_id, const std::string& ticket,
+                                  int64_t expires_ms, bool* defined_with_ticket) {
+  if (defined_with_ticket != nullptr) *defined_with_ticket = false;
+  struct Look {
+    bool on = false;
+    bool exists = false;
+  };
+  auto look = views_.read([&](const State& s) {
+    Look l;
+    const domain::Vm* v = s.hosts.vm(vm_id);
+    if (v == nullptr) return l;
+    l.exists = true;
+    l.on = v->desired == "running" || running_like(v->observed);
+    return l;
+  });
+  if (!look.exists) return not_found("vm " + vm_id + " not found");
+  if (look.on) return Status::Ok();
+  if (auto st = submit(command("AllocateDisplayPort", domain::AllocateDisplayPort{vm_id})); !st) return st;
+  int port = views_.read([&](const State& s) {
+    const domain::Vm* v = s.hosts.vm(vm_id);
+    return v ? v->allocated_port : -1;
+  });
+  if (auto st = define_member(vm_id, port, ticket, expires_ms); !st) return st;
+  if (defined_with_ticket != nullptr) *defined_with_ticket = true;
+  return submit(command("RequestVmPower", domain::RequestVmPower{vm_id, "pw-" + random_hex(12),
+                                                                 "start", std::nullopt}));
+}
+
+void PoolWorker::finish_removal(const std::string& vm_id) {
+  struct Look {
+    std::string host, name, observed;
+    bool exists = false;
+  };
+  auto l = views_.read([&](const State& s) {
+    Look k;
+    const domain::PoolMember* m = s.pools.member(vm_id);
+    if (m == nullptr) return k;
+    k.host = m->host_id;
+    k.name = m->name;
+    const domain::Vm* v = s.hosts.vm(vm_id);
+    k.observed = v ? v->observed : "missing";
+    k.exists = true;
+    return k;
+  });
+  if (!l.exists || running_like(l.observed) || l.observed == "paused") return;  // still stopping
+  Status st = Status::Ok();
+  if (l.observed != "missing" && hosts_ != nullptr) {
+    st = hosts_->with_connection(l.host, [&](HypervisorConnection& c) -> Status {
+      Status u = c.undefine(l.name);
+      if (!u.ok() && u.error().code == Code::not_found) return Status::Ok();
+      return u;
+    });
+  }
+  if (!st.ok() && st.error().code == Code::unavailable) return;  // host not connected: later
+  (void)submit(command("RecordPoolVmRemoved",
+                       domain::RecordPoolVmRemoved{vm_id, st.ok(), st.ok() ? "" : st.error().message}));
+}
+
+void PoolWorker::finish_refresh(const std::string& vm_id) {
+  std::string observed = views_.read([&](const State& s) {
+    const domain::Vm* v = s.hosts.vm(vm_id);
+    return v ? v->observed : std::string("missing");
+  });
+  if (running_like(observed) || observed == "paused" || observed == "shutting_down") return;
+  // Diskless members are clean after a power cycle; the definition is rewritten from the
+  // template (fresh display password) so nothing of the last user's settings stays.
+  Status st = define_member(vm_id, -1, random_hex(12), 0);
+  if (!st.ok() && st.error().code == Code::unavailable) return;
+  (void)submit(command("RecordPoolVmRefreshed",
+                       domain::RecordPoolVmRefreshed{vm_id, st.ok(), st.ok() ? "" : st.error().message}));
+}
+
+void PoolWorker::run_once() {
+  std::lock_guard pass(pass_mu_);
+  int64_t now = clock_();
+  struct Work {
+    std::vector<std::pair<std::string, domain::SparePlan>> plans;
+    std::vector<std::string> provisioning, removing, refreshing;
+    std::vector<domain::PowerAction> actions;
+  };
+  Work w = views_.read([&](const State& s) {
+    Work k;
+    std::vector<std::string> ids;
+    for (const auto& [id, p] : s.pools.pools) ids.push_back(id);
+    std::sort(ids.begin(), ids.end());
+    for (const auto& id : ids) k.plans.emplace_back(id, domain::plan_spares(s, *s.pools.pool(id)));
+    for (const auto& [id, m] : s.pools.members) {
+      if (m.state == "provisioning") k.provisioning.push_back(id);
+      if (m.state == "removing") k.removing.push_back(id);
+      if (m.state == "refreshing") k.refreshing.push_back(id);
+    }
+    k.actions = domain::power_actions(s, now, opts_.client_timeout.count());
+    return k;
+  });
+  for (const auto& id : w.provisioning) {
+    finish_provisioning(id);
+  }
+  for (const auto& a : w.actions) {
+    if (a.kind == "deactivate_session") {
+      (void)submit(command("DeactivateSession", domain::DeactivateSession{a.id, a.reason}));
+    } else if (a.kind == "end_session") {
+      (void)submit(command("EndDesktopSession",
+                           domain::EndDesktopSession{a.id, a.reason, "pw-" + random_hex(12)}));
+    } else if (a.kind == "shutdown_vm") {
+      (void)submit(command("SetMemberPower",
+                           domain::SetMemberPower{a.id, "shutdown", "pw-" + random_hex(12)}));
+    }
+  }
+  for (const auto& [pool_id, plan] : w.plans) {
+    for (const auto& vm : plan.remove) {
+      (void)submit(command("RemovePoolVm", domain::RemovePoolVm{vm, "pool shrink or deletion"}));
+    }
+    for (const auto& vm : plan.start) (void)ensure_running(vm, random_hex(12), 0, nullptr);
+    for (int i = 0; i < plan.provision; ++i) provision(pool_id);
+    if (plan.finish_deletion) {
+      (void)submit(command("FinishPoolDeletion", domain::FinishPoolDeletion{pool_id}));
+    }
+  }
+  for (const auto& id : w.removing) finish_removal(id);
+  for (const auto& id : w.refreshing) finish_refresh(id);
+}
+
+Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) {
+  struct Look {
+    std::string vm, host, name, address;
+    bool found = false;
+  };
+  auto l = views_.read([&](const State& s) {
+    Look k;
+    const domain::DesktopSession* d = s.pools.session(session_id);
+    if (d == nullptr || !d->live()) return k;
+    const domain::PoolMember* m = s.pools.member(d->vm_id);
+    const domain::Host* h = s.hosts.host(d->host_id);
+    if (m == nullptr || h == nullptr) return k;
+    k.vm = d->vm_id;
+    k.host = d->host_id;
+    k.name = m->name;
+    k.address = h->address;
+    k.found = true;
+    return k;
+  });
+  if (!l.found) return not_found("session " + session_id + " not found or ended");
+  DisplayGrant g;
+  g.host = l.address;
+  g.ticket = random_hex(12);
+  g.expires_at_ms = clock_() + opts_.ticket_ttl.count();
+  bool booted_with_ticket = false;
+  if (auto st = ensure_running(l.vm, g.ticket, g.expires_at_ms, &booted_with_ticket); !st) {
+    return st.error();
+  }
+  // Wait (bounded) until the VM runs with a known display port.
+  auto deadline = std::chrono::steady_clock::now() + opts_.launch_wait;
+  for (;;) {
+    int port = views_.read([&](const State& s) {
+      const domain::Vm* v = s.hosts.vm(l.vm);
+      if (v == nullptr || !running_like(v->observed)) return -1;
+      return v->display_port >= 0 ? v->display_port : v->allocated_port;
+    });
+    if (port > 0) {
+      g.port = port;
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return Error::make(Code::unavailable,
+                         "desktop did not start within " + std::to_string(opts_.launch_wait.count()) + " ms",
+                         "vm_start_timeout");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (booted_with_ticket) {
+    // Booted with the ticket (and its expiry) in its display definition.
+    g.ticket_applied = true;
+    g.note = "set in the domain definition at start";
+  } else if (hosts_ == nullptr) {
+    g.note = "no host manager runs";
+  } else {
+    Status st = hosts_->with_connection(l.host, [&](HypervisorConnection& c) {
+      return c.set_display_password(l.name, g.ticket, g.expires_at_ms / 1000);
+    });
+    g.ticket_applied = st.ok();
+    if (!st.ok()) g.note = "the hypervisor did not accept the ticket: " + st.error().message;
+  }
+  (void)submit(command("RecordSessionTicket", domain::RecordSessionTicket{
+                                                 session_id, g.expires_at_ms, g.ticket_applied, g.note}));
+  return g;
+}
+
+}  // namespace atrium::adapters

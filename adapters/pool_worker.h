@@ -1,0 +1,102 @@
+// The pool worker, VM manager and session monitor of desktop pools (domain/pools.h).
+//
+// One thread, level-based: every pass reads the views and, per pool, acts on the plan of
+// domain::plan_spares() (provision members from the template on the chosen host, power on
+// standby spares, remove idle members on shrink or deletion, finish a deletion), completes
+// members being removed or refreshed once their VM is off, and carries out
+// domain::power_actions() (deactivate silent or VM-less sessions, end sessions past their grace
+// with the pool's power policy, shut idle members down). Every step is a command through the
+// pipeline, so it is recorded and decided against the current state: a decision the worker
+// made on an older view is simply refused (e.g. a member that got a session meanwhile).
+//
+// Libvirt actions (define, undefine, set_display_password) run on the host reconciler's own
+// connection (HostManager::with_connection); power changes are desired states that the host
+// reconciler drives. Overlay disks (template.base_volume) need libvirt's storage API, which the
+// hypervisor adapter does not expose yet: such members fail to provision with that reason.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "adapters/host_reconciler.h"
+#include "pipeline/pipeline.h"
+#include "projections/views.h"
+
+namespace atrium::adapters {
+
+struct PoolWorkerOptions {
+  std::chrono::milliseconds interval{250};            // one pass
+  std::chrono::milliseconds client_timeout{90000};    // monitor: silent clients
+  std::chrono::milliseconds provision_timeout{60000}; // define -> observed on the host
+  std::chrono::milliseconds ticket_ttl{120000};       // one-time display password
+  std::chrono::milliseconds launch_wait{60000};       // bounded wait for a VM to run
+  std::string spice_listen = "0.0.0.0";
+};
+
+// What a client needs to connect to a desktop.
+struct DisplayGrant {
+  std::string host;  // host address for clients
+  int port = -1;
+  std::string ticket;
+  int64_t expires_at_ms = 0;
+  bool ticket_applied = false;
+  std::string note;
+};
+
+class PoolWorker {
+ public:
+  PoolWorker(pipeline::Pipeline& pipeline, projections::Views& views, HostManager* hosts,
+             PoolWorkerOptions options = {}, pipeline::Clock clock = pipeline::system_now_ms);
+  ~PoolWorker();
+  PoolWorker(const PoolWorker&) = delete;
+  PoolWorker& operator=(const PoolWorker&) = delete;
+
+  void start();  // idempotent
+  void stop();   // idempotent; before the host manager and the pipeline stop
+
+  // For a launch: makes the session's VM run (allocating its display port and defining its
+  // SPICE display with a fresh ticket if it must be started), waits (bounded) until it runs,
+  // sets a one-time display password that expires after ticket_ttl, records the ticket's
+  // expiry and whether the hypervisor accepted it, and returns the connection details.
+  // unavailable when the VM does not run in time or its host has no connection.
+  Result<DisplayGrant> prepare_display(const std::string& session_id);
+
+  // One pass of the loop (tests drive it directly).
+  void run_once();
+
+ private:
+  void loop();
+  Status submit(pipeline::Command c);
+  // Powers a member on unless it is on or on its way; when it must start, first allocates its
+  // display port and defines it with `ticket` as display password (*defined_with_ticket).
+  Status ensure_running(const std::string& vm_id, const std::string& ticket, int64_t expires_ms,
+                        bool* defined_with_ticket);
+  Status define_member(const std::string& vm_id, int port, const std::string& password,
+                       int64_t expires_ms);
+  void provision(const std::string& pool_id);
+  void finish_provisioning(const std::string& vm_id);
+  void finish_removal(const std::string& vm_id);
+  void finish_refresh(const std::string& vm_id);
+
+  pipeline::Pipeline& pipeline_;
+  projections::Views& views_;
+  HostManager* hosts_;
+  PoolWorkerOptions opts_;
+  pipeline::Clock clock_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool running_ = false;
+  bool stopping_ = false;
+  std::thread thread_;
+  std::mutex pass_mu_;  // one pass at a time
+  std::map<std::string, int64_t> provisioning_since_;  // vm id -> when defined (worker only)
+  std::map<std::string, int64_t> pool_backoff_until_;   // pool id -> next provisioning try
+};
+
+}  // namespace atrium::adapters

@@ -1,0 +1,480 @@
+// Desktop pools, entitlements, desktop launches and sessions, admin channels
+// (domain/pools.h). POST /v1/launches and the session routes are shared with application
+// launches (routes_appcloud.cpp): a body with pool_id, or a desktop session id, is handled
+// here; anything else goes to the application-cloud handler.
+#include <algorithm>
+#include <cstdlib>
+#include <ctime>
+
+#include "adapters/pool_worker.h"
+#include "api/api.h"
+#include "api/crypto.h"
+#include "api/json_input.h"
+#include "domain/pools.h"
+#include "domain/state.h"
+
+namespace atrium::api {
+
+using domain::State;
+using pipeline::Command;
+
+namespace {
+
+template <typename C>
+Command make_command(const char* name, C c, int success_status = 200) {
+  Command cmd;
+  cmd.name = name;
+  cmd.success_status = success_status;
+  cmd.decide = [c = std::move(c)](const State& s, const domain::Context& ctx) {
+    return domain::decide(s, c, ctx);
+  };
+  return cmd;
+}
+
+HttpResponse with_etag(HttpResponse r, uint64_t version) {
+  r.with_header("ETag", "\"" + std::to_string(version) + "\"");
+  return r;
+}
+
+std::function<Json(const State&)> render_pool(const std::string& id) {
+  return [id](const State& s) {
+    const domain::Pool* p = s.pools.pool(id);
+    return p ? domain::pool_to_json(s, *p) : Json{{"id", id}, {"state", "deleted"}};
+  };
+}
+
+std::optional<std::vector<std::string>> read_ids(BodyReader& br, const char* name, bool required) {
+  auto set = br.string_set(name, required);
+  if (!set) return std::nullopt;
+  return std::vector<std::string>(set->begin(), set->end());
+}
+
+// .vv file for virt-viewer / remote-viewer.
+std::string vv_file(const std::string& title, const std::string& host, int port,
+                    const std::string& ticket) {
+  auto clean = [](std::string v) {
+    v.erase(std::remove_if(v.begin(), v.end(), [](char c) { return c == '\n' || c == '\r'; }), v.end());
+    return v;
+  };
+  return "[virt-viewer]\ntype=spice\nhost=" + clean(host) + "\nport=" + std::to_string(port) +
+         "\npassword=" + clean(ticket) + "\ndelete-this-file=1\ntitle=" + clean(title) +
+         "\nrelease-cursor=shift+f12\nsecure-attention=ctrl+alt+end\n";
+}
+
+std::string iso8601(int64_t ms) {
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+void register_pools(Api& api) {
+  Router& r = api.router();
+  r.add("POST", "/v1/pools", Access::Admin(), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"name", "kind", "template", "host_ids", "min_ready", "min_standby",
+                          "max_size", "power_policy", "idle_timeout_s", "reconnect", "grace_s"});
+    domain::CreatePool c;
+    c.id = new_id();
+    auto name = br.str("name", true, 128, 1);
+    auto kind = br.one_of("kind", true, {"dedicated", "floating"});
+    auto hosts = read_ids(br, "host_ids", true);
+    auto min_ready = br.integer("min_ready", false, 0, 10000);
+    auto min_standby = br.integer("min_standby", false, 0, 10000);
+    auto max_size = br.integer("max_size", true, 1, 10000);
+    auto policy = br.one_of("power_policy", false,
+                            {"keep_on", "shutdown_on_logoff", "shutdown_when_idle", "refresh_on_logoff"});
+    auto idle = br.integer("idle_timeout_s", false, 1, 30LL * 24 * 3600);
+    auto reconnect = br.one_of("reconnect", false, {"always", "disconnected_only"});
+    auto grace = br.integer("grace_s", false, 0, 7LL * 24 * 3600);
+    if (const Json* t = br.object("template", true)) {
+      BodyReader tr(*t, {"domain_xml", "domain_name", "host_id", "base_volume", "storage_pool"});
+      auto xml = tr.str("domain_xml", false, 65536, 1);
+      auto dn = tr.str("domain_name", false, 256, 1);
+      auto hid = tr.str("host_id", false, 128, 1);
+      auto base = tr.str("base_volume", false, 4096, 1);
+      auto sp = tr.str("storage_pool", false, 256, 1);
+      if (auto st = tr.finish(); !st) {
+        for (const auto& f : st.error().fields) br.fail("template." + f.field, f.message);
+      } else {
+        c.tmpl.domain_xml = xml.value_or("");
+        c.tmpl.domain_name = dn.value_or("");
+        c.tmpl.host_id = hid.value_or("");
+        c.tmpl.base_volume = base.value_or("");
+        c.tmpl.storage_pool = sp.value_or("default");
+      }
+    }
+    if (auto st = br.finish(); !st) return problem(st.error());
+    c.name = *name;
+    c.kind = *kind;
+    c.host_ids = *hosts;
+    c.min_ready = static_cast<int>(min_ready.value_or(0));
+    c.min_standby = static_cast<int>(min_standby.value_or(0));
+    c.max_size = static_cast<int>(*max_size);
+    c.power_policy = policy.value_or("keep_on");
+    c.idle_timeout_s = idle.value_or(3600);
+    c.reconnect = reconnect.value_or("always");
+    c.grace_s = grace.value_or(300);
+    Command cmd = make_command("CreatePool", c, 201);
+    cmd.render = render_pool(c.id);
+    HttpResponse resp = api.run(req, std::move(cmd));
+    if (resp.status == 201) resp.with_header("Location", "/v1/pools/" + c.id);
+    return resp;
+  });
+
+  r.add("GET", "/v1/pools", Access::Roles({"user"}), [&api](HttpRequest& req) {
+    auto pg = api.page(req);
+    if (!pg.ok()) return problem(pg.error());
+    bool admin = req.principal->is_admin();
+    std::string me = req.principal->user_id;
+    return api.with_state(req, [&](const State& s) {
+      std::vector<const domain::Pool*> all;
+      for (const auto& [id, p] : s.pools.pools) {
+        if (id <= pg->after) continue;
+        if (!admin && p.entitled.count(me) == 0) continue;  // users see what they may launch
+        all.push_back(&p);
+      }
+      size_t n = std::min(all.size(), pg->limit);
+      std::partial_sort(all.begin(), all.begin() + static_cast<long>(n), all.end(),
+                        [](auto* a, auto* b) { return a->id < b->id; });
+      Json items = Json::array();
+      for (size_t i = 0; i < n; ++i) {
+        Json j = domain::pool_to_json(s, *all[i]);
+        if (!admin) j = Json{{"id", j["id"]}, {"name", j["name"]}, {"kind", j["kind"]}};
+        items.push_back(j);
+      }
+      Json out{{"items", items}, {"next_cursor", nullptr}};
+      if (all.size() > n) out["next_cursor"] = Api::encode_cursor(all[n - 1]->id);
+      return HttpResponse::json(200, out);
+    });
+  });
+
+  r.add("GET", "/v1/pools/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    const std::string& id = req.param("id");
+    return api.with_state(req, [&](const State& s) {
+      const domain::Pool* p = s.pools.pool(id);
+      if (p == nullptr) return problem(not_found("pool " + id + " not found"));
+      return with_etag(HttpResponse::json(200, domain::pool_to_json(s, *p)), p->version);
+    });
+  });
+
+  r.add("GET", "/v1/pools/{id}/vms", Access::Admin(), [&api](HttpRequest& req) {
+    const std::string& id = req.param("id");
+    return api.with_state(req, [&](const State& s) {
+      if (s.pools.pool(id) == nullptr) return problem(not_found("pool " + id + " not found"));
+      Json items = Json::array();
+      for (const auto* m : s.pools.members_of(id)) items.push_back(domain::member_to_json(s, *m));
+      return HttpResponse::json(200, Json{{"items", items}, {"next_cursor", nullptr}});
+    });
+  });
+
+  r.add("PATCH", "/v1/pools/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"name", "host_ids", "min_ready", "min_standby", "max_size",
+                          "power_policy", "idle_timeout_s", "reconnect", "grace_s"});
+    domain::UpdatePool c;
+    c.id = req.param("id");
+    c.name = br.str("name", false, 128, 1);
+    c.host_ids = read_ids(br, "host_ids", false);
+    if (auto v = br.integer("min_ready", false, 0, 10000)) c.min_ready = static_cast<int>(*v);
+    if (auto v = br.integer("min_standby", false, 0, 10000)) c.min_standby = static_cast<int>(*v);
+    if (auto v = br.integer("max_size", false, 1, 10000)) c.max_size = static_cast<int>(*v);
+    c.power_policy = br.one_of("power_policy", false,
+                               {"keep_on", "shutdown_on_logoff", "shutdown_when_idle", "refresh_on_logoff"});
+    c.idle_timeout_s = br.integer("idle_timeout_s", false, 1, 30LL * 24 * 3600);
+    c.reconnect = br.one_of("reconnect", false, {"always", "disconnected_only"});
+    c.grace_s = br.integer("grace_s", false, 0, 7LL * 24 * 3600);
+    if (auto st = br.finish(); !st) return problem(st.error());
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    c.expected_version = *expected;
+    Command cmd = make_command("UpdatePool", c);
+    cmd.render = render_pool(c.id);
+    return api.run(req, std::move(cmd));
+  });
+
+  // Deletion is safe and asynchronous: the pool stops launching, the worker removes members
+  // as their sessions end, then the pool is deleted. 202 with the pool (state deleting).
+  r.add("DELETE", "/v1/pools/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    std::string id = req.param("id");
+    Command cmd = make_command("DeletePool", domain::DeletePool{id, *expected}, 202);
+    cmd.render = render_pool(id);
+    return api.run(req, std::move(cmd));
+  });
+
+  r.add("POST", "/v1/pools/{id}/entitlements", Access::Admin(), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"user_id"});
+    auto user = br.str("user_id", true, 128, 1);
+    if (auto st = br.finish(); !st) return problem(st.error());
+    std::string id = req.param("id");
+    Command cmd = make_command("AddEntitlement", domain::AddEntitlement{id, *user}, 201);
+    cmd.render = [id, u = *user](const State&) { return Json{{"pool_id", id}, {"user_id", u}}; };
+    return api.run(req, std::move(cmd));
+  });
+
+  r.add("GET", "/v1/pools/{id}/entitlements", Access::Admin(), [&api](HttpRequest& req) {
+    const std::string& id = req.param("id");
+    return api.with_state(req, [&](const State& s) {
+      const domain::Pool* p = s.pools.pool(id);
+      if (p == nullptr) return problem(not_found("pool " + id + " not found"));
+      Json items = Json::array();
+      for (const auto& u : p->entitled) {
+        Json j{{"pool_id", id}, {"user_id", u}, {"assigned_vm_id", nullptr}};
+        if (const auto* m = s.pools.assigned(id, u)) j["assigned_vm_id"] = m->vm_id;
+        items.push_back(j);
+      }
+      return HttpResponse::json(200, Json{{"items", items}, {"next_cursor", nullptr}});
+    });
+  });
+
+  r.add("DELETE", "/v1/pools/{id}/entitlements/{user_id}", Access::Admin(), [&api](HttpRequest& req) {
+    return api.run(req, make_command("RemoveEntitlement",
+                                     domain::RemoveEntitlement{req.param("id"), req.param("user_id")}, 204));
+  });
+}
+
+// ---- launches and sessions --------------------------------------------------------------
+HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest& req, const Json& body) {
+  BodyReader br(body, {"pool_id"});
+  auto pool = br.str("pool_id", true, 128, 1);
+  if (auto st = br.finish(); !st) return problem(st.error());
+  if (worker == nullptr) {
+    return problem(Error::make(Code::unavailable, "the pool worker is not running", "no_pool_worker"));
+  }
+  std::string user = req.principal->user_id;
+  domain::LaunchDesktop c{new_id(), user, *pool};
+  Command cmd = make_command("LaunchDesktop", c, 201);
+  cmd.render = [pool = *pool, user](const State& s) {
+    const domain::DesktopSession* d = s.pools.live_session(pool, user);
+    return d ? Json{{"session_id", d->id}} : Json::object();
+  };
+  // Each launch hands out a fresh ticket: never answered from an idempotency record.
+  req.headers.erase("idempotency-key");
+  HttpResponse r = api.run(req, std::move(cmd));
+  if (r.status != 201) return r;
+  Json j = Json::parse(r.body, nullptr, false);
+  std::string sid = j.is_object() ? j.value("session_id", "") : "";
+  if (sid.empty()) return problem(Error::make(Code::conflict, "the session ended meanwhile", "session_ended"));
+  auto grant = worker->prepare_display(sid);
+  if (!grant.ok()) return problem(grant.error());
+  struct Info {
+    std::string pool_name, vm_id, state;
+    uint64_t version = 0;
+  };
+  Info info = api.views().read([&](const State& s) {
+    Info i;
+    if (const auto* d = s.pools.session(sid)) {
+      i.vm_id = d->vm_id;
+      i.state = d->state;
+      i.version = d->version;
+    }
+    if (const auto* p = s.pools.pool(*pool)) i.pool_name = p->name;
+    return i;
+  });
+  bool reconnect = sid != c.session_id;
+  Json out{{"session_id", sid},
+           {"kind", "desktop"},
+           {"protocol", "spice"},
+           {"host", grant->host},
+           {"port", grant->port},
+           {"ticket", grant->ticket},
+           {"expires_at", iso8601(grant->expires_at_ms)},
+           {"expires_at_ms", grant->expires_at_ms},
+           {"ticket_applied", grant->ticket_applied},
+           {"pool_id", *pool},
+           {"vm_id", info.vm_id},
+           {"state", info.state},
+           {"reconnected", reconnect},
+           {"connection_file", vv_file(info.pool_name + " - " + req.principal->name, grant->host,
+                                       grant->port, grant->ticket)}};
+  if (!grant->note.empty()) out["ticket_note"] = grant->note;
+  HttpResponse resp = HttpResponse::json(reconnect ? 200 : 201, out);
+  resp.with_header("Location", "/v1/sessions/" + sid);
+  resp.with_header("Cache-Control", "no-store");
+  return resp;
+}
+
+bool is_desktop_session(Api& api, const std::string& id) {
+  return api.views().read([&](const State& s) { return s.pools.session(id) != nullptr; });
+}
+
+void register_sessions(Api& api, adapters::PoolWorker* worker) {
+  Router& r = api.router();
+  r.wrap("POST", "/v1/launches", Access::Roles({"user"}), [&api, worker](Handler prev) -> Handler {
+    return [&api, worker, prev](HttpRequest& req) {
+      auto body = parse_object(req.body);
+      if (!body.ok()) return problem(body.error());
+      if (!body->contains("pool_id") && prev) return prev(req);
+      return launch_desktop(api, worker, req, *body);
+    };
+  });
+
+  r.wrap("GET", "/v1/sessions", Access::Roles({"user"}), [&api](Handler prev) -> Handler {
+    return [&api, prev](HttpRequest& req) {
+      auto kind = req.query.find("kind");
+      if (kind == req.query.end() || kind->second != "desktop") {
+        if (prev) return prev(req);
+        if (kind != req.query.end()) return problem(invalid("kind must be desktop", "invalid_query"));
+      }
+      auto pg = api.page(req);
+      if (!pg.ok()) return problem(pg.error());
+      bool admin = req.principal->is_admin();
+      std::string me = req.principal->user_id;
+      std::string state = req.query.count("state") ? req.query["state"] : "";
+      return api.with_state(req, [&](const State& s) {
+        std::vector<const domain::DesktopSession*> all;
+        for (const auto& [id, d] : s.pools.sessions) {
+          if (id <= pg->after || (!admin && d.user_id != me)) continue;
+          if (!state.empty() && d.state != state) continue;
+          all.push_back(&d);
+        }
+        size_t n = std::min(all.size(), pg->limit);
+        std::partial_sort(all.begin(), all.begin() + static_cast<long>(n), all.end(),
+                          [](auto* a, auto* b) { return a->id < b->id; });
+        Json items = Json::array();
+        for (size_t i = 0; i < n; ++i) items.push_back(domain::desktop_session_to_json(*all[i]));
+        Json out{{"items", items}, {"next_cursor", nullptr}};
+        if (all.size() > n) out["next_cursor"] = Api::encode_cursor(all[n - 1]->id);
+        return HttpResponse::json(200, out);
+      });
+    };
+  });
+
+  r.wrap("GET", "/v1/sessions/{id}", Access::Roles({"user"}), [&api](Handler prev) -> Handler {
+    return [&api, prev](HttpRequest& req) {
+      std::string id = req.param("id");
+      if (!is_desktop_session(api, id) && prev) return prev(req);
+      bool admin = req.principal->is_admin();
+      std::string me = req.principal->user_id;
+      return api.with_state(req, [&](const State& s) {
+        const domain::DesktopSession* d = s.pools.session(id);
+        if (d == nullptr || (!admin && d->user_id != me)) {
+          return problem(not_found("session " + id + " not found"));
+        }
+        return with_etag(HttpResponse::json(200, domain::desktop_session_to_json(*d)), d->version);
+      });
+    };
+  });
+
+  // Logoff: ends the session and applies the pool's power policy.
+  r.wrap("DELETE", "/v1/sessions/{id}", Access::Roles({"user"}), [&api](Handler prev) -> Handler {
+    return [&api, prev](HttpRequest& req) {
+      std::string id = req.param("id");
+      if (!is_desktop_session(api, id) && prev) return prev(req);
+      bool mine = api.views().read([&](const State& s) {
+        const auto* d = s.pools.session(id);
+        return d != nullptr && (req.principal->is_admin() || d->user_id == req.principal->user_id);
+      });
+      if (!mine) return problem(not_found("session " + id + " not found"));
+      return api.run(req, make_command("EndDesktopSession",
+                                       domain::EndDesktopSession{id, "logoff", "pw-" + new_id()}, 204));
+    };
+  });
+
+  // The client reports its display connection (connected|disconnected); also a heartbeat.
+  r.add("POST", "/v1/sessions/{id}/report", Access::Roles({"user"}), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"state"});
+    auto state = br.one_of("state", true, {"connected", "disconnected"});
+    if (auto st = br.finish(); !st) return problem(st.error());
+    std::string id = req.param("id");
+    bool mine = api.views().read([&](const State& s) {
+      const auto* d = s.pools.session(id);
+      return d != nullptr && (req.principal->is_admin() || d->user_id == req.principal->user_id);
+    });
+    if (!mine) return problem(not_found("session " + id + " not found"));
+    Command cmd = make_command("ReportSession", domain::ReportSession{id, *state});
+    cmd.render = [id](const State& s) { return domain::desktop_session_to_json(*s.pools.session(id)); };
+    return api.run(req, std::move(cmd));
+  });
+}
+
+// ---- admin channels ---------------------------------------------------------------------
+void register_channels(Api& api) {
+  Router& r = api.router();
+  auto send = [&api](const char* kind, const char* field) {
+    return [&api, kind, field](HttpRequest& req) {
+      auto body = parse_object(req.body);
+      if (!body.ok()) return problem(body.error());
+      BodyReader br(*body, {field});
+      std::optional<std::string> text = std::string(kind) == "command"
+                                            ? br.one_of(field, true, {"logoff", "reconnect"})
+                                            : br.str(field, true, 2000, 1);
+      if (auto st = br.finish(); !st) return problem(st.error());
+      Command cmd = make_command(kind == std::string("command") ? "SendClientCommand" : "SendUserMessage",
+                                 domain::SendUserMessage{req.param("id"), kind, *text}, 202);
+      cmd.render = [kind, field, t = *text, u = req.param("id")](const State&) {
+        return Json{{"user_id", u}, {"kind", kind}, {field, t}};
+      };
+      return api.run(req, std::move(cmd));
+    };
+  };
+  r.add("POST", "/v1/users/{id}/messages", Access::Admin(), send("message", "text"));
+  r.add("POST", "/v1/users/{id}/commands", Access::Admin(), send("command", "command"));
+
+  // Server-Sent Events, long-poll form like /v1/events/stream: the caller's messages and
+  // commands after Last-Event-ID (a log position), waiting up to sse_wait for the first.
+  r.add("GET", "/v1/me/notifications", Access::AnyRole(), [&api](HttpRequest& req) {
+    uint64_t after = 0;
+    std::optional<std::string> from = req.header("last-event-id");
+    if (!from && req.query.count("after")) from = req.query["after"];
+    if (from) {
+      char* end = nullptr;
+      after = std::strtoull(from->c_str(), &end, 10);
+      if (from->empty() || *end != '\0' || from->size() > 20) {
+        return problem(invalid("Last-Event-ID must be an event position", "invalid_header"));
+      }
+    }
+    if (!api.enter_stream()) {
+      return problem(Error::make(Code::unavailable, "too many open event streams", "too_many_streams"));
+    }
+    std::string me = req.principal->user_id;
+    auto collect = [&] {
+      return api.views().read([&](const State& s) {
+        std::vector<domain::UserNotice> out;
+        for (const auto& n : s.pools.notices) {
+          if (n.position > after && n.user_id == me) out.push_back(n);
+        }
+        return out;
+      });
+    };
+    auto deadline = std::chrono::steady_clock::now() + api.config().sse_wait;
+    auto found = collect();
+    while (found.empty() && !api.draining() && std::chrono::steady_clock::now() < deadline) {
+      api.store().wait_for(api.store().last_position(), std::chrono::milliseconds(250));
+      found = collect();
+    }
+    api.leave_stream();
+    std::string out = "retry: 500\n\n";
+    for (const auto& n : found) {
+      Json d = n.data;
+      d["at_ms"] = n.at_ms;
+      out += "id: " + std::to_string(n.position) + "\nevent: " + n.kind + "\ndata: " + d.dump() + "\n\n";
+    }
+    if (found.empty()) out += ": no new notifications\n\n";
+    HttpResponse resp;
+    resp.body = std::move(out);
+    resp.content_type = "text/event-stream";
+    resp.with_header("Cache-Control", "no-cache");
+    return resp;
+  });
+}
+
+}  // namespace
+
+void register_pool_routes(Api& api, adapters::PoolWorker* worker) {
+  register_pools(api);
+  register_sessions(api, worker);
+  register_channels(api);
+}
+
+}  // namespace atrium::api

@@ -1,0 +1,268 @@
+// Desktop pools over real HTTP (TestBroker) on a test:/// host: the pool worker provisions
+// from the template, many users launch at once, no VM is handed to two users, logoff frees it.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "api/daemon.h"
+#include "support/test_support.h"
+
+using atrium::testing::TestBroker;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string kFixtureUri =
+    std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
+
+const char* kTemplate =
+    "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
+    "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
+    "<devices><interface type='network'><source network='default'/></interface></devices></domain>";
+
+void fast(atrium::api::DaemonConfig& cfg) {
+  cfg.hosts.resync_interval = 300ms;
+  cfg.hosts.poll_interval = 20ms;
+  cfg.hosts.backoff_initial = 100ms;
+  cfg.hosts.call_timeout = 5s;
+  cfg.pools.interval = 50ms;
+  cfg.pools.launch_wait = 10s;
+  cfg.api.threads = 32;
+}
+
+template <typename F>
+json poll(TestBroker& b, const std::string& path, F pred, int seconds = 30) {
+  json last;
+  for (int i = 0; i < seconds * 50; ++i) {
+    auto r = b.call("GET", path);
+    last = r.json();
+    if (r.status == 200 && pred(last)) return last;
+    std::this_thread::sleep_for(20ms);
+  }
+  FAIL("condition not reached on " << path << ": " << last.dump());
+  return last;
+}
+
+std::string add_host(TestBroker& b) {
+  auto r = b.call("POST", "/v1/hosts", {{"name", "fixture"}, {"uri", kFixtureUri}});
+  REQUIRE(r.status == 202);
+  std::string h = r.json()["host_id"];
+  poll(b, "/v1/hosts/" + h, [](const json& j) { return j["state"] == "up"; });
+  return h;
+}
+
+std::string make_pool(TestBroker& b, const std::string& host, json extra) {
+  json body{{"name", extra.value("name", "desks")},
+            {"kind", extra.value("kind", "floating")},
+            {"template", {{"domain_xml", kTemplate}}},
+            {"host_ids", {host}},
+            {"max_size", extra.value("max_size", 4)}};
+  for (auto& [k, v] : extra.items()) body[k] = v;
+  auto r = b.call("POST", "/v1/pools", body);
+  REQUIRE_MESSAGE(r.status == 201, r.body);
+  CHECK(r.header("location") == "/v1/pools/" + r.json()["id"].get<std::string>());
+  return r.json()["id"];
+}
+
+}  // namespace
+
+TEST_CASE("pool CRUD, validation and entitlements") {
+  TestBroker b(fast);
+  std::string h = add_host(b);
+  auto bad = b.call("POST", "/v1/pools", {{"name", "x"}, {"kind", "shared"}, {"template", {{"domain_xml", kTemplate}}},
+                                          {"host_ids", {h}}, {"max_size", 2}});
+  CHECK(bad.status == 400);
+  bad = b.call("POST", "/v1/pools", {{"name", "x"}, {"kind", "floating"}, {"template", {{"domain_xml", kTemplate}}},
+                                     {"host_ids", {h}}, {"max_size", 2}, {"min_ready", 3}});
+  CHECK(bad.status == 400);
+  CHECK(bad.json()["reason"] == "invalid_capacity");
+  std::string p = make_pool(b, h, {{"max_size", 2}});
+  auto [uid, tok] = b.user("ann");
+  CHECK(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", uid}}).status == 201);
+  auto g = b.call("GET", "/v1/pools/" + p);
+  REQUIRE(g.status == 200);
+  CHECK(g.json()["entitled_users"] == json::array({uid}));
+  CHECK(!g.header("etag").empty());
+  // Users see only the pools they may launch, without admin details.
+  auto mine = b.call("GET", "/v1/pools", nullptr, tok);
+  REQUIRE(mine.status == 200);
+  REQUIRE(mine.json()["items"].size() == 1);
+  CHECK(!mine.json()["items"][0].contains("template"));
+  CHECK(b.call("GET", "/v1/pools/" + p, nullptr, tok).status == 403);
+  auto patch = b.call("PATCH", "/v1/pools/" + p, {{"min_ready", 1}, {"power_policy", "shutdown_on_logoff"}});
+  CHECK(patch.status == 200);
+  CHECK(patch.json()["power_policy"] == "shutdown_on_logoff");
+  CHECK(b.call("PATCH", "/v1/pools/" + p, {{"color", "red"}}).status == 400);
+  CHECK(b.call("DELETE", "/v1/pools/" + p + "/entitlements/" + uid).status == 204);
+  CHECK(b.call("DELETE", "/v1/pools/" + p + "/entitlements/" + uid).status == 404);
+  // Deletion: 202, then the worker removes the members and the pool.
+  auto del = b.call("DELETE", "/v1/pools/" + p);
+  CHECK(del.status == 202);
+  // "deleted" at once when it had no member yet, else "deleting" until the worker is done.
+  CHECK((del.json()["state"] == "deleting" || del.json()["state"] == "deleted"));
+  for (int i = 0; i < 500 && b.call("GET", "/v1/pools/" + p).status == 200; ++i) std::this_thread::sleep_for(20ms);
+  CHECK(b.call("GET", "/v1/pools/" + p).status == 404);
+}
+
+TEST_CASE("many concurrent launches on test:///: zero double assignment, reasons for the rest") {
+  TestBroker b(fast);
+  std::string h = add_host(b);
+  constexpr int kSpares = 12, kMax = 16, kUsers = 40;
+  std::string p = make_pool(b, h, {{"min_ready", kSpares}, {"max_size", kMax}});
+  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == kSpares; }, 60);
+  // Spares are defined on the host from the template with a new name, uuid and a SPICE display.
+  auto vms = b.call("GET", "/v1/pools/" + p + "/vms").json()["items"];
+  REQUIRE(vms.size() == kSpares);
+  std::set<std::string> names, macs;
+  for (const auto& v : vms) {
+    names.insert(v["name"].get<std::string>());
+    macs.insert(v["mac"].get<std::string>());
+    CHECK(v["desired_state"] == "running");
+  }
+  CHECK(names.size() == kSpares);
+  CHECK(macs.size() == kSpares);
+
+  std::vector<std::pair<std::string, std::string>> users;
+  for (int i = 0; i < kUsers; ++i) {
+    users.push_back(b.user("u" + std::to_string(i)));
+    REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", users.back().first}}).status == 201);
+  }
+  std::mutex mu;
+  std::vector<json> ok;
+  std::map<std::string, int> refusals;
+  std::vector<int> other;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kUsers; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = b.call("POST", "/v1/launches", {{"pool_id", p}}, users[i].second);
+      std::lock_guard lock(mu);
+      if (r.status == 201) {
+        json j = r.json();
+        j["user"] = users[i].first;
+        ok.push_back(j);
+      } else if (r.status == 409) {
+        refusals[r.json().value("reason", "")]++;
+      } else {
+        other.push_back(r.status);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(other.empty());
+  CHECK(ok.size() >= kSpares);
+  CHECK(ok.size() <= kMax);
+  CHECK(ok.size() + refusals["pool_full"] + refusals["no_vm_ready"] == kUsers);
+  std::set<std::string> vm_ids, sessions;
+  for (const auto& j : ok) {
+    vm_ids.insert(j["vm_id"].get<std::string>());
+    sessions.insert(j["session_id"].get<std::string>());
+    CHECK(j["protocol"] == "spice");
+    CHECK(j["host"] == "127.0.0.1");
+    CHECK(j["port"].get<int>() >= 5500);
+    CHECK(j["port"].get<int>() <= 5699);
+    CHECK(j["ticket"].get<std::string>().size() == 24);
+    std::string vv = j["connection_file"];
+    CHECK(vv.rfind("[virt-viewer]\n", 0) == 0);
+    CHECK(vv.find("type=spice\n") != std::string::npos);
+    CHECK(vv.find("host=127.0.0.1\n") != std::string::npos);
+    CHECK(vv.find("port=" + std::to_string(j["port"].get<int>()) + "\n") != std::string::npos);
+    CHECK(vv.find("password=" + j["ticket"].get<std::string>() + "\n") != std::string::npos);
+    CHECK(vv.find("delete-this-file=1\n") != std::string::npos);
+  }
+  CHECK(vm_ids.size() == ok.size());  // no VM handed to two users
+  CHECK(sessions.size() == ok.size());
+  // The pool's own records agree: each busy member has exactly one user.
+  std::map<std::string, std::string> by_vm;
+  json members = b.call("GET", "/v1/pools/" + p + "/vms").json();
+  for (const auto& v : members["items"]) {
+    if (!v["assigned_user_id"].is_null()) by_vm[v["vm_id"].get<std::string>()] = v["assigned_user_id"].get<std::string>();
+  }
+  CHECK(by_vm.size() == ok.size());
+  for (const auto& j : ok) CHECK(by_vm[j["vm_id"]] == j["user"]);
+
+  // A second launch reconnects to the same session and VM, with a new ticket.
+  const json& first = ok.front();
+  std::string tok;
+  for (const auto& [id, t] : users) {
+    if (id == first["user"]) tok = t;
+  }
+  auto again = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+  REQUIRE(again.status == 200);
+  CHECK(again.json()["session_id"] == first["session_id"]);
+  CHECK(again.json()["vm_id"] == first["vm_id"]);
+  CHECK(again.json()["reconnected"] == true);
+  // Sessions: the user sees their own, not others'.
+  std::string sid = first["session_id"];
+  auto s = b.call("GET", "/v1/sessions/" + sid, nullptr, tok);
+  REQUIRE(s.status == 200);
+  CHECK(s.json()["state"] == "created");
+  CHECK(b.call("POST", "/v1/sessions/" + sid + "/report", {{"state", "connected"}}, tok).json()["state"] == "connected");
+  std::string other_tok = users[0].first == first["user"] ? users[1].second : users[0].second;
+  CHECK(b.call("GET", "/v1/sessions/" + sid, nullptr, other_tok).status == 404);
+  CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, other_tok).status == 404);
+  auto list = b.call("GET", "/v1/sessions?kind=desktop", nullptr, tok);
+  REQUIRE(list.status == 200);
+  CHECK(list.json()["items"].size() == 1);
+  // Logoff ends it and frees the VM; the launch events are all in the log.
+  CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, tok).status == 204);
+  CHECK(b.call("GET", "/v1/sessions/" + sid, nullptr, tok).json()["state"] == "ended");
+  auto ev = b.call("GET", "/v1/events?type=DesktopSessionCreated&limit=1000").json();
+  CHECK(ev["items"].size() == ok.size());
+  auto assigned = b.call("GET", "/v1/events?type=DesktopAssigned&limit=1000").json();
+  CHECK(assigned["items"].size() == ok.size());
+}
+
+TEST_CASE("dedicated pools keep the assignment; refusals; admin messages over SSE") {
+  TestBroker b([](atrium::api::DaemonConfig& cfg) {
+    fast(cfg);
+    cfg.api.sse_wait = 2s;
+  });
+  std::string h = add_host(b);
+  std::string p = make_pool(b, h, {{"kind", "dedicated"}, {"max_size", 1}, {"min_ready", 1},
+                                   {"power_policy", "shutdown_on_logoff"}});
+  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == 1; });
+  auto [a, atok] = b.user("amy");
+  auto [c, ctok] = b.user("cat");
+  auto [x, xtok] = b.user("xan");
+  for (auto u : {a, c}) b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", u}});
+  auto no = b.call("POST", "/v1/launches", {{"pool_id", p}}, xtok);
+  CHECK(no.status == 403);
+  CHECK(no.json()["reason"] == "not_entitled");
+  auto l1 = b.call("POST", "/v1/launches", {{"pool_id", p}}, atok);
+  REQUIRE_MESSAGE(l1.status == 201, l1.body);
+  std::string vm = l1.json()["vm_id"];
+  auto full = b.call("POST", "/v1/launches", {{"pool_id", p}}, ctok);
+  CHECK(full.status == 409);
+  CHECK(full.json()["reason"] == "pool_full");
+  // Admin channel: a message to amy's live sessions, delivered on her notifications stream.
+  CHECK(b.call("POST", "/v1/users/" + a + "/messages", {{"text", "reboot at 18:00"}}).status == 202);
+  CHECK(b.call("POST", "/v1/users/" + a + "/commands", {{"command", "reconnect"}}).status == 202);
+  CHECK(b.call("POST", "/v1/users/" + c + "/messages", {{"text", "hi"}}).status == 409);
+  auto sse = b.call("GET", "/v1/me/notifications", nullptr, atok);
+  REQUIRE(sse.status == 200);
+  CHECK(sse.header("content-type").find("text/event-stream") == 0);
+  CHECK(sse.body.find("event: message\n") != std::string::npos);
+  CHECK(sse.body.find("reboot at 18:00") != std::string::npos);
+  CHECK(sse.body.find("event: command\n") != std::string::npos);
+  CHECK(b.call("GET", "/v1/me/notifications", nullptr, ctok).body.find("reboot") == std::string::npos);
+  // Logoff with shutdown_on_logoff: the VM is powered off, the assignment stays.
+  std::string sid = l1.json()["session_id"];
+  CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, atok).status == 204);
+  poll(b, "/v1/vms/" + vm, [](const json& j) { return j["observed_state"] == "shut_off"; });
+  auto l2 = b.call("POST", "/v1/launches", {{"pool_id", p}}, atok);
+  REQUIRE_MESSAGE(l2.status == 201, l2.body);
+  CHECK(l2.json()["vm_id"] == vm);
+  CHECK(l2.json()["ticket_applied"] == true);  // booted with the ticket in its definition
+  // Removing amy's entitlement ends her session and assignment; cat can now get the VM.
+  CHECK(b.call("DELETE", "/v1/pools/" + p + "/entitlements/" + a).status == 204);
+  CHECK(b.call("GET", "/v1/sessions/" + l2.json()["session_id"].get<std::string>()).json()["end_reason"] ==
+        "entitlement_removed");
+  auto l3 = b.call("POST", "/v1/launches", {{"pool_id", p}}, ctok);
+  CHECK(l3.status == 201);
+  CHECK(l3.json()["vm_id"] == vm);
+}
