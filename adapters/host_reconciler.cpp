@@ -370,6 +370,7 @@ namespace {
 struct HostSnap {
   bool exists = false;
   domain::Host host;
+  std::string connect_op_pending;  // the host's connect operation, if still pending
 };
 
 struct VmSnap {
@@ -414,6 +415,8 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
       if (const domain::Host* h = s.hosts.host(hid)) {
         out.exists = true;
         out.host = *h;
+        const domain::Operation* op = s.hosts.operation(h->connect_operation);
+        if (op != nullptr && op->state == "pending") out.connect_op_pending = op->id;
       }
       return out;
     });
@@ -422,6 +425,10 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
 
     // ---- connect ------------------------------------------------------------------------
     if (!conn) {
+      if (!hs.connect_op_pending.empty()) {
+        (void)exec(cmd("BeginOperations",
+                       domain::BeginOperations{hid, hs.host.epoch, {hs.connect_op_pending}}));
+      }
       ConnectOptions co;
       co.uri = hs.host.uri;
       co.keepalive_interval_s = opts_.keepalive_interval_s;

@@ -440,11 +440,13 @@ Result<Events> decide(const State& s, const RequestVmPower& c, const Context&) {
 
 Result<Events> decide(const State& s, const BeginOperations& c, const Context&) {
   const Host* h = s.hosts.host(c.host_id);
-  if (h == nullptr || c.epoch != h->epoch || !h->connected) return Events{};
+  if (h == nullptr || c.epoch != h->epoch) return Events{};
   Events out;
   for (const auto& id : c.operation_ids) {
     const Operation* op = s.hosts.operation(id);
     if (op == nullptr || op->state != "pending" || op->host_id != c.host_id) continue;
+    // A connect runs while not connected; VM work only on the current connection.
+    if ((op->kind == "connect_host") == h->connected) continue;
     out.push_back(op_event(id, "OperationRunning", Json{{"epoch", c.epoch}}));
   }
   return out;

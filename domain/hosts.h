@@ -189,7 +189,8 @@ struct RequestVmPower {
   std::optional<uint64_t> expected_version;
 };
 
-// The reconciler is about to act on these operations (pending -> running).
+// The reconciler is about to act on these operations (pending -> running): the host's
+// connect operation while it is not connected, VM operations on the current epoch's connection.
 struct BeginOperations {
   std::string host_id;
   uint64_t epoch = 0;

@@ -2,6 +2,8 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "api/daemon.h"
@@ -240,4 +242,24 @@ TEST_CASE("metrics: host and VM families on /metrics") {
         std::string::npos);
   CHECK(m.body.find("# TYPE atrium_libvirt_call_errors_total counter") != std::string::npos);
   CHECK(m.body.find("# TYPE atrium_reconcile_duration_seconds histogram") != std::string::npos);
+
+  // promtool's conventions, on this families (when promtool is installed).
+  if (atrium::testing::run_command("command -v promtool >/dev/null") != 0) {
+    MESSAGE("promtool not installed: lint skipped");
+    return;
+  }
+  atrium::testing::TempDir dir;
+  std::string mine;
+  std::istringstream in(m.body);
+  for (std::string line; std::getline(in, line);) {
+    for (const char* f : {"atrium_hosts", "atrium_vms", "atrium_reconcile_duration_seconds",
+                          "atrium_libvirt_call_", "atrium_display_ports_free"}) {
+      if (line.find(f) != std::string::npos) {
+        mine += line + "\n";
+        break;
+      }
+    }
+  }
+  std::ofstream(dir.str() + "/m.txt") << mine;
+  CHECK(atrium::testing::run_command("promtool check metrics < " + dir.str() + "/m.txt") == 0);
 }

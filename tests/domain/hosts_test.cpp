@@ -148,6 +148,8 @@ TEST_CASE("connect: a new epoch brings the host up and completes the operation; 
 TEST_CASE("connect failures: attempts are recorded; the final one fails the operation with libvirt's message") {
   Given g;
   g.ok(add("h1"));
+  CHECK(types(g.ok(BeginOperations{"h1", 0, {"op-h1"}})) == V{"OperationRunning"});
+  CHECK(g.op("op-h1").state == "running");
   CHECK(types(g.ok(RecordHostConnectFailed{"h1", "Connection refused", false})) ==
         V{"HostConnectAttemptFailed"});
   CHECK(g.host("h1").state == "connecting");
