@@ -199,17 +199,13 @@ void remove_at(const AppCloudState& s, Scope scope, const std::string& target,
 }
 
 const Cluster* cluster_named(const AppCloudState& s, const std::string& name) {
-  for (const auto& [id, c] : s.clusters) {
-    if (c.name == name) return &c;
-  }
-  return nullptr;
+  auto it = s.index.cluster_by_name.find(name);
+  return it == s.index.cluster_by_name.end() ? nullptr : s.cluster(it->second);
 }
 
 const Server* server_named(const AppCloudState& s, const std::string& name) {
-  for (const auto& [id, srv] : s.servers) {
-    if (srv.name == name) return &srv;
-  }
-  return nullptr;
+  auto it = s.index.server_by_name.find(name);
+  return it == s.index.server_by_name.end() ? nullptr : s.server(it->second);
 }
 
 // Checks that (scope, target) names an existing target a publication or authorization may
@@ -285,58 +281,116 @@ const AppSession* AppCloudState::session(const std::string& id) const {
   return find_in(sessions, id);
 }
 
+namespace {
+constexpr char kSep = '\x1f';
+std::string at_key(Scope scope, const std::string& target) {
+  return std::string(scope_name(scope)) + kSep + target;
+}
+std::string pub_key(const std::string& app, Scope scope, const std::string& target) {
+  return app + kSep + at_key(scope, target);
+}
+std::string auth_key(const std::string& user, const std::string& app, Scope scope,
+                     const std::string& target) {
+  return user + kSep + pub_key(app, scope, target);
+}
+template <typename M>
+void index_set(M& m, const std::string& key, const std::string& id, bool add) {
+  if (add) {
+    m[key].insert(id);
+    return;
+  }
+  auto it = m.find(key);
+  if (it == m.end()) return;
+  it->second.erase(id);
+  if (it->second.empty()) m.erase(it);
+}
+}  // namespace
+
+void AppCloudState::index_publication(const Publication& p, bool add) {
+  std::string key = pub_key(p.application_id, p.scope, p.target_id);
+  if (add) {
+    index.publication_by_key[key] = p.id;
+  } else {
+    index.publication_by_key.erase(key);
+  }
+  index_set(index.publications_at, at_key(p.scope, p.target_id), p.id, add);
+}
+
+void AppCloudState::index_authorization(const Authorization& a, bool add) {
+  std::string key = auth_key(a.user_id, a.application_id, a.scope, a.target_id);
+  if (add) {
+    index.authorization_by_key[key] = a.id;
+  } else {
+    index.authorization_by_key.erase(key);
+  }
+  index_set(index.authorizations_at, at_key(a.scope, a.target_id), a.id, add);
+  index_set(index.authorizations_by_user, a.user_id, a.id, add);
+}
+
+void AppCloudState::index_membership(const std::string& server_id, const std::string& cluster_id,
+                                     bool add) {
+  if (!cluster_id.empty()) index_set(index.members, cluster_id, server_id, add);
+}
+
+void AppCloudState::reindex() {
+  index = Indexes{};
+  for (const auto& [id, c] : clusters) index.cluster_by_name[c.name] = id;
+  for (const auto& [id, v] : servers) {
+    index.server_by_name[v.name] = id;
+    index_membership(id, v.cluster_id, true);
+  }
+  for (const auto& [id, p] : publications) index_publication(p, true);
+  for (const auto& [id, a] : authorizations) index_authorization(a, true);
+}
+
 const Publication* AppCloudState::find_publication(const std::string& app_id, Scope scope,
                                                    const std::string& target_id) const {
-  for (const auto& [id, p] : publications) {
-    if (p.application_id == app_id && p.scope == scope && p.target_id == target_id) return &p;
-  }
-  return nullptr;
+  auto it = index.publication_by_key.find(pub_key(app_id, scope, target_id));
+  return it == index.publication_by_key.end() ? nullptr : publication(it->second);
 }
 
 const Authorization* AppCloudState::find_authorization(const std::string& user_id,
                                                        const std::string& app_id, Scope scope,
                                                        const std::string& target_id) const {
-  for (const auto& [id, a] : authorizations) {
-    if (a.user_id == user_id && a.application_id == app_id && a.scope == scope &&
-        a.target_id == target_id) {
-      return &a;
-    }
-  }
-  return nullptr;
+  auto it = index.authorization_by_key.find(auth_key(user_id, app_id, scope, target_id));
+  return it == index.authorization_by_key.end() ? nullptr : authorization(it->second);
 }
 
 std::vector<const Publication*> AppCloudState::publications_at(Scope scope,
                                                                const std::string& target) const {
   std::vector<const Publication*> out;
-  for (const auto& [id, p] : publications) {
-    if (p.scope == scope && p.target_id == target) out.push_back(&p);
-  }
+  auto it = index.publications_at.find(at_key(scope, target));
+  if (it == index.publications_at.end()) return out;
+  for (const auto& id : it->second) out.push_back(publication(id));
   return out;
 }
 
 std::vector<const Authorization*> AppCloudState::authorizations_at(
     Scope scope, const std::string& target) const {
   std::vector<const Authorization*> out;
-  for (const auto& [id, a] : authorizations) {
-    if (a.scope == scope && a.target_id == target) out.push_back(&a);
-  }
+  auto it = index.authorizations_at.find(at_key(scope, target));
+  if (it == index.authorizations_at.end()) return out;
+  for (const auto& id : it->second) out.push_back(authorization(id));
   return out;
 }
 
 std::vector<const Authorization*> AppCloudState::authorizations_of(
     const std::string& user_id, const std::string& app_id) const {
   std::vector<const Authorization*> out;
-  for (const auto& [id, a] : authorizations) {
-    if (a.user_id == user_id && a.application_id == app_id) out.push_back(&a);
+  auto it = index.authorizations_by_user.find(user_id);
+  if (it == index.authorizations_by_user.end()) return out;
+  for (const auto& id : it->second) {
+    const Authorization* a = authorization(id);
+    if (a->application_id == app_id) out.push_back(a);
   }
   return out;
 }
 
 std::vector<const Server*> AppCloudState::members(const std::string& cluster_id) const {
   std::vector<const Server*> out;
-  for (const auto& [id, srv] : servers) {
-    if (srv.cluster_id == cluster_id) out.push_back(&srv);
-  }
+  auto it = index.members.find(cluster_id);
+  if (it == index.members.end()) return out;
+  for (const auto& id : it->second) out.push_back(server(id));
   return out;
 }
 
@@ -357,8 +411,8 @@ std::vector<std::string> AppCloudState::clusters_with(const std::string& app_id)
 }
 
 bool AppCloudState::cluster_has(const std::string& cluster_id, const std::string& app_id) const {
-  for (const auto& [id, srv] : servers) {
-    if (srv.cluster_id == cluster_id && srv.has(app_id)) return true;
+  for (const Server* srv : members(cluster_id)) {
+    if (srv->has(app_id)) return true;
   }
   return false;
 }
@@ -399,8 +453,10 @@ std::vector<std::string> AppCloudState::authorize_targets(const std::string& app
 
 std::vector<Entitlement> AppCloudState::entitlements(const std::string& user_id) const {
   std::map<std::string, Entitlement> by_app;
-  for (const auto& [id, a] : authorizations) {
-    if (a.user_id != user_id) continue;
+  auto mine = index.authorizations_by_user.find(user_id);
+  if (mine == index.authorizations_by_user.end()) return {};
+  for (const auto& id : mine->second) {
+    const Authorization& a = *authorization(id);
     Entitlement& e = by_app[a.application_id];
     e.application_id = a.application_id;
     if (const Application* app = application(a.application_id)) e.name = app->name;
@@ -1051,6 +1107,7 @@ void on_cluster_created(State& s, const Event& e, const Applied& at) {
   c.created_at_ms = at.recorded_at_ms;
   c.updated_at_ms = at.recorded_at_ms;
   c.version = at.stream_version;
+  s.appcloud.index.cluster_by_name[c.name] = c.id;
   s.appcloud.clusters[c.id] = std::move(c);
 }
 
@@ -1058,7 +1115,11 @@ void on_cluster_updated(State& s, const Event& e, const Applied& at) {
   auto it = s.appcloud.clusters.find(str(e, "id"));
   if (it == s.appcloud.clusters.end()) return;
   Cluster& c = it->second;
-  if (e.data.contains("name")) c.name = str(e, "name");
+  if (e.data.contains("name")) {
+    s.appcloud.index.cluster_by_name.erase(c.name);
+    c.name = str(e, "name");
+    s.appcloud.index.cluster_by_name[c.name] = c.id;
+  }
   if (e.data.contains("description")) c.description = str(e, "description");
   if (e.data.contains("placement")) {
     auto p = placement_from_json(e.data["placement"]);
@@ -1069,7 +1130,11 @@ void on_cluster_updated(State& s, const Event& e, const Applied& at) {
 }
 
 void on_cluster_deleted(State& s, const Event& e, const Applied&) {
-  s.appcloud.clusters.erase(str(e, "id"));
+  auto it = s.appcloud.clusters.find(str(e, "id"));
+  if (it == s.appcloud.clusters.end()) return;
+  s.appcloud.index.cluster_by_name.erase(it->second.name);
+  s.appcloud.index.members.erase(it->first);
+  s.appcloud.clusters.erase(it);
 }
 
 void on_server_created(State& s, const Event& e, const Applied& at) {
@@ -1085,6 +1150,7 @@ void on_server_created(State& s, const Event& e, const Applied& at) {
   v.created_at_ms = at.recorded_at_ms;
   v.updated_at_ms = at.recorded_at_ms;
   v.version = at.stream_version;
+  s.appcloud.index.server_by_name[v.name] = v.id;
   s.appcloud.servers[v.id] = std::move(v);
 }
 
@@ -1097,7 +1163,11 @@ void touch(Server& v, const Applied& at) {
 void on_server_updated(State& s, const Event& e, const Applied& at) {
   Server* v = server_of(s, e, "id");
   if (v == nullptr) return;
-  if (e.data.contains("name")) v->name = str(e, "name");
+  if (e.data.contains("name")) {
+    s.appcloud.index.server_by_name.erase(v->name);
+    v->name = str(e, "name");
+    s.appcloud.index.server_by_name[v->name] = v->id;
+  }
   if (e.data.contains("address")) v->address = str(e, "address");
   if (e.data.contains("os_version")) v->os_version = str(e, "os_version");
   if (e.data.contains("cpus")) v->cpus = e.data["cpus"].get<uint32_t>();
@@ -1109,7 +1179,11 @@ void on_server_updated(State& s, const Event& e, const Applied& at) {
 }
 
 void on_server_deleted(State& s, const Event& e, const Applied&) {
-  s.appcloud.servers.erase(str(e, "id"));
+  Server* v = server_of(s, e, "id");
+  if (v == nullptr) return;
+  s.appcloud.index.server_by_name.erase(v->name);
+  s.appcloud.index_membership(v->id, v->cluster_id, false);
+  s.appcloud.servers.erase(v->id);
 }
 
 void on_server_app_added(State& s, const Event& e, const Applied& at) {
@@ -1129,13 +1203,16 @@ void on_server_app_removed(State& s, const Event& e, const Applied& at) {
 void on_joined(State& s, const Event& e, const Applied& at) {
   Server* v = server_of(s, e);
   if (v == nullptr) return;
+  s.appcloud.index_membership(v->id, v->cluster_id, false);
   v->cluster_id = str(e, "cluster_id");
+  s.appcloud.index_membership(v->id, v->cluster_id, true);
   touch(*v, at);
 }
 
 void on_left(State& s, const Event& e, const Applied& at) {
   Server* v = server_of(s, e);
   if (v == nullptr) return;
+  s.appcloud.index_membership(v->id, v->cluster_id, false);
   v->cluster_id.clear();
   touch(*v, at);
 }
@@ -1182,11 +1259,16 @@ void on_published(State& s, const Event& e, const Applied& at) {
   p.target_id = str(e, "target_id");
   p.created_at_ms = at.recorded_at_ms;
   p.version = at.stream_version;
+  if (const Publication* old = s.appcloud.publication(p.id)) s.appcloud.index_publication(*old, false);
+  s.appcloud.index_publication(p, true);
   s.appcloud.publications[p.id] = std::move(p);
 }
 
 void on_unpublished(State& s, const Event& e, const Applied&) {
-  s.appcloud.publications.erase(str(e, "id"));
+  auto it = s.appcloud.publications.find(str(e, "id"));
+  if (it == s.appcloud.publications.end()) return;
+  s.appcloud.index_publication(it->second, false);
+  s.appcloud.publications.erase(it);
 }
 
 void on_authorized(State& s, const Event& e, const Applied& at) {
@@ -1198,11 +1280,18 @@ void on_authorized(State& s, const Event& e, const Applied& at) {
   a.target_id = str(e, "target_id");
   a.created_at_ms = at.recorded_at_ms;
   a.version = at.stream_version;
+  if (const Authorization* old = s.appcloud.authorization(a.id)) {
+    s.appcloud.index_authorization(*old, false);
+  }
+  s.appcloud.index_authorization(a, true);
   s.appcloud.authorizations[a.id] = std::move(a);
 }
 
 void on_unauthorized(State& s, const Event& e, const Applied&) {
-  s.appcloud.authorizations.erase(str(e, "id"));
+  auto it = s.appcloud.authorizations.find(str(e, "id"));
+  if (it == s.appcloud.authorizations.end()) return;
+  s.appcloud.index_authorization(it->second, false);
+  s.appcloud.authorizations.erase(it);
 }
 
 void on_launch_decided(State& s, const Event& e, const Applied& at) {
@@ -1361,6 +1450,7 @@ Status appcloud_from_json(AppCloudState& s, const Json& j) {
                        std::string("not an application-cloud snapshot: ") + ex.what(),
                        "invalid_snapshot");
   }
+  fresh.reindex();
   s = std::move(fresh);
   return Status::Ok();
 }

@@ -65,6 +65,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "domain/event.h"
@@ -228,6 +229,23 @@ struct AppCloudState {
   // Round-robin counters ("app:<id>", "cluster:<id>"), advanced only by
   // ApplicationLaunchDecided so that replay gives the same choices.
   std::map<std::string, uint64_t> round_robin;
+
+  // Derived lookup indexes, kept by evolve and rebuilt by appcloud_from_json (reindex());
+  // never part of the JSON view. Keys join their parts with '\x1f'.
+  struct Indexes {
+    std::unordered_map<std::string, std::string> publication_by_key;    // app|scope|target
+    std::unordered_map<std::string, std::string> authorization_by_key;  // user|app|scope|target
+    std::unordered_map<std::string, std::set<std::string>> publications_at;    // scope|target
+    std::unordered_map<std::string, std::set<std::string>> authorizations_at;  // scope|target
+    std::unordered_map<std::string, std::set<std::string>> authorizations_by_user;
+    std::unordered_map<std::string, std::set<std::string>> members;  // cluster -> servers
+    std::unordered_map<std::string, std::string> cluster_by_name;
+    std::unordered_map<std::string, std::string> server_by_name;
+  } index;
+  void reindex();
+  void index_publication(const Publication& p, bool add);
+  void index_authorization(const Authorization& a, bool add);
+  void index_membership(const std::string& server_id, const std::string& cluster_id, bool add);
 
   const Cluster* cluster(const std::string& id) const;
   const Server* server(const std::string& id) const;
