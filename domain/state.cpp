@@ -64,12 +64,7 @@ Result<State> state_from_json(const Json& j) {
     if (j.contains("pools")) {
       if (auto st = pools_from_json(s.pools, j.at("pools")); !st) return st.error();
     }
-    // The application cloud has no snapshot codec yet: a snapshot that holds any of it is
-    // refused, so start-up falls back to a full replay rather than a wrong state.
-    if (j.at("appcloud") != appcloud_to_json(s.appcloud)) {
-      return Error::make(Code::failed_precondition,
-                         "snapshot holds application-cloud state, which has no codec yet");
-    }
+    if (auto st = appcloud_from_json(s.appcloud, j.at("appcloud")); !st) return st.error();
     return s;
   } catch (const std::exception& ex) {
     return Error::make(Code::invalid_argument, std::string("snapshot unreadable: ") + ex.what());

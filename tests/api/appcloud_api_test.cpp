@@ -227,6 +227,8 @@ TEST_CASE("the paper's walkthrough: plan, clusters, servers, join, publish, auth
   json live = state_json(b);
   CHECK(replayed_json(b) == live);
   b.restart();
+  // The graceful stop wrote a snapshot and the restart started from it.
+  CHECK(b.daemon().pipeline().snapshot_position() == b.daemon().store().last_position());
   CHECK(replayed_json(b) == state_json(b));
   CHECK(state_json(b)["appcloud"] == live["appcloud"]);
 }
