@@ -30,13 +30,13 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   d->store_ = std::move(*store);
   d->pipeline_ = std::make_unique<pipeline::Pipeline>(*d->store_, d->views_, *d->metrics_, clock,
                                                       cfg.pipeline);
-  if (auto st = d->pipeline_->start(); !st) return st.error();
+  // Everything is built, and the port opened, before the log is replayed: during a long
+  // replay /healthz answers and /readyz (and every other route) says 503 "starting".
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());
   register_appcloud_routes(*d->api_);
   register_host_routes(*d->api_);
-  if (auto st = d->bootstrap(cfg); !st) return st.error();
   d->host_metrics_ = std::make_unique<adapters::HostMetrics>(*d->metrics_->registry);
   d->metrics_->add_collector([hm = d->host_metrics_.get(), v = &d->views_] { hm->refresh(*v); });
   if (cfg.host_manager) {
@@ -48,16 +48,19 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     }
     d->hosts_ = std::make_unique<adapters::HostManager>(*d->pipeline_, d->views_, hv, cfg.hosts,
                                                         clock, d->host_metrics_.get());
-    d->hosts_->start();
   }
   if (cfg.pool_worker) {
     d->pools_ = std::make_unique<adapters::PoolWorker>(*d->pipeline_, d->views_, d->hosts_.get(),
                                                        cfg.pools, clock);
-    d->pools_->start();
   }
   register_pool_routes(*d->api_, d->pools_.get());
   d->server_ = std::make_unique<HttpServer>(*d->api_);
   if (auto st = d->server_->start(); !st) return st.error();
+
+  if (auto st = d->pipeline_->start(); !st) return st.error();
+  if (auto st = d->bootstrap(cfg); !st) return st.error();
+  if (d->hosts_) d->hosts_->start();
+  if (d->pools_) d->pools_->start();
   return d;
 }
 

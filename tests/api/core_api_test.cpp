@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "api/daemon.h"
+#include "eventstore/event_store.h"
 #include "support/test_support.h"
 
 using atrium::testing::http;
@@ -339,4 +340,27 @@ TEST_CASE("concurrent writes over HTTP all succeed with gap-free positions") {
   REQUIRE(v.ok());
   CHECK(v->ok);
   CHECK(v->events_checked == last_position(b));
+}
+
+TEST_CASE("while the log is being replayed: healthz 200, readyz and other routes 503") {
+  auto store = atrium::eventstore::make_in_memory();
+  atrium::projections::Views views;
+  atrium::pipeline::Metrics metrics;
+  atrium::pipeline::Pipeline pipe(*store, views, metrics);  // not started: replay pending
+  atrium::api::Api api({}, *store, views, pipe, metrics);
+  atrium::api::register_core_routes(api, "openapi: 3.1.0\n");
+  auto get = [&](const std::string& path) {
+    atrium::api::HttpRequest r;
+    r.method = "GET";
+    r.path = path;
+    return api.handle(r);
+  };
+  CHECK(get("/healthz").status == 200);
+  CHECK(get("/readyz").status == 503);
+  auto users = get("/v1/users");
+  CHECK(users.status == 503);
+  CHECK(json::parse(users.body)["reason"] == "starting");
+  REQUIRE(pipe.start().ok());
+  CHECK(get("/readyz").status == 200);
+  CHECK(get("/v1/users").status == 401);  // past the gate: now it wants a token
 }
