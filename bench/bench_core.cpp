@@ -192,6 +192,10 @@ void replay_run(uint64_t n) {
 
 int main(int argc, char** argv) {
   uint64_t replay_events = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 1000000;
+  if (argc > 2 && std::string(argv[2]) == "pipeline-only") {
+    pipeline_run(64, 1);
+    return 0;
+  }
   if (argc > 2 && std::string(argv[2]) == "replay-only") {
     replay_run(replay_events);
     return 0;
