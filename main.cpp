@@ -32,6 +32,8 @@ const std::vector<Flag> kFlags = {
      "file holding the first admin token (ATRIUM_BOOTSTRAP_TOKEN also works)"},
     {"access-log", "ATRIUM_ACCESS_LOG", "on|off (default on, to stderr)"},
     {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
+    {"default-host", "ATRIUM_DEFAULT_HOST",
+     "libvirt URI of the host added on first start (default test:///default; none = no host)"},
     {"host-reconciler", "ATRIUM_HOST_RECONCILER", "on|off: connect to hosts and reconcile VMs (default on)"},
     {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
     {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
@@ -178,6 +180,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (auto v = get("access-log")) cfg.api.access_log = *v != "off";
+  if (auto v = get("default-host")) cfg.default_host_uri = *v == "none" ? "" : *v;
   if (const char* t = std::getenv("ATRIUM_BOOTSTRAP_TOKEN"); t && *t) cfg.bootstrap_token = t;
   if (auto v = get("bootstrap-token-file")) {
     std::ifstream in(*v);

@@ -131,6 +131,15 @@ Status Daemon::bootstrap(const DaemonConfig& cfg) {
     }));
     if (!r.ok()) return r.error();
     admin_id = cu.id;
+    // The embedded default: a fresh broker manages libvirt's in-process test host, so a
+    // newcomer sees a host and its VMs at once. --default-host=none turns it off.
+    if (!cfg.default_host_uri.empty()) {
+      domain::AddHost ah{new_id(), new_id(), "local", cfg.default_host_uri, "", {}};
+      auto h = pipeline_->execute(make("AddHost", [ah](const State& s, const domain::Context& c) {
+        return domain::decide(s, ah, c);
+      }));
+      if (!h.ok()) return h.error();
+    }
   }
   if (cfg.bootstrap_token) {
     token = *cfg.bootstrap_token;

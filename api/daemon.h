@@ -15,6 +15,8 @@ namespace atrium::api {
 
 struct DaemonConfig {
   std::string data_dir = "./data";
+  // Host added on the very first start (empty log); empty = none.
+  std::string default_host_uri = "test:///default";
   ApiConfig api;
   std::optional<std::string> bootstrap_token;  // ATRIUM_BOOTSTRAP_TOKEN
   bool write_admin_credentials = true;         // first start: data_dir/admin-credentials

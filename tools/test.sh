@@ -17,6 +17,10 @@ if [ -x tools/start_libvirtd.sh ] && [ "${ATRIUM_SKIP_LIBVIRTD:-}" != 1 ]; then
   tools/start_libvirtd.sh || echo "note: no local libvirtd; QEMU end-to-end tests will skip"
 fi
 cmake -S . -B "$dir" -G Ninja "${args[@]}" >/dev/null
-cmake --build "$dir"
+if [ -n "${ATRIUM_SANITIZE:-}" ]; then
+  cmake --build "$dir" --target atriumd atrium_tests  # benchmarks are not run sanitized
+else
+  cmake --build "$dir"
+fi
 cd "$dir"
 ctest --output-on-failure -j2 --timeout 900
