@@ -151,6 +151,28 @@ class HypervisorConnection {
   virtual Status set_display_password(std::string_view name, std::string_view password,
                                       std::int64_t expires_at) = 0;
 
+  // Storage volumes (copy-on-write overlay disks of desktop pools). Paths are the volumes'
+  // target paths as the hypervisor reports them (e.g. "/var/lib/libvirt/images/x.qcow2").
+  //
+  // Creates in storage pool `pool` a qcow2 volume `name` whose backing store is the volume at
+  // `base_path` (which must be a volume the hypervisor knows, i.e. in one of its storage pools:
+  // its capacity and format (qcow2 or raw; raw if it reports none) are read from it). The new
+  // volume has the base's capacity and holds only the writes made to it. Returns the new
+  // volume's path. not_found for an unknown pool or base volume, already_exists if the pool has
+  // a volume with that name (libvirt's test driver reports that as a generic failure:
+  // unavailable "operation failed: storage vol already exists"), failed_precondition if the pool is inactive or the driver cannot
+  // create volumes (hypervisor's message kept in every case).
+  virtual Result<std::string> create_overlay_volume(std::string_view pool, std::string_view name,
+                                                    std::string_view base_path) = 0;
+
+  // The path of volume `name` in storage pool `pool`; not_found if the pool or the volume does
+  // not exist.
+  virtual Result<std::string> volume_path(std::string_view pool, std::string_view name) = 0;
+
+  // Deletes the volume at `path` (its data and its entry in the pool). not_found if no pool of
+  // the hypervisor has a volume with that path.
+  virtual Status delete_volume(std::string_view path) = 0;
+
   // Installs the callbacks for domain lifecycle events and for losing the connection; a later
   // call replaces both. Either may be empty. Callbacks run on the hypervisor library's event
   // thread, one at a time: they must return quickly and must not call back into this

@@ -132,6 +132,10 @@ class LibvirtConnection final : public HypervisorConnection {
   Status undefine(std::string_view name) override;
   Status set_display_password(std::string_view name, std::string_view password,
                               std::int64_t expires_at) override;
+  Result<std::string> create_overlay_volume(std::string_view pool, std::string_view name,
+                                            std::string_view base_path) override;
+  Result<std::string> volume_path(std::string_view pool, std::string_view name) override;
+  Status delete_volume(std::string_view path) override;
   Status subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed) override;
   bool is_alive() override;
   Status close() override;

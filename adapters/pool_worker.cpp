@@ -108,10 +108,10 @@ Status PoolWorker::submit(pipeline::Command c) {
 }
 
 Status PoolWorker::define_member(const std::string& vm_id, int port, const std::string& password,
-                                 int64_t expires_ms) {
+                                 int64_t expires_ms, bool fresh_disk) {
   if (hosts_ == nullptr) return Error::make(Code::unavailable, "no host manager runs");
   struct Plan {
-    std::string host, xml_tmpl, overlay;
+    std::string host, xml_tmpl, overlay, storage_pool, base_volume;
     domain::MemberXmlParams params;
   };
   auto plan = views_.read([&](const State& s) -> Result<Plan> {
@@ -130,21 +130,46 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
     pl.params.spice_listen = opts_.spice_listen;
     if (expires_ms > 0) pl.params.password_valid_to = iso_utc(expires_ms);
     pl.overlay = m->overlay;
+    pl.storage_pool = p->tmpl.storage_pool.empty() ? "default" : p->tmpl.storage_pool;
+    pl.base_volume = p->tmpl.base_volume;
     return pl;
   });
   if (!plan.ok()) return plan.error();
-  if (!plan->overlay.empty()) {
+  if (!plan->overlay.empty() && plan->base_volume.empty()) {
     return Error::make(Code::failed_precondition,
-                       "overlay volumes need libvirt's storage API, which the hypervisor adapter "
-                       "does not expose yet; use a diskless template",
-                       "overlay_unsupported");
+                       "the member has an overlay volume but its pool template has no base volume",
+                       "invalid_template");
   }
-  auto xml = domain::member_domain_xml(plan->xml_tmpl, plan->params);
-  if (!xml.ok()) return xml.error();
   return hosts_->with_connection(plan->host, [&](HypervisorConnection& c) -> Status {
-    auto d = c.define(*xml);
-    if (!d.ok()) return d.error();
-    return Status::Ok();
+    domain::MemberXmlParams params = plan->params;
+    bool created = false;
+    if (!plan->overlay.empty()) {
+      // The member's copy-on-write disk over the template's base volume: kept across power
+      // cycles unless a fresh disk is asked for (provisioning, refresh), then (re)created.
+      auto existing = c.volume_path(plan->storage_pool, plan->overlay);
+      if (existing.ok() && fresh_disk) {
+        if (Status d = c.delete_volume(*existing); !d.ok() && d.error().code != Code::not_found) return d;
+      } else if (existing.ok()) {
+        params.overlay_path = *existing;
+      } else if (existing.error().code != Code::not_found ||
+                 existing.error().reason == "libvirt_no_storage_pool") {
+        return existing.error();
+      }
+      if (params.overlay_path.empty()) {
+        auto path = c.create_overlay_volume(plan->storage_pool, plan->overlay, plan->base_volume);
+        if (!path.ok()) return path.error();
+        params.overlay_path = *path;
+        created = true;
+      }
+    }
+    auto xml = domain::member_domain_xml(plan->xml_tmpl, params);
+    Status st = xml.ok() ? Status::Ok() : Status(xml.error());
+    if (st.ok()) {
+      auto d = c.define(*xml);
+      if (!d.ok()) st = d.error();
+    }
+    if (!st.ok() && created) (void)c.delete_volume(params.overlay_path);  // no orphaned disk
+    return st;
   });
 }
 
@@ -176,7 +201,7 @@ void PoolWorker::provision(const std::string& pool_id) {
   });
   if (vm_id.empty()) return;
   // Defined shut off with autoport: the display port and ticket are set when it starts.
-  Status st = define_member(vm_id, -1, random_hex(12), 0);
+  Status st = define_member(vm_id, -1, random_hex(12), 0, true);
   if (!st.ok()) {
     (void)submit(command("RecordPoolVmProvisioned",
                          domain::RecordPoolVmProvisioned{vm_id, false, st.error().message}));
@@ -230,7 +255,7 @@ Status PoolWorker::ensure_running(const std::string& vm_id, const std::string& t
     const domain::Vm* v = s.hosts.vm(vm_id);
     return v ? v->allocated_port : -1;
   });
-  if (auto st = define_member(vm_id, port, ticket, expires_ms); !st) return st;
+  if (auto st = define_member(vm_id, port, ticket, expires_ms, false); !st) return st;
   if (defined_with_ticket != nullptr) *defined_with_ticket = true;
   return submit(command("RequestVmPower", domain::RequestVmPower{vm_id, "pw-" + random_hex(12),
                                                                  "start", std::nullopt}));
@@ -238,7 +263,7 @@ Status PoolWorker::ensure_running(const std::string& vm_id, const std::string& t
 
 void PoolWorker::finish_removal(const std::string& vm_id) {
   struct Look {
-    std::string host, name, observed;
+    std::string host, name, observed, overlay, storage_pool;
     bool exists = false;
   };
   auto l = views_.read([&](const State& s) {
@@ -247,19 +272,35 @@ void PoolWorker::finish_removal(const std::string& vm_id) {
     if (m == nullptr) return k;
     k.host = m->host_id;
     k.name = m->name;
+    k.overlay = m->overlay;
+    const domain::Pool* p = s.pools.pool(m->pool_id);
+    k.storage_pool = p == nullptr || p->tmpl.storage_pool.empty() ? "default" : p->tmpl.storage_pool;
     const domain::Vm* v = s.hosts.vm(vm_id);
     k.observed = v ? v->observed : "missing";
     k.exists = true;
     return k;
   });
   if (!l.exists || running_like(l.observed) || l.observed == "paused") return;  // still stopping
+  // The overlay volume goes with the domain (a missing one is fine).
+  auto delete_overlay = [&](HypervisorConnection& c) -> Status {
+    if (l.overlay.empty()) return Status::Ok();
+    auto path = c.volume_path(l.storage_pool, l.overlay);
+    if (!path.ok()) return path.error().code == Code::not_found ? Status::Ok() : Status(path.error());
+    Status d = c.delete_volume(*path);
+    if (!d.ok() && d.error().code == Code::not_found) return Status::Ok();
+    return d;
+  };
   Status st = Status::Ok();
   if (l.observed != "missing" && hosts_ != nullptr) {
     st = hosts_->with_connection(l.host, [&](HypervisorConnection& c) -> Status {
       Status u = c.undefine(l.name);
-      if (!u.ok() && u.error().code == Code::not_found) return Status::Ok();
-      return u;
+      if (!u.ok() && u.error().code != Code::not_found) return u;
+      return delete_overlay(c);
     });
+  } else if (hosts_ != nullptr && !l.overlay.empty()) {
+    // The domain is gone (or its host is): remove its disk if the host is reachable; a
+    // removed or unreachable host keeps the volume (nothing else can be done here).
+    (void)hosts_->with_connection(l.host, delete_overlay);
   }
   if (!st.ok() && st.error().code == Code::unavailable) return;  // host not connected: later
   (void)submit(command("RecordPoolVmRemoved",
@@ -272,9 +313,10 @@ void PoolWorker::finish_refresh(const std::string& vm_id) {
     return v ? v->observed : std::string("missing");
   });
   if (running_like(observed) || observed == "paused" || observed == "shutting_down") return;
-  // Diskless members are clean after a power cycle; the definition is rewritten from the
-  // template (fresh display password) so nothing of the last user's settings stays.
-  Status st = define_member(vm_id, -1, random_hex(12), 0);
+  // The definition is rewritten from the template (fresh display password) and an overlay disk
+  // is recreated empty over the base volume, so nothing of the last user's data or settings
+  // stays (diskless members are clean after a power cycle anyway).
+  Status st = define_member(vm_id, -1, random_hex(12), 0, true);
   if (!st.ok() && st.error().code == Code::unavailable) return;
   (void)submit(command("RecordPoolVmRefreshed",
                        domain::RecordPoolVmRefreshed{vm_id, st.ok(), st.ok() ? "" : st.error().message}));

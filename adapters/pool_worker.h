@@ -11,8 +11,9 @@
 //
 // Libvirt actions (define, undefine, set_display_password) run on the host reconciler's own
 // connection (HostManager::with_connection); power changes are desired states that the host
-// reconciler drives. Overlay disks (template.base_volume) need libvirt's storage API, which the
-// hypervisor adapter does not expose yet: such members fail to provision with that reason.
+// reconciler drives. A template with base_volume gives each member a qcow2 overlay volume
+// (named after the member, in template.storage_pool) backed by the base: created at
+// provisioning, recreated empty on refresh, deleted with the member.
 #pragma once
 
 #include <atomic>
@@ -76,8 +77,11 @@ class PoolWorker {
   // display port and defines it with `ticket` as display password (*defined_with_ticket).
   Status ensure_running(const std::string& vm_id, const std::string& ticket, int64_t expires_ms,
                         bool* defined_with_ticket);
+  // Defines the member's domain from the pool template. A member with an overlay disk gets its
+  // overlay volume (created over template.base_volume in template.storage_pool if missing);
+  // `fresh_disk` recreates it empty first (provisioning, refresh).
   Status define_member(const std::string& vm_id, int port, const std::string& password,
-                       int64_t expires_ms);
+                       int64_t expires_ms, bool fresh_disk);
   void provision(const std::string& pool_id);
   void finish_provisioning(const std::string& vm_id);
   void finish_removal(const std::string& vm_id);

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -601,4 +602,133 @@ TEST_CASE("close() from several threads while calls are running") {
   CHECK(closed_errors.load() > 0);
   CHECK(other_errors.load() == 0);
   CHECK_FALSE(conn->is_alive());
+}
+
+namespace {
+
+// Raw libvirt through the connection's own worker: creates a volume from XML in `pool`.
+Result<std::string> create_volume_raw(LibvirtConnection& conn, const std::string& pool, const std::string& xml) {
+  return conn.call<std::string>("test_create_volume", [pool, xml](virConnectPtr c) -> Result<std::string> {
+    virStoragePoolPtr p = virStoragePoolLookupByName(c, pool.c_str());
+    if (p == nullptr) return libvirt_error("virStoragePoolLookupByName");
+    virStorageVolPtr v = virStorageVolCreateXML(p, xml.c_str(), 0);
+    if (v == nullptr) {
+      Error e = libvirt_error("virStorageVolCreateXML");
+      virStoragePoolFree(p);
+      return e;
+    }
+    char* path = virStorageVolGetPath(v);
+    std::string out = path != nullptr ? path : "";
+    std::free(path);
+    virStorageVolFree(v);
+    virStoragePoolFree(p);
+    return out;
+  });
+}
+
+// The XML of the volume at `path`, as libvirt describes it.
+Result<std::string> volume_xml_raw(LibvirtConnection& conn, const std::string& path) {
+  return conn.call<std::string>("test_volume_xml", [path](virConnectPtr c) -> Result<std::string> {
+    virStorageVolPtr v = virStorageVolLookupByPath(c, path.c_str());
+    if (v == nullptr) return libvirt_error("virStorageVolLookupByPath");
+    char* xml = virStorageVolGetXMLDesc(v, 0);
+    std::string out = xml != nullptr ? xml : "";
+    std::free(xml);
+    virStorageVolFree(v);
+    return out;
+  });
+}
+
+}  // namespace
+
+TEST_CASE("overlay volume over a base volume on the test driver: create, look up, delete") {
+  auto conn = open("test:///default");
+  auto base = create_volume_raw(*conn, "default-pool",
+                                "<volume><name>base.img</name><capacity unit='bytes'>1073741824</capacity>"
+                                "<target><format type='raw'/></target></volume>");
+  REQUIRE_MESSAGE(base.ok(), (base.ok() ? "" : base.error().message));
+  CHECK(*base == "/default-pool/base.img");
+
+  auto path = conn->create_overlay_volume("default-pool", "desk-1.qcow2", *base);
+  REQUIRE_MESSAGE(path.ok(), (path.ok() ? "" : path.error().message));
+  CHECK(*path == "/default-pool/desk-1.qcow2");
+
+  auto found = conn->volume_path("default-pool", "desk-1.qcow2");
+  REQUIRE(found.ok());
+  CHECK(*found == *path);
+
+  // The test driver keeps the volume XML as given: a qcow2 target, the base's capacity, and
+  // the base (with its detected raw format) as backing store. It writes no file.
+  auto xml = volume_xml_raw(*conn, *path);
+  REQUIRE(xml.ok());
+  CHECK(xml->find("<capacity unit='bytes'>1073741824</capacity>") != std::string::npos);
+  CHECK(xml->find("<format type='qcow2'/>") != std::string::npos);
+  auto bs = xml->find("<backingStore>");
+  REQUIRE(bs != std::string::npos);
+  CHECK(xml->find("<path>/default-pool/base.img</path>", bs) != std::string::npos);
+  CHECK(xml->find("<format type='raw'/>", bs) != std::string::npos);
+
+  // The same name again: refused with libvirt's message. The test driver reports it as a
+  // generic VIR_ERR_OPERATION_FAILED (so: unavailable), not VIR_ERR_STORAGE_VOL_EXIST.
+  auto again = conn->create_overlay_volume("default-pool", "desk-1.qcow2", *base);
+  REQUIRE_FALSE(again.ok());
+  CHECK(again.error().reason == "libvirt_operation_failed");
+  CHECK(again.error().message == "operation failed: storage vol already exists");
+
+  // An overlay of an overlay: the base's qcow2 format is detected.
+  auto chained = conn->create_overlay_volume("default-pool", "desk-2.qcow2", *path);
+  REQUIRE(chained.ok());
+  auto cxml = volume_xml_raw(*conn, *chained);
+  REQUIRE(cxml.ok());
+  auto cbs = cxml->find("<backingStore>");
+  REQUIRE(cbs != std::string::npos);
+  CHECK(cxml->find("<format type='qcow2'/>", cbs) != std::string::npos);
+
+  REQUIRE(conn->delete_volume(*chained).ok());
+  REQUIRE(conn->delete_volume(*path).ok());
+  auto gone = conn->volume_path("default-pool", "desk-1.qcow2");
+  REQUIRE_FALSE(gone.ok());
+  CHECK(gone.error().code == Code::not_found);
+  CHECK(gone.error().reason == "libvirt_no_storage_vol");
+  auto gone_xml = volume_xml_raw(*conn, *path);
+  CHECK_FALSE(gone_xml.ok());
+
+  // Deleting it again: not_found with libvirt's message.
+  Status twice = conn->delete_volume(*path);
+  REQUIRE_FALSE(twice.ok());
+  CHECK(twice.error().code == Code::not_found);
+  CHECK(twice.error().reason == "libvirt_no_storage_vol");
+  CHECK(twice.error().message.find("/default-pool/desk-1.qcow2") != std::string::npos);
+  CHECK(conn->volume_path("default-pool", "base.img").ok());  // the base stays
+}
+
+TEST_CASE("overlay volume errors keep libvirt's message") {
+  auto conn = open("test:///default");
+  auto base = create_volume_raw(*conn, "default-pool",
+                                "<volume><name>base.qcow2</name><capacity unit='bytes'>1048576</capacity>"
+                                "<target><format type='qcow2'/></target></volume>");
+  REQUIRE(base.ok());
+
+  auto no_pool = conn->create_overlay_volume("nopool", "x.qcow2", *base);
+  REQUIRE_FALSE(no_pool.ok());
+  CHECK(no_pool.error().code == Code::not_found);
+  CHECK(no_pool.error().reason == "libvirt_no_storage_pool");
+  CHECK(no_pool.error().message == "Storage pool not found: no storage pool with matching name 'nopool'");
+
+  auto no_base = conn->create_overlay_volume("default-pool", "x.qcow2", "/nowhere/base.qcow2");
+  REQUIRE_FALSE(no_base.ok());
+  CHECK(no_base.error().code == Code::not_found);
+  CHECK(no_base.error().reason == "libvirt_no_storage_vol");
+  CHECK(no_base.error().message.find("/nowhere/base.qcow2") != std::string::npos);
+  CHECK(conn->volume_path("default-pool", "x.qcow2").error().code == Code::not_found);
+
+  auto no_pool_path = conn->volume_path("nopool", "x.qcow2");
+  REQUIRE_FALSE(no_pool_path.ok());
+  CHECK(no_pool_path.error().reason == "libvirt_no_storage_pool");
+
+  REQUIRE(conn->close().ok());
+  auto closed = conn->create_overlay_volume("default-pool", "y.qcow2", *base);
+  REQUIRE_FALSE(closed.ok());
+  CHECK(closed.error().code == Code::unavailable);
+  CHECK(conn->delete_volume(*base).error().code == Code::unavailable);
 }

@@ -18,8 +18,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -243,4 +247,90 @@ TEST_CASE("qemu:///system end to end: define, start, SPICE port, password, destr
   REQUIRE_FALSE(gone.ok());
   CHECK(gone.error().code == Code::not_found);
   MESSAGE("QEMU's not-found message: " << gone.error().message);
+}
+
+// Overlay volumes on a real dir pool: a transient pool atrium-e2e-ovl-<pid> in a temp dir, a
+// 16 MiB qcow2 base, an overlay through the adapter, checked with qemu-img when installed.
+TEST_CASE("qemu:///system end to end: overlay volume over a base volume in a dir pool") {
+  LibvirtHypervisor hv;
+  ConnectOptions opts;
+  opts.uri = "qemu:///system";
+  opts.timeout = 30s;
+  auto connected = hv.connect_libvirt(opts);
+  if (!connected) {
+    MESSAGE("SKIPPED: cannot connect to qemu:///system (" << connected.error().message << ")");
+    return;
+  }
+  LibvirtConnection& conn = *connected.value();
+  char tmpl[] = "/tmp/atrium-e2e-ovl-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  std::filesystem::permissions(dir, std::filesystem::perms(0755));
+  const std::string pool = "atrium-e2e-ovl-" + std::to_string(getpid());
+  // Raw libvirt for the pool and the base (the adapter only makes overlays).
+  auto raw = [&](const char* what, std::function<Status(virConnectPtr)> fn) -> Status {
+    Result<int> r = conn.call<int>(what, [fn = std::move(fn)](virConnectPtr c) -> Result<int> {
+      Status st = fn(c);
+      if (!st.ok()) return st.error();
+      return 0;
+    });
+    if (!r.ok()) return r.error();
+    return Status::Ok();
+  };
+  struct Cleanup {
+    std::function<void()> fn;
+    ~Cleanup() { fn(); }
+  } cleanup{[&] {
+    (void)raw("cleanup", [&](virConnectPtr c) -> Status {
+      if (virStoragePoolPtr p = virStoragePoolLookupByName(c, pool.c_str())) {
+        virStoragePoolDestroy(p);  // transient: gone after destroy
+        virStoragePoolFree(p);
+      }
+      return Status::Ok();
+    });
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }};
+  Status made = raw("create pool and base", [&](virConnectPtr c) -> Status {
+    std::string pxml = "<pool type='dir'><name>" + pool + "</name><target><path>" + dir + "</path></target></pool>";
+    virStoragePoolPtr p = virStoragePoolCreateXML(c, pxml.c_str(), 0);
+    if (p == nullptr) return libvirt_error("virStoragePoolCreateXML");
+    virStorageVolPtr v = virStorageVolCreateXML(
+        p, "<volume><name>base.qcow2</name><capacity unit='bytes'>16777216</capacity>"
+           "<target><format type='qcow2'/></target></volume>", 0);
+    Status st = v == nullptr ? Status(libvirt_error("virStorageVolCreateXML")) : Status::Ok();
+    if (v != nullptr) virStorageVolFree(v);
+    virStoragePoolFree(p);
+    return st;
+  });
+  REQUIRE_MESSAGE(made.ok(), (made.ok() ? "" : made.error().message));
+  const std::string base = dir + "/base.qcow2";
+
+  auto path = conn.create_overlay_volume(pool, "desk-1.qcow2", base);
+  REQUIRE_MESSAGE(path.ok(), (path.ok() ? "" : path.error().message));
+  CHECK(*path == dir + "/desk-1.qcow2");
+  CHECK(std::filesystem::exists(*path));
+  auto found = conn.volume_path(pool, "desk-1.qcow2");
+  REQUIRE(found.ok());
+  CHECK(*found == *path);
+
+  if (std::system("command -v qemu-img >/dev/null 2>&1") == 0) {
+    std::string cmd = "qemu-img info -U '" + *path + "' 2>&1";
+    std::string out;
+    if (FILE* f = popen(cmd.c_str(), "r")) {
+      char buf[512];
+      while (std::fgets(buf, sizeof buf, f) != nullptr) out += buf;
+      pclose(f);
+    }
+    CHECK_MESSAGE(out.find("backing file: " + base) != std::string::npos, out);
+    CHECK_MESSAGE(out.find("file format: qcow2") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("virtual size: 16 MiB") != std::string::npos, out);
+  } else {
+    MESSAGE("qemu-img not installed: backing file not checked");
+  }
+
+  REQUIRE(conn.delete_volume(*path).ok());
+  CHECK_FALSE(std::filesystem::exists(*path));
+  CHECK(conn.volume_path(pool, "desk-1.qcow2").error().code == Code::not_found);
+  CHECK(conn.delete_volume(base).ok());
 }

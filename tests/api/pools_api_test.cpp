@@ -266,3 +266,47 @@ TEST_CASE("dedicated pools keep the assignment; refusals; admin messages over SS
   CHECK(l3.status == 201);
   CHECK(l3.json()["vm_id"] == vm);
 }
+
+TEST_CASE("overlay disks: members get a qcow2 overlay over the base volume; a missing base fails them") {
+  TestBroker b(fast);
+  std::string h = add_host(b);
+  const std::string disk_tmpl =
+      "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
+      "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
+      "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+      "<source file='/var/lib/atrium/images/base.qcow2'/><target dev='vda' bus='virtio'/></disk>"
+      "</devices></domain>";
+  // The fixture host's pool vdi-images holds /var/lib/atrium/images/base.qcow2.
+  std::string p = make_pool(b, h, {{"name", "disks"}, {"max_size", 2}, {"min_ready", 1},
+                                   {"template", {{"domain_xml", disk_tmpl},
+                                                 {"base_volume", "/var/lib/atrium/images/base.qcow2"},
+                                                 {"storage_pool", "vdi-images"}}}});
+  json ready = poll(b, "/v1/pools/" + p + "/vms", [](const json& j) {
+    for (const auto& v : j["items"]) {
+      if (v["state"] == "ready") return true;
+    }
+    return false;
+  });
+  json member;
+  for (const auto& v : ready["items"]) {
+    if (v["state"] == "ready") member = v;
+  }
+  CHECK(member["overlay"] == member["name"].get<std::string>() + ".qcow2");
+  CHECK(member["error"].is_null());
+
+  // A base volume the host does not know: the member fails with libvirt's message.
+  std::string bad = make_pool(b, h, {{"name", "nobase"}, {"max_size", 1}, {"min_ready", 1},
+                                     {"template", {{"domain_xml", disk_tmpl},
+                                                   {"base_volume", "/nowhere/base.qcow2"},
+                                                   {"storage_pool", "vdi-images"}}}});
+  // (Failed members are removed and retried at once, so the record is read from the log.)
+  json failed = poll(b, "/v1/events?type=PoolVmProvisionFailed&limit=100",
+                     [](const json& j) { return !j["items"].empty(); });
+  std::string err = failed["items"][0]["data"].value("error", "");
+  CHECK_MESSAGE(err.find("/nowhere/base.qcow2") != std::string::npos, failed.dump());
+
+  // Deleting the pool removes its members (domain and overlay volume) and then the pool.
+  CHECK(b.call("DELETE", "/v1/pools/" + p).status == 202);
+  for (int i = 0; i < 500 && b.call("GET", "/v1/pools/" + p).status == 200; ++i) std::this_thread::sleep_for(20ms);
+  CHECK(b.call("GET", "/v1/pools/" + p).status == 404);
+}
