@@ -78,7 +78,7 @@ HttpResponse Api::handle(HttpRequest& req) {
   if (draining_ && m.tmpl != "/healthz") {
     resp = problem(Code::unavailable, "the broker is shutting down", "shutting_down");
     resp.with_header("Connection", "close");
-  } else if (!pipeline_.ready() && m.tmpl != "/healthz" && m.tmpl != "/readyz" &&
+  } else if (!started() && m.tmpl != "/healthz" && m.tmpl != "/readyz" &&
              m.tmpl != "/metrics") {
     resp = problem(Code::unavailable, "the broker is starting: replaying its log", "starting");
   } else if (req.body.size() > cfg_.max_body_bytes) {

@@ -103,6 +103,11 @@ class Api {
   static std::string encode_cursor(const std::string& key);
 
   // ---- lifecycle ------------------------------------------------------------------------
+  // Set by the daemon once the log is replayed and the first admin exists; until then
+  // every route but /healthz, /readyz and /metrics answers 503 "starting".
+  void set_started() { started_ = true; }
+  bool started() const { return started_.load() && pipeline_.ready(); }
+
   void begin_drain() { draining_ = true; }
   bool draining() const { return draining_.load(); }
   bool wait_idle(std::chrono::milliseconds timeout);
@@ -127,6 +132,7 @@ class Api {
   AccessLog log_;
 
   std::atomic<bool> draining_{false};
+  std::atomic<bool> started_{false};
   std::atomic<size_t> in_flight_{0};
   std::atomic<size_t> streams_{0};
   std::mutex idle_mu_;

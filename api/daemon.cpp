@@ -61,6 +61,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   if (auto st = d->bootstrap(cfg); !st) return st.error();
   if (d->hosts_) d->hosts_->start();
   if (d->pools_) d->pools_->start();
+  d->api_->set_started();
   return d;
 }
 

@@ -56,7 +56,7 @@ void register_health(Api& api, const std::string& openapi_text) {
   r.add("GET", "/readyz", Access::Public(), [&api](HttpRequest&) {
     uint64_t durable = api.store().last_position();
     uint64_t applied = api.views().position();
-    if (!api.pipeline().ready() || applied < durable) {
+    if (!api.started() || applied < durable) {
       return problem(Error::make(Code::unavailable,
                                  "projections are at " + std::to_string(applied) + " of " +
                                      std::to_string(durable) + " events",
