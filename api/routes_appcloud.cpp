@@ -183,9 +183,9 @@ void register_clusters(Api& api) {
   r.add("GET", "/v1/clusters/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Cluster* c = s.appcloud.cluster(id);
-      if (c == nullptr) return problem(not_found("cluster " + id + " not found"));
-      return with_etag(HttpResponse::json(200, cluster_view(s.appcloud, *c)), c->version);
+      return entity_response(s.appcloud.cluster(id), "cluster", id, [&](const domain::Cluster& x) {
+        return cluster_view(s.appcloud, x);
+      });
     });
   });
 
@@ -277,9 +277,9 @@ void register_servers(Api& api) {
   r.add("GET", "/v1/servers/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Server* v = s.appcloud.server(id);
-      if (v == nullptr) return problem(not_found("server " + id + " not found"));
-      return with_etag(HttpResponse::json(200, server_view(s.appcloud, *v)), v->version);
+      return entity_response(s.appcloud.server(id), "server", id, [&](const domain::Server& x) {
+        return server_view(s.appcloud, x);
+      });
     });
   });
 
@@ -512,9 +512,9 @@ void register_publications(Api& api) {
   r.add("GET", "/v1/publications/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Publication* p = s.appcloud.publication(id);
-      if (p == nullptr) return problem(not_found("publication " + id + " not found"));
-      return with_etag(HttpResponse::json(200, domain::publication_to_json(*p)), p->version);
+      return entity_response(s.appcloud.publication(id), "publication", id, [&](const domain::Publication& x) {
+        return domain::publication_to_json(x);
+      });
     });
   });
 
@@ -603,9 +603,9 @@ void register_authorizations(Api& api) {
   r.add("GET", "/v1/authorizations/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Authorization* a = s.appcloud.authorization(id);
-      if (a == nullptr) return problem(not_found("authorization " + id + " not found"));
-      return with_etag(HttpResponse::json(200, domain::authorization_to_json(*a)), a->version);
+      return entity_response(s.appcloud.authorization(id), "authorization", id, [&](const domain::Authorization& x) {
+        return domain::authorization_to_json(x);
+      });
     });
   });
 

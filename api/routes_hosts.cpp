@@ -25,11 +25,6 @@ Command make_command(const char* name, C c, int success_status) {
   return cmd;
 }
 
-HttpResponse with_etag(HttpResponse r, uint64_t version) {
-  r.with_header("ETag", "\"" + std::to_string(version) + "\"");
-  return r;
-}
-
 // 202 answers point at the operation to follow.
 HttpResponse accepted(HttpResponse r, const std::string& op_id) {
   if (r.status == 202) r.with_header("Location", "/v1/operations/" + op_id);
@@ -101,9 +96,9 @@ void register_hosts(Api& api) {
   r.add("GET", "/v1/hosts/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Host* h = s.hosts.host(id);
-      if (h == nullptr) return problem(not_found("host " + id + " not found"));
-      return with_etag(HttpResponse::json(200, domain::host_to_json(s.hosts, *h)), h->version);
+      return entity_response(s.hosts.host(id), "host", id, [&](const domain::Host& x) {
+        return domain::host_to_json(s.hosts, x);
+      });
     });
   });
 
@@ -163,9 +158,9 @@ void register_vms(Api& api) {
   r.add("GET", "/v1/vms/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Vm* v = s.hosts.vm(id);
-      if (v == nullptr) return problem(not_found("vm " + id + " not found"));
-      return with_etag(HttpResponse::json(200, domain::vm_to_json(s.hosts, *v)), v->version);
+      return entity_response(s.hosts.vm(id), "vm", id, [&](const domain::Vm& x) {
+        return domain::vm_to_json(s.hosts, x);
+      });
     });
   });
 
@@ -200,9 +195,9 @@ void register_operations(Api& api) {
   r.add("GET", "/v1/operations/{id}", Access::Admin(), [&api](HttpRequest& req) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
-      const domain::Operation* o = s.hosts.operation(id);
-      if (o == nullptr) return problem(not_found("operation " + id + " not found"));
-      return with_etag(HttpResponse::json(200, domain::operation_to_json(*o)), o->version);
+      return entity_response(s.hosts.operation(id), "operation", id, [&](const domain::Operation& x) {
+        return domain::operation_to_json(x);
+      });
     });
   });
 
