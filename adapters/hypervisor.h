@@ -117,6 +117,11 @@ class HypervisorConnection {
   // The domain with this name; not_found if there is none.
   virtual Result<DomainInfo> lookup(std::string_view name) = 0;
 
+  // The persistent (inactive) definition of the domain as the hypervisor's domain XML, e.g. to
+  // use an existing domain as a desktop pool template. not_found if there is no such domain.
+  // Secrets (display passwords) are not included.
+  virtual Result<std::string> domain_xml(std::string_view name) = 0;
+
   // Defines (persistently) a domain from the hypervisor's domain XML, or updates the
   // definition of the domain with the same name and uuid. Does not start it. Returns the
   // domain as now defined. invalid_argument for XML the hypervisor rejects, already_exists or

@@ -916,6 +916,22 @@ Result<DomainInfo> LibvirtConnection::lookup(std::string_view name) {
                           });
 }
 
+Result<std::string> LibvirtConnection::domain_xml(std::string_view name) {
+  auto st = state_;
+  return call<std::string>("virDomainGetXMLDesc",
+                           [st, name = std::string(name)](virConnectPtr c) -> Result<std::string> {
+                             if (c == nullptr) return closed_error(st->uri);
+                             auto d = st->lookup(c, name);
+                             if (!d) return d.error();
+                             virDomainPtr dom = d->get();
+                             auto x = st->ptr_call<char*>("virDomainGetXMLDesc", [&] {
+                               return virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_INACTIVE);
+                             });
+                             if (!x) return x.error();
+                             return std::string(CString(*x).get());
+                           });
+}
+
 Result<DomainInfo> LibvirtConnection::define(std::string_view xml) {
   auto st = state_;
   return call<DomainInfo>("virDomainDefineXML",

@@ -124,6 +124,7 @@ class LibvirtConnection final : public HypervisorConnection {
   Result<HostCapabilities> capabilities() override;
   Result<std::vector<DomainInfo>> list_domains() override;
   Result<DomainInfo> lookup(std::string_view name) override;
+  Result<std::string> domain_xml(std::string_view name) override;
   Result<DomainInfo> define(std::string_view xml) override;
   Status start(std::string_view name) override;
   Status shutdown(std::string_view name) override;

@@ -173,11 +173,21 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
   });
 }
 
-void PoolWorker::provision(const std::string& pool_id) {
+Result<std::string> PoolWorker::export_domain_xml(const std::string& host_id, const std::string& name) {
+  if (hosts_ == nullptr) return Error::make(Code::unavailable, "no host manager runs");
+  std::string xml;
+  Status st = hosts_->with_connection(host_id, [&](HypervisorConnection& c) -> Status {
+    auto x = c.domain_xml(name);
+    if (!x.ok()) return x.error();
+    xml = std::move(*x);
+    return Status::Ok();
+  });
+  if (!st.ok()) return st.error();
+  return xml;
+}
+
+Result<std::string> PoolWorker::provision(const std::string& pool_id) {
   int64_t now = clock_();
-  if (auto it = pool_backoff_until_.find(pool_id); it != pool_backoff_until_.end() && it->second > now) {
-    return;
-  }
   std::string prefix = views_.read([&](const State& s) {
     const domain::Pool* p = s.pools.pool(pool_id);
     std::string n = p ? p->name : pool_id;
@@ -191,7 +201,7 @@ void PoolWorker::provision(const std::string& pool_id) {
   auto r = pipeline_.execute(command("ProvisionPoolVm", c));
   if (!r.ok()) {
     pool_backoff_until_[pool_id] = now + 2000;  // no host up, pool full: look again later
-    return;
+    return r.error();
   }
   std::string vm_id = views_.read([&](const State& s) {
     for (const auto& [id, m] : s.pools.members) {
@@ -199,25 +209,56 @@ void PoolWorker::provision(const std::string& pool_id) {
     }
     return std::string();
   });
-  if (vm_id.empty()) return;
+  if (vm_id.empty()) return Error::make(Code::internal, "the proposed member was not recorded");
   // Defined shut off with autoport: the display port and ticket are set when it starts.
   Status st = define_member(vm_id, -1, random_hex(12), 0, true);
   if (!st.ok()) {
     (void)submit(command("RecordPoolVmProvisioned",
                          domain::RecordPoolVmProvisioned{vm_id, false, st.error().message}));
     pool_backoff_until_[pool_id] = now + 5000;
-    return;
+    return st.error();
   }
   provisioning_since_[vm_id] = now;
   finish_provisioning(vm_id);
+  return vm_id;
 }
 
-void PoolWorker::finish_provisioning(const std::string& vm_id) {
+Status PoolWorker::provision_for_launch(const std::string& pool_id) {
+  auto deadline = std::chrono::steady_clock::now() + opts_.launch_wait;
+  std::string vm;
+  {
+    std::lock_guard pass(pass_mu_);
+    auto r = provision(pool_id);
+    if (!r.ok()) return r.error();
+    vm = *r;
+  }
+  for (;;) {
+    std::string state = views_.read([&](const State& s) {
+      const domain::PoolMember* m = s.pools.member(vm);
+      return m ? m->state : std::string("missing");
+    });
+    if (state == "ready") return Status::Ok();
+    if (state != "provisioning") {
+      return Error::make(Code::unavailable, "the desktop provisioned for this launch is " + state,
+                         "provisioning_failed");
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return Error::make(Code::unavailable, "no desktop was provisioned within " +
+                                                std::to_string(opts_.launch_wait.count()) + " ms",
+                         "provisioning_timeout");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::lock_guard pass(pass_mu_);
+    finish_provisioning(vm);
+  }
+}
+
+bool PoolWorker::finish_provisioning(const std::string& vm_id) {
   auto r = pipeline_.execute(command("RecordPoolVmProvisioned",
                                      domain::RecordPoolVmProvisioned{vm_id, true, ""}));
   if (r.ok()) {
     provisioning_since_.erase(vm_id);
-    return;
+    return true;
   }
   int64_t now = clock_();
   auto it = provisioning_since_.find(vm_id);
@@ -231,6 +272,7 @@ void PoolWorker::finish_provisioning(const std::string& vm_id) {
                                                std::to_string(opts_.provision_timeout.count()) + " ms"}));
     provisioning_since_.erase(it);
   }
+  return false;
 }
 
 Status PoolWorker::ensure_running(const std::string& vm_id, const std::string& ticket,
@@ -363,7 +405,10 @@ void PoolWorker::run_once() {
       (void)submit(command("RemovePoolVm", domain::RemovePoolVm{vm, "pool shrink or deletion"}));
     }
     for (const auto& vm : plan.start) (void)ensure_running(vm, random_hex(12), 0, nullptr);
-    for (int i = 0; i < plan.provision; ++i) provision(pool_id);
+    for (int i = 0; i < plan.provision; ++i) {
+      if (auto it = pool_backoff_until_.find(pool_id); it != pool_backoff_until_.end() && it->second > now) break;
+      (void)provision(pool_id);
+    }
     if (plan.finish_deletion) {
       (void)submit(command("FinishPoolDeletion", domain::FinishPoolDeletion{pool_id}));
     }

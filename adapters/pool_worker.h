@@ -67,6 +67,17 @@ class PoolWorker {
   // unavailable when the VM does not run in time or its host has no connection.
   Result<DisplayGrant> prepare_display(const std::string& session_id);
 
+  // For a launch refused with no_vm_ready (capacity left, nothing free): provisions one member
+  // of the pool now, within max_size, and waits (bounded by launch_wait) until it is ready, so
+  // that pools with min_ready 0 grow on demand. Ok when a member became ready (another launch
+  // may still take it first); the refusal (e.g. pool_full) or libvirt's error otherwise.
+  Status provision_for_launch(const std::string& pool_id);
+
+  // The persistent definition of domain `name` on host `host_id`, for a pool template that
+  // names an existing domain. not_found when the host has no such domain; unavailable when the
+  // host is not connected.
+  Result<std::string> export_domain_xml(const std::string& host_id, const std::string& name);
+
   // One pass of the loop (tests drive it directly).
   void run_once();
 
@@ -82,8 +93,10 @@ class PoolWorker {
   // `fresh_disk` recreates it empty first (provisioning, refresh).
   Status define_member(const std::string& vm_id, int port, const std::string& password,
                        int64_t expires_ms, bool fresh_disk);
-  void provision(const std::string& pool_id);
-  void finish_provisioning(const std::string& vm_id);
+  // Proposes, defines and (if the host has observed it) records a new member; its vm id.
+  Result<std::string> provision(const std::string& pool_id);
+  // Records a defined member as provisioned once its host has observed it; true when done.
+  bool finish_provisioning(const std::string& vm_id);
   void finish_removal(const std::string& vm_id);
   void finish_refresh(const std::string& vm_id);
 

@@ -661,6 +661,7 @@ Json decision_summary(const Json& d) {
 
 Json session_view(const domain::AppCloudState& ac, const domain::AppSession& a) {
   Json j = domain::session_to_json(a);
+  j["kind"] = "application";
   const Json& d = a.decision;
   Json why{{"policy", d.value("policy", Json::object())},
            {"choice",
@@ -748,7 +749,11 @@ void register_user_side(Api& api) {
             if (!admin && a.user_id != me) return false;
             return user == nullptr || a.user_id == *user;
           },
-          [](const domain::AppSession& a) { return domain::session_to_json(a); });
+          [](const domain::AppSession& a) {
+            Json j = domain::session_to_json(a);
+            j["kind"] = "application";
+            return j;
+          });
     });
   });
 

@@ -70,9 +70,16 @@ std::string iso8601(int64_t ms) {
   return buf;
 }
 
-void register_pools(Api& api) {
+// A template field error (400 problem+json naming the field).
+Error template_field(const std::string& field, const std::string& msg, const std::string& reason) {
+  Error e = invalid("template." + field + " " + msg, reason);
+  e.fields.push_back({"template." + field, msg});
+  return e;
+}
+
+void register_pools(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
-  r.add("POST", "/v1/pools", Access::Admin(), [&api](HttpRequest& req) {
+  r.add("POST", "/v1/pools", Access::Admin(), [&api, worker](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"name", "kind", "template", "host_ids", "min_ready", "min_standby",
@@ -105,9 +112,41 @@ void register_pools(Api& api) {
         c.tmpl.host_id = hid.value_or("");
         c.tmpl.base_volume = base.value_or("");
         c.tmpl.storage_pool = sp.value_or("default");
+        if (xml && dn) br.fail("template", "give either domain_xml or domain_name, not both");
+        if (!xml && !dn) br.fail("template", "must carry domain_xml or domain_name");
+        if (hid && !dn) br.fail("template.host_id", "is only used with domain_name");
+        if (dn && !hid) {
+          // The host of a named template defaults to the pool's only host.
+          if (hosts && hosts->size() == 1) {
+            c.tmpl.host_id = hosts->front();
+          } else {
+            br.fail("template.host_id", "is required with domain_name when the pool has several hosts");
+          }
+        }
       }
     }
     if (auto st = br.finish(); !st) return problem(st.error());
+    if (!c.tmpl.domain_name.empty()) {
+      // A named template: the pool keeps a copy of the domain's persistent definition.
+      bool known = api.views().read([&](const State& s) { return s.hosts.host(c.tmpl.host_id) != nullptr; });
+      if (!known) return problem(template_field("host_id", "names no host", "host_not_found"));
+      if (worker == nullptr) {
+        return problem(Error::make(Code::unavailable, "the pool worker is not running", "no_pool_worker"));
+      }
+      auto exported = worker->export_domain_xml(c.tmpl.host_id, c.tmpl.domain_name);
+      if (!exported.ok() && exported.error().code == Code::not_found) {
+        return problem(template_field("domain_name", "names no domain on host " + c.tmpl.host_id,
+                                      "template_domain_not_found"));
+      }
+      if (!exported.ok() && exported.error().code == Code::unavailable) {
+        return problem(Error::make(Code::unavailable,
+                                   "cannot export template domain " + c.tmpl.domain_name + " from host " +
+                                       c.tmpl.host_id + ": " + exported.error().message,
+                                   "template_host_unavailable"));
+      }
+      if (!exported.ok()) return problem(exported.error());
+      c.tmpl.domain_xml = std::move(*exported);
+    }
     c.name = *name;
     c.kind = *kind;
     c.host_ids = *hosts;
@@ -251,14 +290,24 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
   }
   std::string user = req.principal->user_id;
   domain::LaunchDesktop c{new_id(), user, *pool};
-  Command cmd = make_command("LaunchDesktop", c, 201);
-  cmd.render = [pool = *pool, user](const State& s) {
-    const domain::DesktopSession* d = s.pools.live_session(pool, user);
-    return d ? Json{{"session_id", d->id}} : Json::object();
+  auto launch = [&] {
+    Command cmd = make_command("LaunchDesktop", c, 201);
+    cmd.render = [pool = *pool, user](const State& s) {
+      const domain::DesktopSession* d = s.pools.live_session(pool, user);
+      return d ? Json{{"session_id", d->id}} : Json::object();
+    };
+    return api.run(req, std::move(cmd));
   };
   // Each launch hands out a fresh ticket: never answered from an idempotency record.
   req.headers.erase("idempotency-key");
-  HttpResponse r = api.run(req, std::move(cmd));
+  HttpResponse r = launch();
+  Json refusal = r.status == 409 ? Json::parse(r.body, nullptr, false) : Json();
+  if (refusal.is_object() && refusal.value("reason", "") == "no_vm_ready") {
+    // Capacity left but nothing free: grow the pool by one for this user (on demand, within
+    // max_size), then try once more.
+    if (Status st = worker->provision_for_launch(*pool); !st.ok()) return problem(st.error());
+    r = launch();
+  }
   if (r.status != 201) return r;
   Json j = Json::parse(r.body, nullptr, false);
   std::string sid = j.is_object() ? j.value("session_id", "") : "";
@@ -317,32 +366,58 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
     };
   });
 
+  // Both kinds of session in one list ordered by id (kind=desktop|application narrows it):
+  // application sessions come from the application cloud (routes_appcloud.cpp), desktop
+  // sessions from pools. Users see their own; admins all, optionally ?user_id=. ?state= matches
+  // desktop sessions only (application sessions have no connection state).
   r.wrap("GET", "/v1/sessions", Access::Roles({"user"}), [&api](Handler prev) -> Handler {
     return [&api, prev](HttpRequest& req) {
-      auto kind = req.query.find("kind");
-      if (kind == req.query.end() || kind->second != "desktop") {
-        if (prev) return prev(req);
-        if (kind != req.query.end()) return problem(invalid("kind must be desktop", "invalid_query"));
+      std::string kind = req.query.count("kind") ? req.query["kind"] : "";
+      if (!kind.empty() && kind != "desktop" && kind != "application") {
+        return problem(invalid("kind must be desktop or application", "invalid_query"));
       }
+      if (kind == "application" && prev) return prev(req);
       auto pg = api.page(req);
       if (!pg.ok()) return problem(pg.error());
       bool admin = req.principal->is_admin();
       std::string me = req.principal->user_id;
+      std::string user = req.query.count("user_id") ? req.query["user_id"] : "";
       std::string state = req.query.count("state") ? req.query["state"] : "";
       return api.with_state(req, [&](const State& s) {
-        std::vector<const domain::DesktopSession*> all;
-        for (const auto& [id, d] : s.pools.sessions) {
-          if (id <= pg->after || (!admin && d.user_id != me)) continue;
-          if (!state.empty() && d.state != state) continue;
-          all.push_back(&d);
+        struct Item {
+          const std::string* id;
+          const domain::DesktopSession* d;
+          const domain::AppSession* a;
+        };
+        auto visible = [&](const std::string& id, const std::string& owner) {
+          return id > pg->after && (admin || owner == me) && (user.empty() || owner == user);
+        };
+        std::vector<Item> all;
+        if (kind != "application") {
+          for (const auto& [id, d] : s.pools.sessions) {
+            if (visible(id, d.user_id) && (state.empty() || d.state == state)) all.push_back({&id, &d, nullptr});
+          }
+        }
+        if (kind != "desktop" && state.empty()) {
+          for (const auto& [id, a] : s.appcloud.sessions) {
+            if (visible(id, a.user_id)) all.push_back({&id, nullptr, &a});
+          }
         }
         size_t n = std::min(all.size(), pg->limit);
         std::partial_sort(all.begin(), all.begin() + static_cast<long>(n), all.end(),
-                          [](auto* a, auto* b) { return a->id < b->id; });
+                          [](const Item& x, const Item& y) { return *x.id < *y.id; });
         Json items = Json::array();
-        for (size_t i = 0; i < n; ++i) items.push_back(domain::desktop_session_to_json(*all[i]));
+        for (size_t i = 0; i < n; ++i) {
+          if (all[i].d != nullptr) {
+            items.push_back(domain::desktop_session_to_json(*all[i].d));
+          } else {
+            Json j = domain::session_to_json(*all[i].a);
+            j["kind"] = "application";
+            items.push_back(std::move(j));
+          }
+        }
         Json out{{"items", items}, {"next_cursor", nullptr}};
-        if (all.size() > n) out["next_cursor"] = Api::encode_cursor(all[n - 1]->id);
+        if (all.size() > n) out["next_cursor"] = Api::encode_cursor(*all[n - 1].id);
         return HttpResponse::json(200, out);
       });
     };
@@ -472,7 +547,7 @@ void register_channels(Api& api) {
 }  // namespace
 
 void register_pool_routes(Api& api, adapters::PoolWorker* worker) {
-  register_pools(api);
+  register_pools(api, worker);
   register_sessions(api, worker);
   register_channels(api);
 }

@@ -200,6 +200,12 @@ std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t c
                (v->observed == "shut_off" && v->desired != "running")) {
       vm_state = v->observed;
     }
+    if (d->state == "created" && d->ticket_expires_at_ms == 0 &&
+        (client_timeout_ms <= 0 || now_ms - d->created_at_ms <= client_timeout_ms)) {
+      // The launch is still powering the VM on and issuing the ticket: a VM seen shut off
+      // here is the one being started, not a lost desktop.
+      continue;
+    }
     if (d->state == "disconnected") {
       int64_t grace_ms = (p ? p->grace_s : 0) * 1000;
       if (!vm_state.empty()) {
@@ -304,7 +310,110 @@ void erase_elements(std::string& xml, const std::string& tag, size_t from, size_
   }
 }
 
+// The value of attribute `name` in an opening tag, or "" when absent.
+std::string attr_of(const std::string& tag, const std::string& name) {
+  for (size_t at = tag.find(name + "="); at != std::string::npos; at = tag.find(name + "=", at + 1)) {
+    if (at == 0 || !std::isspace(static_cast<unsigned char>(tag[at - 1]))) continue;
+    size_t q = at + name.size() + 1;
+    if (q >= tag.size() || (tag[q] != '\'' && tag[q] != '"')) continue;
+    size_t close = tag.find(tag[q], q + 1);
+    if (close == std::string::npos) return "";
+    return tag.substr(q + 1, close - q - 1);
+  }
+  return "";
+}
+
+// The opening tag with attribute `name` set to `value` (replaced, or added).
+std::string set_attr(const std::string& tag, const std::string& name, const std::string& value) {
+  for (size_t at = tag.find(name + "="); at != std::string::npos; at = tag.find(name + "=", at + 1)) {
+    if (at == 0 || !std::isspace(static_cast<unsigned char>(tag[at - 1]))) continue;
+    size_t q = at + name.size() + 1;
+    if (q >= tag.size() || (tag[q] != '\'' && tag[q] != '"')) continue;
+    size_t close = tag.find(tag[q], q + 1);
+    if (close == std::string::npos) break;
+    return tag.substr(0, q + 1) + xml_escape(value) + tag.substr(close);
+  }
+  size_t name_end = tag.find_first_of(" \t\n/>", 1);
+  if (name_end == std::string::npos) name_end = tag.size();
+  return tag.substr(0, name_end) + " " + name + "='" + xml_escape(value) + "'" + tag.substr(name_end);
+}
+
+struct XmlDisk {
+  size_t begin = 0, end = 0;  // [begin, end) of <disk ...>...</disk>
+  bool writable = false;      // device disk, neither readonly nor shareable
+  std::string source_file;
+};
+
+std::vector<XmlDisk> disks_of(const std::string& xml) {
+  std::vector<XmlDisk> out;
+  size_t from = 0;
+  for (;;) {
+    auto a = xml.find("<disk", from);
+    if (a == std::string::npos) return out;
+    char after = a + 5 < xml.size() ? xml[a + 5] : '\0';
+    if (after != ' ' && after != '>' && after != '\n' && after != '\t' && after != '/') {
+      from = a + 1;
+      continue;
+    }
+    auto gt = xml.find('>', a);
+    if (gt == std::string::npos) return out;
+    XmlDisk d;
+    d.begin = a;
+    std::string open = xml.substr(a, gt - a);
+    std::string body;
+    if (xml[gt - 1] == '/') {
+      d.end = gt + 1;
+    } else {
+      auto c = xml.find("</disk>", gt);
+      if (c == std::string::npos) return out;
+      d.end = c + 7;
+      body = xml.substr(gt + 1, c - gt - 1);
+    }
+    std::string device = attr_of(open, "device");
+    d.writable = (device.empty() || device == "disk") && body.find("<readonly") == std::string::npos &&
+                 body.find("<shareable") == std::string::npos;
+    if (auto src = body.find("<source"); src != std::string::npos) {
+      auto sgt = body.find('>', src);
+      if (sgt != std::string::npos) d.source_file = attr_of(body.substr(src, sgt - src), "file");
+    }
+    from = d.end;
+    out.push_back(std::move(d));
+  }
+}
+
 }  // namespace
+
+TemplateDisks template_disks(const std::string& xml) {
+  TemplateDisks t;
+  for (const XmlDisk& d : disks_of(xml)) {
+    if (!d.writable) continue;
+    if (t.writable++ == 0) t.first_file = d.source_file;
+  }
+  return t;
+}
+
+Json template_to_json(const PoolTemplate& t) {
+  Json j{{"domain_xml", t.domain_xml},
+         {"base_volume", t.base_volume},
+         {"storage_pool", t.storage_pool.empty() ? "default" : t.storage_pool},
+         {"memory_kib", t.memory_kib}};
+  if (!t.domain_name.empty()) {
+    j["domain_name"] = t.domain_name;
+    j["host_id"] = t.host_id;
+  }
+  return j;
+}
+
+PoolTemplate template_from_json(const Json& j) {
+  PoolTemplate t;
+  t.domain_xml = j.value("domain_xml", "");
+  t.domain_name = j.value("domain_name", "");
+  t.host_id = j.value("host_id", "");
+  t.base_volume = j.value("base_volume", "");
+  t.storage_pool = j.value("storage_pool", "default");
+  t.memory_kib = j.value("memory_kib", uint64_t{0});
+  return t;
+}
 
 uint64_t domain_memory_kib(const std::string& xml) {
   auto a = xml.find("<memory");
@@ -360,19 +469,22 @@ Result<std::string> member_domain_xml(const std::string& template_xml, const Mem
     }
     from = xml.find("</interface>", i) + 1;
   }
-  // The overlay replaces the first disk's source.
+  // The overlay replaces the source of the first writable disk, as a qcow2 file.
   if (!p.overlay_path.empty()) {
-    auto d = xml.find("<disk", dev);
-    if (d == std::string::npos || d >= dev_end) {
-      return invalid("template has a base volume but no <disk> to put the overlay on",
+    std::vector<XmlDisk> disks = disks_of(xml);
+    auto first = std::find_if(disks.begin(), disks.end(), [](const XmlDisk& d) { return d.writable; });
+    if (first == disks.end()) {
+      return invalid("template has a base volume but no writable <disk> to put the overlay on",
                      "invalid_template");
     }
-    auto de = xml.find("</disk>", d);
-    size_t to = de;
+    size_t d = first->begin;
+    size_t to = first->end;
     erase_elements(xml, "source", d, to);
     erase_elements(xml, "driver", d, to);
     erase_elements(xml, "backingStore", d, to);
     auto gt = xml.find('>', d);
+    xml.replace(d, gt - d, set_attr(xml.substr(d, gt - d), "type", "file"));
+    gt = xml.find('>', d);
     xml.insert(gt + 1, "\n      <driver name='qemu' type='qcow2'/>\n      <source file='" +
                            xml_escape(p.overlay_path) + "'/>");
     dev_end = xml.find("</devices>", dev);
@@ -403,17 +515,7 @@ Json pool_to_json(const State& s, const Pool& p) {
     if (!m->session_id.empty()) ++in_use;
     if (member_free(s, *m)) (powered_on(s, *m) ? ready : standby)++;
   }
-  Json t = Json::object();
-  if (!p.tmpl.domain_xml.empty()) t["domain_xml"] = p.tmpl.domain_xml;
-  if (!p.tmpl.domain_name.empty()) {
-    t["domain_name"] = p.tmpl.domain_name;
-    t["host_id"] = p.tmpl.host_id;
-  }
-  if (!p.tmpl.base_volume.empty()) {
-    t["base_volume"] = p.tmpl.base_volume;
-    t["storage_pool"] = p.tmpl.storage_pool;
-  }
-  t["memory_kib"] = p.tmpl.memory_kib;
+  Json t = template_to_json(p.tmpl);
   return Json{{"id", p.id},
               {"name", p.name},
               {"kind", p.kind},
@@ -603,24 +705,63 @@ Result<Events> decide(const State& s, const CreatePool& c, const Context&) {
   p.grace_s = c.grace_s;
   if (auto st = validate_pool(s, p, c.id); !st) return st.error();
   if (c.tmpl.domain_xml.empty()) {
-    // Cloning an existing domain needs its XML, which the hypervisor adapter cannot export yet.
-    return field_error("template", "must carry domain_xml (cloning a named domain is not supported yet)",
-                       "invalid_template");
+    if (!c.tmpl.domain_name.empty()) {
+      // The API exports the named domain's definition before it submits the command.
+      return Error::make(Code::failed_precondition,
+                         "the definition of template domain " + c.tmpl.domain_name + " was not exported",
+                         "template_not_exported");
+    }
+    return field_error("template", "must carry domain_xml or domain_name", "invalid_template");
   }
   if (c.tmpl.domain_xml.size() > 65536) return field_error("template.domain_xml", "must be at most 64 KiB");
+  if (!c.tmpl.domain_name.empty() && s.hosts.host(c.tmpl.host_id) == nullptr) {
+    return field_error("template.host_id", "no host " + c.tmpl.host_id, "host_not_found");
+  }
+  p.tmpl.memory_kib = domain_memory_kib(c.tmpl.domain_xml);
+  p.tmpl.storage_pool = c.tmpl.storage_pool.empty() ? "default" : c.tmpl.storage_pool;
+  TemplateDisks disks = template_disks(c.tmpl.domain_xml);
+  if (disks.writable > 1) {
+    return field_error("template",
+                       "has " + std::to_string(disks.writable) +
+                           " writable disks: a member gets a copy-on-write overlay of the first only, and "
+                           "every member would share the others (mark them <readonly/> or <shareable/>, or "
+                           "remove them)",
+                       "invalid_template");
+  }
+  bool base_is_template_disk = false;
+  if (disks.writable == 1 && p.tmpl.base_volume.empty()) {
+    if (disks.first_file.empty()) {
+      return field_error("template.base_volume",
+                         "is required: the template's disk has no file source to use as the base of the "
+                         "members' overlays",
+                         "invalid_template");
+    }
+    p.tmpl.base_volume = disks.first_file;  // members never write to the template's disk
+    base_is_template_disk = true;
+  } else if (disks.writable == 1 && p.tmpl.base_volume == disks.first_file) {
+    base_is_template_disk = true;
+  }
+  if (base_is_template_disk && !c.tmpl.domain_name.empty()) {
+    for (const Vm* v : s.hosts.vms_of(c.tmpl.host_id)) {
+      if (v->name == c.tmpl.domain_name && v->observed != "shut_off" && v->observed != "missing" &&
+          v->observed != "unknown") {
+        return refused("template_running",
+                       "template domain " + c.tmpl.domain_name + " is " + v->observed +
+                           ": shut it down first, overlays over a disk that is still being written would "
+                           "be corrupt");
+      }
+    }
+  }
   MemberXmlParams probe;
   probe.name = "probe";
   probe.uuid = "00000000-0000-4000-8000-000000000000";
   probe.mac = "52:54:00:00:00:00";
-  if (!c.tmpl.base_volume.empty()) probe.overlay_path = "/probe.qcow2";
+  if (!p.tmpl.base_volume.empty()) probe.overlay_path = "/probe.qcow2";
   if (auto x = member_domain_xml(c.tmpl.domain_xml, probe); !x.ok()) return x.error();
   Json data = pool_settings(p);
   data["id"] = c.id;
   data["kind"] = c.kind;
-  data["template"] = Json{{"domain_xml", c.tmpl.domain_xml},
-                          {"base_volume", c.tmpl.base_volume},
-                          {"storage_pool", c.tmpl.storage_pool.empty() ? "default" : c.tmpl.storage_pool},
-                          {"memory_kib", domain_memory_kib(c.tmpl.domain_xml)}};
+  data["template"] = template_to_json(p.tmpl);
   return Events{pool_event(c.id, "PoolCreated", data)};
 }
 
@@ -994,11 +1135,7 @@ void on_pool_created(State& s, const Event& e, const Applied& at) {
   p.id = e.data.at("id").get<std::string>();
   p.kind = e.data.at("kind").get<std::string>();
   apply_settings(p, e.data);
-  const Json& t = e.data.at("template");
-  p.tmpl.domain_xml = t.value("domain_xml", "");
-  p.tmpl.base_volume = t.value("base_volume", "");
-  p.tmpl.storage_pool = t.value("storage_pool", "default");
-  p.tmpl.memory_kib = t.value("memory_kib", uint64_t{0});
+  p.tmpl = template_from_json(e.data.at("template"));
   p.created_at_ms = at.recorded_at_ms;
   touch(p, at);
   std::string id = p.id;
@@ -1238,8 +1375,7 @@ Json pools_to_json(const PoolsState& s) {
   std::map<std::string, Json> pools, members, sessions;
   for (const auto& [id, p] : s.pools) {
     pools[id] = Json{{"id", p.id}, {"name", p.name}, {"kind", p.kind},
-                     {"template", Json{{"domain_xml", p.tmpl.domain_xml}, {"base_volume", p.tmpl.base_volume},
-                                       {"storage_pool", p.tmpl.storage_pool}, {"memory_kib", p.tmpl.memory_kib}}},
+                     {"template", template_to_json(p.tmpl)},
                      {"host_ids", p.host_ids}, {"min_ready", p.min_ready}, {"min_standby", p.min_standby},
                      {"max_size", p.max_size}, {"power_policy", p.power_policy},
                      {"idle_timeout_s", p.idle_timeout_s}, {"reconnect", p.reconnect},
@@ -1276,11 +1412,7 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     p.id = pj.at("id").get<std::string>();
     p.name = pj.at("name").get<std::string>();
     p.kind = pj.at("kind").get<std::string>();
-    const Json& t = pj.at("template");
-    p.tmpl.domain_xml = t.at("domain_xml").get<std::string>();
-    p.tmpl.base_volume = t.at("base_volume").get<std::string>();
-    p.tmpl.storage_pool = t.at("storage_pool").get<std::string>();
-    p.tmpl.memory_kib = t.at("memory_kib").get<uint64_t>();
+    p.tmpl = template_from_json(pj.at("template"));
     p.host_ids = pj.at("host_ids").get<std::vector<std::string>>();
     p.min_ready = pj.at("min_ready").get<int>();
     p.min_standby = pj.at("min_standby").get<int>();

@@ -50,9 +50,17 @@
 
 namespace atrium::domain {
 
+// A pool's template. Either given as domain XML, or named: an existing domain on host_id whose
+// persistent definition the API exports from the host at pool creation (the pool keeps that
+// copy, so later edits of the domain do not change the pool). The first writable disk (device
+// disk, not <readonly/>/<shareable/>) is the one each member gets a copy-on-write overlay of:
+// its file is the base volume unless base_volume is given. A template with more than one
+// writable disk is refused (the others would be shared by every member), and so is a named
+// template whose own disk is the base while that domain runs (overlays over a disk that is
+// still being written would be corrupt).
 struct PoolTemplate {
-  std::string domain_xml;   // a libvirt domain XML, or
-  std::string domain_name;  // an existing domain on host_id
+  std::string domain_xml;   // a libvirt domain XML (for a named template: the exported copy)
+  std::string domain_name;  // an existing domain on host_id (empty: XML template)
   std::string host_id;
   std::string base_volume;     // path of the base disk volume (qcow2 or raw); empty: diskless
   std::string storage_pool;    // libvirt storage pool for overlays (default "default")
@@ -307,7 +315,9 @@ struct PowerAction {
 };
 // Policy and monitor decisions at `now_ms`: sessions silent for longer than
 // client_timeout_ms are deactivated; disconnected sessions past the pool's grace are ended;
-// sessions whose VM is observed not running are deactivated (vm_<state>); free running
+// sessions whose VM is observed not running are deactivated (vm_<state>), except a session
+// whose launch is still under way (created, no ticket yet, younger than client_timeout_ms):
+// its VM may be the one being powered on; free running
 // members of shutdown_when_idle pools idle past idle_timeout_s are shut down.
 std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms);
 
@@ -330,6 +340,17 @@ struct MemberXmlParams {
   std::string password_valid_to;  // ISO 8601 UTC, optional
 };
 Result<std::string> member_domain_xml(const std::string& template_xml, const MemberXmlParams& p);
+// The writable disks of a template (device disk, neither <readonly/> nor <shareable/>), and the
+// source file of the first one (empty when it has none or its source is not a file).
+struct TemplateDisks {
+  int writable = 0;
+  std::string first_file;
+};
+TemplateDisks template_disks(const std::string& xml);
+
+Json template_to_json(const PoolTemplate& t);
+PoolTemplate template_from_json(const Json& j);
+
 // <memory> of a domain XML in KiB, 0 when absent.
 uint64_t domain_memory_kib(const std::string& xml);
 

@@ -355,6 +355,21 @@ TEST_CASE("unknown domain: not_found with libvirt's message") {
   }
 }
 
+TEST_CASE("domain_xml exports the persistent definition; not_found for an unknown domain") {
+  auto conn = open(kFixtureUri);
+  auto x = conn->domain_xml("desk-running");
+  REQUIRE(x.ok());
+  CHECK(x->find("<name>desk-running</name>") != std::string::npos);
+  CHECK(x->find("<uuid>0a6f6a1e-0000-4000-8000-000000000001</uuid>") != std::string::npos);
+  CHECK(x->find("type='spice'") != std::string::npos);
+  // A definition, not the live state: no runtime id on the <domain> element.
+  CHECK(x->find("<domain type='test' id=") == std::string::npos);
+  auto missing = conn->domain_xml("no-such-desk");
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().code == Code::not_found);
+  CHECK(missing.error().reason == "libvirt_no_domain");
+}
+
 TEST_CASE("connect failures return libvirt's message") {
   LibvirtHypervisor hv;
   auto missing = hv.connect(options("test:///nonexistent/file.xml"));

@@ -8,6 +8,7 @@
 #include <set>
 #include <thread>
 
+#include "adapters/host_reconciler.h"
 #include "api/daemon.h"
 #include "support/test_support.h"
 
@@ -208,6 +209,23 @@ TEST_CASE("many concurrent launches on test:///: zero double assignment, reasons
   auto list = b.call("GET", "/v1/sessions?kind=desktop", nullptr, tok);
   REQUIRE(list.status == 200);
   CHECK(list.json()["items"].size() == 1);
+  // Without kind the list has every kind of session (here the desktop one), each labelled.
+  auto every = b.call("GET", "/v1/sessions", nullptr, tok);
+  REQUIRE(every.status == 200);
+  REQUIRE(every.json()["items"].size() == 1);
+  CHECK(every.json()["items"][0]["id"] == sid);
+  CHECK(every.json()["items"][0]["kind"] == "desktop");
+  CHECK(b.call("GET", "/v1/sessions?kind=application", nullptr, tok).json()["items"].empty());
+  CHECK(b.call("GET", "/v1/sessions?kind=printer", nullptr, tok).status == 400);
+  // Admins page through everyone's sessions by id with a cursor, and can pick one user.
+  auto page1 = b.call("GET", "/v1/sessions?limit=5").json();
+  REQUIRE(page1["items"].size() == 5);
+  auto page2 = b.call("GET", "/v1/sessions?limit=5&cursor=" + page1["next_cursor"].get<std::string>()).json();
+  REQUIRE(!page2["items"].empty());
+  CHECK(page1["items"][4]["id"].get<std::string>() < page2["items"][0]["id"].get<std::string>());
+  auto by_user = b.call("GET", "/v1/sessions?user_id=" + first["user"].get<std::string>()).json();
+  REQUIRE(by_user["items"].size() == 1);
+  CHECK(by_user["items"][0]["id"] == sid);
   // Logoff ends it and frees the VM; the launch events are all in the log.
   CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, tok).status == 204);
   CHECK(b.call("GET", "/v1/sessions/" + sid, nullptr, tok).json()["state"] == "ended");
@@ -309,4 +327,183 @@ TEST_CASE("overlay disks: members get a qcow2 overlay over the base volume; a mi
   CHECK(b.call("DELETE", "/v1/pools/" + p).status == 202);
   for (int i = 0; i < 500 && b.call("GET", "/v1/pools/" + p).status == 200; ++i) std::this_thread::sleep_for(20ms);
   CHECK(b.call("GET", "/v1/pools/" + p).status == 404);
+}
+
+TEST_CASE("a template naming an existing domain: exported at creation, its disk is the overlays' base") {
+  TestBroker b(fast);
+  auto r = b.call("POST", "/v1/hosts",
+                  {{"name", "golden"},
+                   {"uri", std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/template-host.xml"}});
+  REQUIRE(r.status == 202);
+  std::string h = r.json()["host_id"];
+  poll(b, "/v1/hosts/" + h, [](const json& j) { return j["state"] == "up"; });
+  auto create = [&](json tmpl, const std::string& name = "gold-desks") {
+    return b.call("POST", "/v1/pools", {{"name", name}, {"kind", "floating"}, {"template", tmpl},
+                                         {"host_ids", {h}}, {"max_size", 2}, {"min_ready", 1}});
+  };
+  // Refusals, each with its reason and nothing recorded.
+  auto before = b.call("GET", "/v1/events?type=PoolCreated&limit=10").json()["items"].size();
+  auto bad = create({{"domain_name", "nope"}});
+  CHECK(bad.status == 400);
+  CHECK(bad.json()["reason"] == "template_domain_not_found");
+  CHECK(bad.body.find("template.domain_name") != std::string::npos);
+  bad = create({{"domain_name", "gold"}, {"domain_xml", kTemplate}});
+  CHECK(bad.status == 400);
+  CHECK(bad.body.find("either domain_xml or domain_name") != std::string::npos);
+  bad = create({{"domain_name", "gold"}, {"host_id", "no-such-host"}});
+  CHECK(bad.status == 400);
+  CHECK(bad.json()["reason"] == "host_not_found");
+  // A running template whose own disk would be the base: overlays over a live disk are refused.
+  bad = create({{"domain_name", "gold-running"}, {"storage_pool", "vdi-images"}});
+  CHECK(bad.status == 409);
+  CHECK(bad.json()["reason"] == "template_running");
+  CHECK(b.call("GET", "/v1/events?type=PoolCreated&limit=10").json()["items"].size() == before);
+
+  // The shut-off template: host defaults to the pool's only host, base volume from its disk.
+  auto ok = create({{"domain_name", "gold"}, {"storage_pool", "vdi-images"}});
+  REQUIRE_MESSAGE(ok.status == 201, ok.body);
+  json t = ok.json()["template"];
+  CHECK(t["domain_name"] == "gold");
+  CHECK(t["host_id"] == h);
+  CHECK(t["base_volume"] == "/var/lib/atrium/images/base.qcow2");
+  CHECK(t["memory_kib"] == 131072);
+  CHECK(t["domain_xml"].get<std::string>().find("<name>gold</name>") != std::string::npos);
+  std::string p = ok.json()["id"];
+  json vms = poll(b, "/v1/pools/" + p + "/vms", [](const json& j) {
+    return !j["items"].empty() && j["items"][0]["state"] == "ready";
+  });
+  json m = vms["items"][0];
+  // The member's definition on the host: a clone of gold with its own name, MAC and overlay.
+  std::string xml;
+  auto st = b.daemon().host_manager()->with_connection(h, [&](atrium::adapters::HypervisorConnection& c) {
+    auto x = c.domain_xml(m["name"].get<std::string>());
+    if (x.ok()) xml = *x;
+    return x.ok() ? atrium::Status::Ok() : atrium::Status(x.error());
+  });
+  REQUIRE(st.ok());
+  CHECK(xml.find("<name>" + m["name"].get<std::string>() + "</name>") != std::string::npos);
+  CHECK(xml.find(m["mac"].get<std::string>()) != std::string::npos);
+  CHECK(xml.find("52:54:00:0a:0b:0c") == std::string::npos);
+  CHECK(xml.find("/var/lib/atrium/images/" + m["overlay"].get<std::string>()) != std::string::npos);
+  CHECK(xml.find("<source file='/var/lib/atrium/images/base.qcow2'/>") == std::string::npos);
+  CHECK(xml.find("type='spice'") != std::string::npos);
+  // The template itself is untouched.
+  std::string gold;
+  (void)b.daemon().host_manager()->with_connection(h, [&](atrium::adapters::HypervisorConnection& c) {
+    auto x = c.domain_xml("gold");
+    if (x.ok()) gold = *x;
+    return atrium::Status::Ok();
+  });
+  CHECK(gold.find("<source file='/var/lib/atrium/images/base.qcow2'/>") != std::string::npos);
+  CHECK(gold.find("52:54:00:0a:0b:0c") != std::string::npos);
+}
+
+TEST_CASE("power policies over HTTP with the broker's clock moved: grace, idle, silent client, refresh") {
+  TestBroker b([](atrium::api::DaemonConfig& cfg) {
+    fast(cfg);
+    cfg.pools.client_timeout = 90s;
+  });
+  std::string h = add_host(b);
+  auto [u, tok] = b.user("una");
+  auto entitle = [&](const std::string& p) {
+    REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", u}}).status == 201);
+  };
+  auto launch = [&](const std::string& p) {
+    auto l = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+    REQUIRE_MESSAGE((l.status == 201 || l.status == 200), l.body);
+    return l.json();
+  };
+  auto session = [&](const std::string& sid) { return b.call("GET", "/v1/sessions/" + sid).json(); };
+  auto vm_state = [&](const std::string& vm) { return b.call("GET", "/v1/vms/" + vm).json(); };
+
+  SUBCASE("a disconnected session ends after the grace time, then shutdown_on_logoff powers off") {
+    std::string p = make_pool(b, h, {{"name", "grace"}, {"max_size", 1}, {"grace_s", 120},
+                                     {"power_policy", "shutdown_on_logoff"}});
+    entitle(p);
+    json l = launch(p);
+    std::string sid = l["session_id"], vm = l["vm_id"];
+    CHECK(b.call("POST", "/v1/sessions/" + sid + "/report", {{"state", "connected"}}, tok).status == 200);
+    CHECK(b.call("POST", "/v1/sessions/" + sid + "/report", {{"state", "disconnected"}}, tok).status == 200);
+    b.advance_clock_ms(60'000);  // within the grace: the session and the VM stay
+    std::this_thread::sleep_for(300ms);
+    CHECK(session(sid)["state"] == "disconnected");
+    CHECK(vm_state(vm)["observed_state"] == "running");
+    // The user comes back within the grace: the same session and VM.
+    json again = launch(p);
+    CHECK(again["session_id"] == sid);
+    CHECK(again["reconnected"] == true);
+    CHECK(b.call("POST", "/v1/sessions/" + sid + "/report", {{"state", "disconnected"}}, tok).status == 200);
+    b.advance_clock_ms(121'000);
+    json ended = poll(b, "/v1/sessions/" + sid, [](const json& j) { return j["state"] == "ended"; });
+    CHECK(ended["end_reason"] == "grace_expired");
+    poll(b, "/v1/vms/" + vm, [](const json& j) { return j["observed_state"] == "shut_off"; });
+  }
+
+  SUBCASE("a client that stops reporting is deactivated after the client timeout") {
+    std::string p = make_pool(b, h, {{"name", "silent"}, {"max_size", 1}, {"grace_s", 600}});
+    entitle(p);
+    json l = launch(p);
+    std::string sid = l["session_id"];
+    CHECK(b.call("POST", "/v1/sessions/" + sid + "/report", {{"state", "connected"}}, tok).status == 200);
+    b.advance_clock_ms(60'000);
+    CHECK(b.call("POST", "/v1/sessions/" + sid + "/report", {{"state", "connected"}}, tok).status == 200);
+    b.advance_clock_ms(60'000);  // 60 s since the last report: still fine
+    std::this_thread::sleep_for(300ms);
+    CHECK(session(sid)["state"] == "connected");
+    b.advance_clock_ms(31'000);  // 91 s of silence
+    poll(b, "/v1/sessions/" + sid, [](const json& j) { return j["state"] == "disconnected"; });
+    auto evs = b.call("GET", "/v1/events?type=DesktopSessionDisconnected&limit=10").json()["items"];
+    REQUIRE(!evs.empty());
+    CHECK(evs.back()["data"].dump().find("client_timeout") != std::string::npos);
+  }
+
+  SUBCASE("shutdown_when_idle: the VM runs on after logoff and is shut down after the idle timeout") {
+    std::string p = make_pool(b, h, {{"name", "idle"}, {"max_size", 1}, {"idle_timeout_s", 600},
+                                     {"power_policy", "shutdown_when_idle"}});
+    entitle(p);
+    json l = launch(p);
+    std::string sid = l["session_id"], vm = l["vm_id"];
+    CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, tok).status == 204);
+    b.advance_clock_ms(300'000);
+    std::this_thread::sleep_for(300ms);
+    CHECK(vm_state(vm)["observed_state"] == "running");
+    b.advance_clock_ms(301'000);
+    poll(b, "/v1/vms/" + vm, [](const json& j) { return j["observed_state"] == "shut_off"; });
+    // The next launch powers it on again.
+    json l2 = launch(p);
+    CHECK(l2["vm_id"] == vm);
+    CHECK(vm_state(vm)["observed_state"] == "running");
+  }
+
+  SUBCASE("refresh_on_logoff: the floating VM goes back to a fresh overlay before its next user") {
+    const std::string disk_tmpl =
+        "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
+        "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
+        "<devices><disk type='file' device='disk'><source file='/var/lib/atrium/images/base.qcow2'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain>";
+    std::string p = make_pool(b, h, {{"name", "fresh"}, {"max_size", 1}, {"power_policy", "refresh_on_logoff"},
+                                     {"template", {{"domain_xml", disk_tmpl}, {"storage_pool", "vdi-images"}}}});
+    entitle(p);
+    json l = launch(p);
+    std::string sid = l["session_id"], vm = l["vm_id"];
+    CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, tok).status == 204);
+    poll(b, "/v1/events?type=PoolVmRefreshed&limit=10", [](const json& j) { return !j["items"].empty(); });
+    json members = poll(b, "/v1/pools/" + p + "/vms", [](const json& j) {
+      return j["items"].size() == 1 && j["items"][0]["state"] == "ready";
+    });
+    CHECK(members["items"][0]["vm_id"] == vm);
+    CHECK(members["items"][0]["assigned_user_id"].is_null());
+    // Refreshing means the VM was powered off and its overlay recreated: the refresh started
+    // after the session ended and before the member was ready again.
+    auto log = b.call("GET", "/v1/events?stream=pool-" + p + "&limit=100").json()["items"];
+    std::vector<std::string> types;
+    for (const auto& e : log) types.push_back(e["type"]);
+    auto at = [&](const std::string& t) { return std::find(types.begin(), types.end(), t) - types.begin(); };
+    CHECK(at("PoolVmRefreshStarted") < at("PoolVmRefreshed"));
+    CHECK(at("PoolVmRefreshed") < static_cast<long>(types.size()));
+    CHECK(vm_state(vm)["observed_state"] == "shut_off");
+    json l2 = launch(p);
+    CHECK(l2["vm_id"] == vm);
+    CHECK(l2["session_id"] != sid);
+  }
 }

@@ -153,7 +153,26 @@ TEST_CASE("pool creation validates every setting with a specific reason") {
       {[](CreatePool& c) { c.kind = "dedicated"; c.power_policy = "refresh_on_logoff"; }, "invalid_pool"},
       {[](CreatePool& c) { c.reconnect = "never"; }, "invalid_pool"},
       {[](CreatePool& c) { c.tmpl.domain_xml = "<vm/>"; }, "invalid_template"},
-      {[](CreatePool& c) { c.tmpl.domain_xml = ""; c.tmpl.domain_name = "x"; }, "invalid_template"},
+      {[](CreatePool& c) { c.tmpl.domain_xml = ""; }, "invalid_template"},
+      // A named template whose definition the API did not export.
+      {[](CreatePool& c) { c.tmpl.domain_xml = ""; c.tmpl.domain_name = "x"; c.tmpl.host_id = "h1"; },
+       "template_not_exported"},
+      {[](CreatePool& c) { c.tmpl.domain_name = "x"; c.tmpl.host_id = "nope"; }, "host_not_found"},
+      // Two writable disks: every member would share the second one.
+      {[](CreatePool& c) {
+         c.tmpl.domain_xml = std::string(kXml).replace(
+             std::string(kXml).find("<interface"), 0,
+             "<disk type='file' device='disk'><source file='/a.qcow2'/></disk>"
+             "<disk type='file'><source file='/b.img'/></disk>");
+       },
+       "invalid_template"},
+      // A writable disk without a file source and no base volume: nothing to put overlays on.
+      {[](CreatePool& c) {
+         c.tmpl.domain_xml = std::string(kXml).replace(
+             std::string(kXml).find("<interface"), 0,
+             "<disk type='block' device='disk'><source dev='/dev/sdz'/></disk>");
+       },
+       "invalid_template"},
       {[](CreatePool& c) { c.tmpl.base_volume = "/base.qcow2"; }, "invalid_template"},  // no <disk>
   };
   for (const auto& row : rows) {
@@ -167,6 +186,93 @@ TEST_CASE("pool creation validates every setting with a specific reason") {
   dup.name = "pool-p";
   CHECK(g.err(dup).reason == "pool_name_taken");
   CHECK(g.s.pools.pool("p")->tmpl.memory_kib == 512 * 1024);
+  g.check_replay();
+}
+
+TEST_CASE("template disks: the first writable disk is the base of the overlays, never written by members") {
+  Given g;
+  add_host(g, "h1", 1 << 20);
+  const std::string disks =
+      "<disk type='file' device='cdrom'><source file='/iso/install.iso'/><readonly/></disk>"
+      "<disk type='volume' device='disk'><driver name='qemu' type='raw'/>"
+      "<source pool='default' volume='gold.img'/><target dev='vda'/></disk>"
+      "<disk type='file' device='disk'><source file='/shared/data.img'/><shareable/></disk>";
+  std::string xml = std::string(kXml).replace(std::string(kXml).find("<interface"), 0, disks);
+  TemplateDisks d = template_disks(xml);
+  CHECK(d.writable == 1);
+  CHECK(d.first_file.empty());  // a volume source, not a file
+
+  SUBCASE("a disk with a file source becomes the base volume when none is given") {
+    std::string fxml = xml;
+    fxml.replace(fxml.find("<disk type='volume'"), std::string("<disk type='volume'").size(), "<disk type='file'");
+    fxml.replace(fxml.find("<source pool='default' volume='gold.img'/>"),
+                 std::string("<source pool='default' volume='gold.img'/>").size(),
+                 "<source file='/var/lib/libvirt/images/gold.img'/>");
+    CHECK(template_disks(fxml).first_file == "/var/lib/libvirt/images/gold.img");
+    CreatePool c = pool_cmd("p", "floating", {"h1"});
+    c.tmpl.domain_xml = fxml;
+    g.ok(c);
+    CHECK(g.s.pools.pool("p")->tmpl.base_volume == "/var/lib/libvirt/images/gold.img");
+    g.check_replay();
+  }
+  SUBCASE("a disk without a file source needs base_volume; the overlay goes on that disk only") {
+    CreatePool c = pool_cmd("p", "floating", {"h1"});
+    c.tmpl.domain_xml = xml;
+    CHECK(g.err(c).reason == "invalid_template");
+    c.tmpl.base_volume = "/base/gold.qcow2";
+    g.ok(c);
+    MemberXmlParams mp;
+    mp.name = "m1";
+    mp.uuid = "22222222-2222-4222-8222-222222222222";
+    mp.mac = "52:54:00:01:02:03";
+    mp.overlay_path = "/pool/m1.qcow2";
+    auto out = member_domain_xml(xml, mp);
+    REQUIRE(out.ok());
+    // The cdrom and the shareable disk keep their sources; the writable disk becomes a qcow2
+    // file disk on the overlay, with its target kept.
+    CHECK(out->find("<source file='/iso/install.iso'/>") != std::string::npos);
+    CHECK(out->find("<source file='/shared/data.img'/>") != std::string::npos);
+    CHECK(out->find("gold.img") == std::string::npos);
+    auto disk = out->find("<disk type='file' device='disk'>");
+    REQUIRE(disk != std::string::npos);
+    auto end = out->find("</disk>", disk);
+    std::string one = out->substr(disk, end - disk);
+    CHECK(one.find("<driver name='qemu' type='qcow2'/>") != std::string::npos);
+    CHECK(one.find("<source file='/pool/m1.qcow2'/>") != std::string::npos);
+    CHECK(one.find("<target dev='vda'/>") != std::string::npos);
+  }
+}
+
+TEST_CASE("named template: kept with its host, refused while the domain whose disk is the base runs") {
+  Given g;
+  add_host(g, "h1", 1 << 20);
+  std::string xml = std::string(kXml).replace(std::string(kXml).find("<interface"), 0,
+                                              "<disk type='file' device='disk'><source file='/img/gold.qcow2'/></disk>");
+  g.ok(RecordDomainsObserved{"h1", g.s.hosts.host("h1")->epoch,
+                             {{"gold", "33333333-3333-4333-8333-333333333333", "running", 5900}}});
+  CreatePool c = pool_cmd("p", "floating", {"h1"});
+  c.tmpl.domain_xml = xml;  // as exported by the API
+  c.tmpl.domain_name = "gold";
+  c.tmpl.host_id = "h1";
+  Error e = g.err(c);
+  CHECK(e.reason == "template_running");
+  CHECK(e.message.find("gold is running") != std::string::npos);
+  // A base volume of its own makes the template's state irrelevant.
+  CreatePool other = c;
+  other.tmpl.base_volume = "/img/other.qcow2";
+  other.id = "q";
+  other.name = "pool-q";
+  g.ok(other);
+  g.ok(RecordDomainsObserved{"h1", g.s.hosts.host("h1")->epoch,
+                             {{"gold", "33333333-3333-4333-8333-333333333333", "shut_off", -1}}});
+  g.ok(c);
+  const Pool* p = g.s.pools.pool("p");
+  CHECK(p->tmpl.domain_name == "gold");
+  CHECK(p->tmpl.host_id == "h1");
+  CHECK(p->tmpl.base_volume == "/img/gold.qcow2");
+  Json view = pool_to_json(g.s, *p);
+  CHECK(view["template"]["domain_name"] == "gold");
+  CHECK(view["template"]["base_volume"] == "/img/gold.qcow2");
   g.check_replay();
 }
 
@@ -433,10 +539,31 @@ TEST_CASE("power policy and monitor as functions of state and time") {
   CHECK(acts[0].id == v);
   // VM state reported by the host: a crashed VM deactivates its session.
   g.ok(LaunchDesktop{"s2", "bob", "p"});
+  g.ok(RecordSessionTicket{"s2", g.ctx.now_ms + 120000, true, ""});
   set_observed(g, v, "crashed");
   acts = power_actions(g.s, g.ctx.now_ms, 30000);
   REQUIRE(acts.size() == 1);
   CHECK(acts[0].reason == "vm_crashed");
+  g.check_replay();
+}
+
+TEST_CASE("monitor leaves a launch alone while it powers the VM on, not after") {
+  Given g = base("floating", 2);
+  std::string v = provision(g, "p", "shut_off");  // defined, off, nobody asked to start it yet
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  REQUIRE(g.s.hosts.vm(v)->desired != "running");
+  // The launch has not yet asked for power or issued the ticket: not a lost desktop.
+  CHECK(power_actions(g.s, g.ctx.now_ms + 1000, 30000).empty());
+  // A launch that never got its ticket is given up after the client timeout.
+  auto acts = power_actions(g.s, g.ctx.now_ms + 31000, 30000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].kind == "deactivate_session");
+  CHECK(acts[0].reason == "vm_shut_off");
+  // Once the ticket is issued, a VM seen shut off and not being started is a lost desktop.
+  g.ok(RecordSessionTicket{"s1", g.ctx.now_ms + 120000, true, ""});
+  acts = power_actions(g.s, g.ctx.now_ms + 1000, 30000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].reason == "vm_shut_off");
   g.check_replay();
 }
 
