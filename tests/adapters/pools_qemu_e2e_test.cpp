@@ -22,36 +22,22 @@
 // Then logoff (DELETE /v1/sessions/{id}): the policy shuts the VM down; the diskless guest
 // ignores ACPI, so the reconciler destroys it after its (here 3 s) shutdown timeout; `virsh
 // domstate` must say "shut off" within 60 s. Finally the pool is deleted and its domains must be
-// gone from the host. Every domain named atrium-pool-e2e-<pid>-* is destroyed and undefined at
-// the end, also on failure. (The prefix is not atrium-e2e-*: libvirt_qemu_e2e_test sweeps that
-// one, and ctest may run both at once.) On a failed check the broker's event log is printed.
+// gone from the host. Every domain and storage pool named atrium-pool-e2e-<pid>-* is removed at
+// the end, also on failure, and so are leftovers of an earlier killed run (see
+// tests/support/qemu_e2e.h). (The family is not atrium-e2e-*: that is libvirt_qemu_e2e_test's,
+// and ctest may run both at once.) On a failed check the broker's event log is printed.
 #include <doctest/doctest.h>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
 #include <chrono>
-#include <cstdint>
-#include <cstdio>
-#include <ctime>
-#include <fstream>
-#include <iterator>
-#include <sstream>
 #include <string>
 #include <thread>
 
-#include "adapters/libvirt_hypervisor.h"
 #include "api/daemon.h"
+#include "support/qemu_e2e.h"
 #include "support/test_support.h"
 
 using namespace atrium;
-using namespace atrium::adapters;
-using atrium::testing::TempDir;
-using atrium::testing::TestBroker;
+using namespace atrium::testing;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -60,188 +46,7 @@ namespace {
 constexpr int kFirstPort = 5620;
 constexpr int kLastPort = 5639;
 
-// Destroys and undefines every domain whose name starts with the prefix, now and when it dies.
-class DomainsGuard {
- public:
-  DomainsGuard(HypervisorConnection& conn, std::string prefix) : conn_(conn), prefix_(std::move(prefix)) {
-    sweep();
-  }
-  ~DomainsGuard() { sweep(); }
-  DomainsGuard(const DomainsGuard&) = delete;
-  DomainsGuard& operator=(const DomainsGuard&) = delete;
-  void sweep() {
-    auto doms = conn_.list_domains();
-    if (!doms) return;
-    for (const auto& d : *doms) {
-      if (d.name.rfind(prefix_, 0) != 0) continue;
-      if (d.state != DomainState::shut_off) (void)conn_.destroy(d.name);
-      (void)conn_.undefine(d.name);
-    }
-  }
-
- private:
-  HypervisorConnection& conn_;
-  std::string prefix_;
-};
-
-bool kvm_usable() {
-  int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
-  if (fd < 0) return false;
-  ::close(fd);
-  return true;
-}
-
-std::string shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[256];
-  while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  ::pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
-std::string virsh(const std::string& args) { return shell("virsh -c qemu:///system " + args); }
-
-uint32_t le32(const unsigned char* p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
-}
-
-bool recv_all(int fd, unsigned char* buf, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = ::recv(fd, buf + got, n - got, 0);
-    if (r <= 0) return false;
-    got += static_cast<size_t>(r);
-  }
-  return true;
-}
-
-// One SPICE main-channel link on 127.0.0.1:port, and optionally the legacy ticket auth.
-struct SpiceResult {
-  std::string magic;          // of the server's link reply: "REDQ"
-  int64_t link_error = -1;    // SpiceLinkReply.error (0 = OK)
-  int64_t auth_result = -1;   // after sending the encrypted ticket (0 = OK, 7 = permission denied)
-  std::string note;           // why auth was not tried
-};
-
-SpiceResult spice_link(int port, const std::string* ticket) {
-  SpiceResult res;
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return res;
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    res.note = "connect failed";
-    ::close(fd);
-    return res;
-  }
-  // SpiceLinkHeader {"REDQ", major 2, minor 2, size 18} + SpiceLinkMess {connection 0, channel
-  // main (1), id 0, no common or channel caps, caps offset 18}; little endian. Without the
-  // auth-selection capability the server expects the legacy ticket right after its reply.
-  // SpiceLinkMess is packed: u32 connection_id, u8 channel_type, u8 channel_id, u32
-  // num_common_caps, u32 num_channel_caps, u32 caps_offset = 18 bytes. (The 20-byte body the
-  // other QEMU e2e tests send gets "REDQ" back too, but its 2 extra bytes would be read as the
-  // start of the encrypted ticket.)
-  const unsigned char msg[] = {'R', 'E', 'D', 'Q', 2, 0, 0, 0, 2, 0, 0, 0, 18, 0, 0, 0,
-                               0,   0,   0,   0,   1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 18, 0, 0, 0};
-  unsigned char head[16];
-  if (::send(fd, msg, sizeof msg, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof msg) || !recv_all(fd, head, 16)) {
-    res.note = "no link reply";
-    ::close(fd);
-    return res;
-  }
-  res.magic.assign(reinterpret_cast<char*>(head), 4);
-  uint32_t size = le32(head + 12);
-  // SpiceLinkReply: error (4), pub_key (SPICE_TICKET_PUBKEY_BYTES = 162, DER
-  // SubjectPublicKeyInfo of a 1024-bit RSA key), caps counts and offset, caps.
-  std::string body(size, '\0');
-  if (size < 4 + 162 || size > 4096 ||
-      !recv_all(fd, reinterpret_cast<unsigned char*>(body.data()), size)) {
-    res.note = "short link reply";
-    ::close(fd);
-    return res;
-  }
-  res.link_error = le32(reinterpret_cast<const unsigned char*>(body.data()));
-  if (ticket == nullptr || res.link_error != 0) {
-    ::close(fd);
-    return res;
-  }
-  if (shell("command -v openssl").empty()) {
-    res.note = "no openssl command to encrypt the ticket";
-    ::close(fd);
-    return res;
-  }
-  // The ticket, NUL terminated, RSA-OAEP (SHA-1) encrypted with the server's key: 128 bytes.
-  TempDir tmp;
-  std::string key = tmp.str() + "/key.der", in = tmp.str() + "/ticket", out = tmp.str() + "/enc";
-  std::ofstream(key, std::ios::binary).write(body.data() + 4, 162);
-  std::ofstream(in, std::ios::binary).write(ticket->c_str(), static_cast<std::streamsize>(ticket->size() + 1));
-  std::string o = shell("openssl pkeyutl -encrypt -pubin -keyform DER -inkey " + key +
-                        " -pkeyopt rsa_padding_mode:oaep -in " + in + " -out " + out);
-  std::ifstream f(out, std::ios::binary);
-  std::string enc((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (enc.size() != 128) {
-    res.note = "openssl could not encrypt the ticket: " + o;
-    ::close(fd);
-    return res;
-  }
-  unsigned char result[4];
-  if (::send(fd, enc.data(), enc.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(enc.size()) && recv_all(fd, result, 4)) {
-    res.auth_result = le32(result);
-  } else {
-    res.note = "no auth result";
-  }
-  ::close(fd);
-  return res;
-}
-
-// The broker's event log, one line per event (the last `max` of them), for failure reports.
-std::string event_log(TestBroker& b, size_t max = 120) {
-  auto r = b.call("GET", "/v1/events?limit=1000");
-  json j = r.json();
-  if (r.status != 200 || !j.contains("items")) return "GET /v1/events: " + std::to_string(r.status) + " " + r.body;
-  std::vector<std::string> lines;
-  for (const auto& e : j["items"]) {
-    std::string d = e["data"].dump();
-    if (d.size() > 400) d = d.substr(0, 400) + "...";
-    lines.push_back(std::to_string(e["position"].get<uint64_t>()) + " " + e["type"].get<std::string>() + " " +
-                    e["stream"].get<std::string>() + " " + d);
-  }
-  std::string out;
-  for (size_t i = lines.size() > max ? lines.size() - max : 0; i < lines.size(); ++i) out += lines[i] + "\n";
-  return out;
-}
-
-template <typename F>
-json poll(TestBroker& b, const std::string& path, F pred, std::chrono::seconds limit = 60s) {
-  json last;
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    auto r = b.call("GET", path);
-    last = r.json();
-    if (r.status == 200 && pred(last)) return last;
-    std::this_thread::sleep_for(100ms);
-  }
-  FAIL("condition not reached on " << path << ": " << last.dump());
-  return last;
-}
-
-bool wait_domstate(const std::string& name, const std::string& want, std::chrono::seconds limit,
-                   std::string* last) {
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    *last = virsh("domstate " + name);
-    if (*last == want) return true;
-    std::this_thread::sleep_for(200ms);
-  }
-  return false;
-}
+constexpr const char* kFamily = "atrium-pool-e2e-";
 
 void check_vv(const json& launch) {
   std::string vv = launch["connection_file"];
@@ -258,26 +63,12 @@ void check_vv(const json& launch) {
 }  // namespace
 
 TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket, logoff powers off, delete") {
-  LibvirtHypervisor hv;
-  ConnectOptions opts;
-  opts.uri = "qemu:///system";
-  opts.timeout = 30s;
-  auto connected = hv.connect(opts);
-  if (!connected) {
-    MESSAGE("SKIPPED: cannot connect to qemu:///system (" << connected.error().message
-                                                         << "); run tools/start_libvirtd.sh as root to enable this test");
-    return;
-  }
-  HypervisorConnection& conn = *connected.value();
-  auto caps = conn.capabilities();
-  if (!caps.ok() || caps->hypervisor != "QEMU") {
-    MESSAGE("SKIPPED: qemu:///system is not a usable QEMU driver");
-    return;
-  }
+  auto q = open_qemu_system_or_skip();
+  if (!q) return;
+  E2eGuard guard(*q->conn, kFamily);
   // The pool name is the prefix of its VMs' names (domain name = pool name + "-" + 8 hex).
-  const std::string pool_name = "atrium-pool-e2e-" + std::to_string(::getpid());
-  DomainsGuard guard(conn, pool_name + "-");
-  const std::string type = kvm_usable() ? "kvm" : "qemu";
+  const std::string pool_name = guard.prefix() + "spice";
+  const std::string type = domain_type();
   // Name and uuid are replaced per member; the graphics element is replaced by the broker's
   // SPICE display (port, passwd, listen = PoolWorkerOptions::spice_listen, set to 127.0.0.1).
   const std::string tmpl =
@@ -364,17 +155,7 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
   CHECK_MESSAGE(xml.find("passwdValidTo=") != std::string::npos, xml);
 
   // SPICE on the port: the link reply, then the ticket authenticates and a wrong one does not.
-  const std::string wrong = "wrong-ticket-000000000000";
-  SpiceResult ok = spice_link(port, &ticket);
-  CHECK(ok.magic == "REDQ");
-  CHECK(ok.link_error == 0);
-  if (ok.auth_result < 0 && ok.note.find("openssl") != std::string::npos) {
-    MESSAGE("SPICE ticket auth not checked: " << ok.note);
-  } else {
-    CHECK_MESSAGE(ok.auth_result == 0, ok.note);
-    SpiceResult bad = spice_link(port, &wrong);
-    CHECK_MESSAGE(bad.auth_result == 7, bad.note);  // SPICE_LINK_ERR_PERMISSION_DENIED
-  }
+  check_spice_ticket(port, ticket, "wrong-ticket-000000000000");
 
   // A second launch reconnects and sets a fresh ticket on the running VM.
   auto l2 = b.call("POST", "/v1/launches", {{"pool_id", pool}}, tok);
@@ -392,12 +173,7 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
   if (again["ticket_applied"] == true) {
     xml = virsh("dumpxml --security-info " + name);
     CHECK_MESSAGE(xml.find("passwd='" + ticket2 + "'") != std::string::npos, xml);
-    SpiceResult ok2 = spice_link(port, &ticket2);
-    if (ok2.auth_result >= 0 || ok2.note.find("openssl") == std::string::npos) {
-      CHECK_MESSAGE(ok2.auth_result == 0, ok2.note);
-      SpiceResult old = spice_link(port, &ticket);
-      CHECK_MESSAGE(old.auth_result == 7, old.note);
-    }
+    check_spice_ticket(port, ticket2, ticket);  // the old ticket no longer authenticates
   }
 
   // Logoff: the session ends, the floating VM is freed and, by policy, powered off (shutdown,
