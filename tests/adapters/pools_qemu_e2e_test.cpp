@@ -22,15 +22,20 @@
 // Then logoff (DELETE /v1/sessions/{id}): the policy shuts the VM down; the diskless guest
 // ignores ACPI, so the reconciler destroys it after its (here 3 s) shutdown timeout; `virsh
 // domstate` must say "shut off" within 60 s. Finally the pool is deleted and its domains must be
-// gone from the host. Every domain and storage pool named atrium-pool-e2e-<pid>-* is removed at
-// the end, also on failure, and so are leftovers of an earlier killed run (see
-// tests/support/qemu_e2e.h). (The family is not atrium-e2e-*: that is libvirt_qemu_e2e_test's,
-// and ctest may run both at once.) On a failed check the broker's event log is printed.
+// gone from the host. A second case runs a pool whose members boot from qcow2 overlays over a
+// base volume in a temporary dir storage pool (described at it). Every domain and storage pool
+// named atrium-pool-e2e-<pid>-* is removed at the end, also on failure, and so are leftovers of
+// an earlier killed run (see tests/support/qemu_e2e.h). (The family is not atrium-e2e-*: that is
+// libvirt_qemu_e2e_test's, and ctest may run both at once.) On a failed check the broker's event
+// log is printed.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "api/daemon.h"
 #include "support/qemu_e2e.h"
@@ -60,6 +65,63 @@ void check_vv(const json& launch) {
   CHECK(vv.find("delete-this-file=1\n") != std::string::npos);
 }
 
+// Fast pool worker and reconciler; SPICE displays on 127.0.0.1.
+void configure_broker(api::DaemonConfig& cfg) {
+  cfg.hosts.resync_interval = 1s;
+  cfg.hosts.poll_interval = 20ms;
+  cfg.hosts.shutdown_timeout = 3s;  // the diskless guest ignores ACPI: destroy after 3 s
+  cfg.hosts.connect_timeout = 30s;
+  cfg.pools.interval = 100ms;
+  cfg.pools.spice_listen = "127.0.0.1";
+}
+
+// Adds qemu:///system with display ports kFirstPort-kLastPort through the API; its id once up.
+std::string add_local_host(TestBroker& b) {
+  auto add = b.call("POST", "/v1/hosts",
+                    {{"name", "local-qemu"},
+                     {"uri", "qemu:///system"},
+                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}}});
+  REQUIRE_MESSAGE(add.status == 202, add.body);
+  std::string host_id = add.json()["host_id"];
+  json host = poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
+  CHECK(host["address"] == "127.0.0.1");
+  return host_id;
+}
+
+// The file of the first <disk>'s top <source> in a domain XML ("" if none).
+std::string first_disk_source(const std::string& xml) {
+  auto d = xml.find("<disk");
+  auto e = xml.find("</disk>", d);
+  if (d == std::string::npos || e == std::string::npos) return {};
+  const std::string key = "<source file='";
+  auto src = xml.find(key, d);
+  if (src == std::string::npos || src > e) return {};
+  auto from = src + key.size();
+  return xml.substr(from, xml.find('\'', from) - from);
+}
+
+// The guest device of the running domain that uses the image `path`, as HMP `info block` names
+// it: "<node>: <path> (<format>)" followed by "Attached to: <qdev path>".
+std::string block_device(const std::string& domain, const std::string& path) {
+  std::string info = virsh("qemu-monitor-command " + domain + " --hmp 'info block'");
+  auto at = info.find(": " + path + " (");
+  if (at == std::string::npos) return {};
+  const std::string key = "Attached to:";
+  auto att = info.find(key, at);
+  if (att == std::string::npos || info.find(": /", at + 1) < att) return {};
+  auto from = info.find_first_not_of(' ', att + key.size());
+  return info.substr(from, info.find_first_of("\r\n", from) - from);
+}
+
+// Whether the events of a stream answer include one of `type` for which `pred` holds.
+template <typename F>
+bool has_event(const json& stream, const std::string& type, F pred) {
+  for (const auto& e : stream["items"]) {
+    if (e["type"] == type && pred(e["data"])) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket, logoff powers off, delete") {
@@ -80,24 +142,11 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
       "<devices><graphics type='spice' autoport='yes' listen='127.0.0.1'/>"
       "<video><model type='qxl'/></video></devices></domain>";
 
-  TestBroker b([](api::DaemonConfig& cfg) {
-    cfg.hosts.resync_interval = 1s;
-    cfg.hosts.poll_interval = 20ms;
-    cfg.hosts.shutdown_timeout = 3s;  // the diskless guest ignores ACPI: destroy after 3 s
-    cfg.hosts.connect_timeout = 30s;
-    cfg.pools.interval = 100ms;
-    cfg.pools.spice_listen = "127.0.0.1";
-  });
+  TestBroker b(configure_broker);
   // Printed with any failed check only (doctest evaluates INFO lazily); MESSAGE would print it
   // too, so the launch answers go into INFO as well.
   INFO("broker event log (last events):\n" << event_log(b));
-
-  auto add = b.call("POST", "/v1/hosts", {{"name", "local-qemu"}, {"uri", "qemu:///system"},
-                                          {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}}});
-  REQUIRE_MESSAGE(add.status == 202, add.body);
-  std::string host_id = add.json()["host_id"];
-  json host = poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
-  CHECK(host["address"] == "127.0.0.1");
+  const std::string host_id = add_local_host(b);
 
   auto created = b.call("POST", "/v1/pools",
                         {{"name", pool_name},
@@ -208,4 +257,191 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
   for (const auto& m : members) {
     CHECK_MESSAGE(left.find(m["name"].get<std::string>()) == std::string::npos, left);
   }
+}
+
+// A desktop pool whose members boot from their own qcow2 overlay over a base volume. A
+// transient dir storage pool atrium-pool-e2e-<pid>-disks in a temp directory holds a 16 MiB
+// qcow2 base; a floating pool (max_size 1, min_ready 1, refresh_on_logoff) uses it through
+// template.base_volume / template.storage_pool, with a template that has one virtio disk (its
+// source, the base, is replaced by the member's overlay). Checked for real:
+//   - the member runs from <member name>.qcow2 in the dir pool (`virsh dumpxml`), an overlay with
+//     the base as backing file (`qemu-img info`), and its SPICE port takes the launch ticket;
+//   - what the user writes lands in the overlay: a pattern written through the running QEMU's
+//     block layer (HMP qemu-io) makes `qemu-img compare` of overlay and base differ;
+//   - logoff: the policy destroys the VM (libvirt's stopped/destroyed event, the broker's destroy
+//     request), the worker recreates the overlay empty (refresh events; `qemu-img compare` says
+//     identical again, still backed by the base) and the member is back to ready, started again
+//     as the pool's ready spare;
+//   - deleting the pool undefines the domain and deletes the overlay; only the base is left in
+//     the dir pool.
+TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, refreshed on logoff, deleted with the pool") {
+  DomainEvents events;  // outlives the connection that delivers to it
+  auto q = open_qemu_system_or_skip();
+  if (!q) return;
+  if (!have_command("qemu-img")) {
+    MESSAGE("SKIPPED: no qemu-img: libvirt cannot make qcow2 volumes in a dir pool without it "
+            "(tools/start_libvirtd.sh installs qemu-utils)");
+    return;
+  }
+  auto& conn = *q->conn;
+  E2eGuard guard(conn, kFamily);
+  REQUIRE(conn.subscribe(events.callback(), nullptr).ok());
+  auto made = TempDirPool::create(conn, guard.prefix() + "disks");
+  REQUIRE_MESSAGE(made.ok(), (made.ok() ? "" : made.error().message));
+  TempDirPool& disks = **made;
+  auto based = disks.create_volume("base.qcow2", 16 << 20, "qcow2");
+  REQUIRE_MESSAGE(based.ok(), (based.ok() ? "" : based.error().message));
+  const std::string base = *based;
+
+  const std::string pool_name = guard.prefix() + "ovl";
+  const std::string tmpl =
+      "<domain type='" + domain_type() + "'><name>" + pool_name + "-template</name>"
+      "<uuid>33333333-3333-4333-8333-333333333333</uuid>"
+      "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+      "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+      "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>"
+      "<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+      "<source file='" + base + "'/><target dev='vda' bus='virtio'/></disk>"
+      "<graphics type='spice' autoport='yes' listen='127.0.0.1'/>"
+      "<video><model type='qxl'/></video></devices></domain>";
+
+  TestBroker b(configure_broker);
+  INFO("broker event log (last events):\n" << event_log(b));  // printed with a failed check only
+  const std::string host_id = add_local_host(b);
+
+  auto created = b.call(
+      "POST", "/v1/pools",
+      {{"name", pool_name},
+       {"kind", "floating"},
+       {"template", {{"domain_xml", tmpl}, {"base_volume", base}, {"storage_pool", disks.name()}}},
+       {"host_ids", {host_id}},
+       {"min_ready", 1},
+       {"max_size", 1},
+       {"power_policy", "refresh_on_logoff"}});
+  REQUIRE_MESSAGE(created.status == 201, created.body);
+  std::string pool = created.json()["id"];
+  CHECK(created.json()["template"]["base_volume"] == base);
+  CHECK(created.json()["template"]["storage_pool"] == disks.name());
+  auto [uid, tok] = b.user("pool-e2e-ovl-bo");
+  REQUIRE(b.call("POST", "/v1/pools/" + pool + "/entitlements", {{"user_id", uid}}).status == 201);
+
+  // The one member: provisioned with its overlay, then started as the ready spare.
+  auto one_ready = [](const json& j) { return j["size"]["ready"] == 1; };
+  json spare = poll(b, "/v1/pools/" + pool, one_ready, 90s);
+  CHECK(spare["size"]["total"] == 1);
+  json members = b.call("GET", "/v1/pools/" + pool + "/vms").json()["items"];
+  REQUIRE(members.size() == 1);
+  const std::string name = members[0]["name"], vm_id = members[0]["vm_id"];
+  const std::string overlay = members[0]["overlay"];
+  CHECK(name.rfind(pool_name + "-", 0) == 0);
+  CHECK(overlay == name + ".qcow2");
+  const std::string overlay_path = disks.dir() + "/" + overlay;
+  INFO("member " << name << ", overlay " << overlay_path);
+
+  // Launch: the user gets the running member; its disk is the overlay over the base.
+  auto l = b.call("POST", "/v1/launches", {{"pool_id", pool}}, tok);
+  REQUIRE_MESSAGE(l.status == 201, l.body);
+  json launch = l.json();
+  CHECK(launch["vm_id"] == vm_id);
+  CHECK(launch["ticket_applied"] == true);
+  std::string sid = launch["session_id"], ticket = launch["ticket"];
+  int port = launch["port"];
+  std::string last;
+  CHECK_MESSAGE(wait_domstate(name, "running", 30s, &last),
+                "virsh domstate " << name << ": " << last);
+  std::string xml = virsh("dumpxml " + name);
+  CHECK_MESSAGE(first_disk_source(xml) == overlay_path, xml);
+  std::string info = qemu_img_info(overlay_path);
+  CHECK_MESSAGE(info.find("file format: qcow2") != std::string::npos, info);
+  CHECK_MESSAGE(info.find("backing file: " + base + "\n") != std::string::npos, info);
+  CHECK_MESSAGE(info.find("backing file format: qcow2") != std::string::npos, info);
+  CHECK_MESSAGE(info.find("virtual size: 16 MiB") != std::string::npos, info);
+  auto vols = disks.volumes();
+  REQUIRE_MESSAGE(vols.ok(), (vols.ok() ? "" : vols.error().message));
+  CHECK(std::count(vols->begin(), vols->end(), overlay) == 1);
+  check_spice_ticket(port, ticket, "wrong-ticket-000000000000");
+
+  // The user's data: 64 KiB of 0x5a written at offset 0 of the guest's disk by the running QEMU
+  // land in the overlay (the base stays as it was).
+  CHECK(shell("qemu-img compare -U '" + overlay_path + "' '" + base + "'") ==
+        "Images are identical.");
+  std::string device = block_device(name, overlay_path);
+  REQUIRE_MESSAGE(!device.empty(), virsh("qemu-monitor-command " + name + " --hmp 'info block'"));
+  auto qemu_io = [&](const std::string& cmd) {
+    return virsh("qemu-monitor-command " + name + " --hmp 'qemu-io -d " + device + " \"" + cmd +
+                 "\"'");
+  };
+  std::string wrote = qemu_io("write -P 0x5a 0 64k");
+  wrote += qemu_io("flush");  // the qcow2 metadata too, whatever the cache mode
+  std::string differ = shell("qemu-img compare -U '" + overlay_path + "' '" + base + "'");
+  REQUIRE_MESSAGE(differ.find("Content mismatch at offset 0") != std::string::npos,
+                  "after qemu-io on "
+                      << device << " (" << wrote << "): " << differ << "\n"
+                      << virsh("qemu-monitor-command " + name + " --hmp 'info block'"));
+
+  // Logoff: the policy destroys the VM, the worker recreates the overlay, the member is ready
+  // again and, as the pool's ready spare, started again.
+  const std::size_t before_logoff = events.mark();
+  auto off = b.call("DELETE", "/v1/sessions/" + sid, nullptr, tok);
+  CHECK_MESSAGE(off.status == 204, off.body);
+  json s = b.call("GET", "/v1/sessions/" + sid, nullptr, tok).json();
+  CHECK(s["state"] == "ended");
+  CHECK(s["end_reason"] == "logoff");
+  auto stopped = events.wait(name, "stopped", "destroyed", 60s, before_logoff);
+  CHECK_MESSAGE(stopped.has_value(), "no stopped/destroyed event for "
+                                         << name
+                                         << " after logoff: " << events.trail(name, before_logoff));
+  json pool_events = poll(b, "/v1/streams/pool-" + pool + "?limit=1000", [&](const json& j) {
+    return has_event(j, "PoolVmRefreshed", [&](const json& d) { return d["vm_id"] == vm_id; });
+  });
+  CHECK(has_event(pool_events, "PoolVmRefreshStarted",
+                  [&](const json& d) { return d["vm_id"] == vm_id && d["reason"] == "logoff"; }));
+  CHECK(has_event(pool_events, "PoolVmRefreshed",
+                  [&](const json& d) { return d["vm_id"] == vm_id && d["ok"] == true; }));
+  json vm_events = b.call("GET", "/v1/streams/vm-" + vm_id + "?limit=1000").json();
+  CHECK(has_event(vm_events, "VmPowerRequested",
+                  [](const json& d) { return d["action"] == "destroy"; }));
+  json member = poll(b, "/v1/pools/" + pool + "/vms", [](const json& j) {
+    return j["items"].size() == 1 && j["items"][0]["state"] == "ready" &&
+           j["items"][0]["observed_state"] == "running";
+  })["items"][0];
+  CHECK(member["vm_id"] == vm_id);
+  CHECK(member["assigned_user_id"].is_null());
+  CHECK(member["session_id"].is_null());
+  CHECK(member["overlay"] == overlay);
+  if (stopped) {
+    auto restarted = events.wait(name, "started", "", 30s, *stopped + 1);
+    CHECK_MESSAGE(restarted.has_value(),
+                  "not started again after the refresh: " << events.trail(name, before_logoff));
+  }
+  CHECK_MESSAGE(wait_domstate(name, "running", 30s, &last),
+                "virsh domstate " << name << ": " << last);
+  // The fresh overlay: none of the user's data, still over the base, and it is what runs.
+  CHECK(shell("qemu-img compare -U '" + overlay_path + "' '" + base + "'") ==
+        "Images are identical.");
+  info = qemu_img_info(overlay_path);
+  CHECK_MESSAGE(info.find("backing file: " + base + "\n") != std::string::npos, info);
+  xml = virsh("dumpxml " + name);
+  CHECK_MESSAGE(first_disk_source(xml) == overlay_path, xml);
+
+  // Delete the pool: the domain is undefined and the overlay deleted; the base stays.
+  const std::size_t before_delete = events.mark();
+  auto del = b.call("DELETE", "/v1/pools/" + pool);
+  CHECK(del.status == 202);
+  bool gone = false;
+  for (int i = 0; i < 600 && !gone; ++i) {
+    gone = b.call("GET", "/v1/pools/" + pool).status == 404;
+    if (!gone) std::this_thread::sleep_for(100ms);
+  }
+  CHECK_MESSAGE(gone,
+                "pool still there 60 s after DELETE: " << b.call("GET", "/v1/pools/" + pool).body);
+  CHECK_MESSAGE(events.wait(name, "undefined", "", 10s, before_delete).has_value(),
+                events.trail(name, before_delete));
+  auto looked = conn.lookup(name);
+  CHECK_MESSAGE(!looked.ok(), name << " is still defined");
+  if (!looked.ok()) CHECK(looked.error().code == Code::not_found);
+  vols = disks.volumes();
+  REQUIRE_MESSAGE(vols.ok(), (vols.ok() ? "" : vols.error().message));
+  CHECK(*vols == std::vector<std::string>{"base.qcow2"});
+  CHECK_FALSE(std::filesystem::exists(overlay_path));
 }
