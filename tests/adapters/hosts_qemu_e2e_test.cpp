@@ -61,7 +61,8 @@ TEST_CASE("qemu:///system through the broker: import, power on/off via the API, 
   auto add = b.call("POST", "/v1/hosts", {{"name", "local-qemu"}, {"uri", "qemu:///system"}});
   REQUIRE(add.status == 202);
   std::string host_id = add.json()["host_id"];
-  json op = poll(b, add.header("location"), [](const json& j) { return j["state"] != "pending"; }, kWait);
+  auto not_pending = [](const json& j) { return j["state"] != "pending"; };
+  json op = poll(b, add.header("location"), not_pending, kWait);
   REQUIRE_MESSAGE(op["state"] == "succeeded", op.dump());
   json host = b.call("GET", "/v1/hosts/" + host_id).json();
   CHECK(host["state"] == "up");
@@ -80,11 +81,12 @@ TEST_CASE("qemu:///system through the broker: import, power on/off via the API, 
   CHECK(vm["observed_state"] == "shut_off");
   std::string vm_path = "/v1/vms/" + vm["id"].get<std::string>();
 
+  auto settled = [](const json& j) { return j["state"] != "pending" && j["state"] != "running"; };
+
   // Power on through the API; virsh agrees.
   auto p = b.call("POST", vm_path + "/power", {{"action", "start"}});
   REQUIRE(p.status == 202);
-  op = poll(b, p.header("location"),
-            [](const json& j) { return j["state"] != "pending" && j["state"] != "running"; }, kWait);
+  op = poll(b, p.header("location"), settled, kWait);
   REQUIRE_MESSAGE(op["state"] == "succeeded", op.dump());
   CHECK(virsh("domstate " + name) == "running");
   vm = poll(b, vm_path, [](const json& j) { return j["display_port"] == kSpicePort; }, kWait);
@@ -99,16 +101,14 @@ TEST_CASE("qemu:///system through the broker: import, power on/off via the API, 
   // Power off through the API: shutdown, then destroy after the timeout.
   p = b.call("POST", vm_path + "/power", {{"action", "shutdown"}});
   REQUIRE(p.status == 202);
-  op = poll(b, p.header("location"),
-            [](const json& j) { return j["state"] != "pending" && j["state"] != "running"; }, kWait);
+  op = poll(b, p.header("location"), settled, kWait);
   CHECK_MESSAGE(op["state"] == "succeeded", op.dump());
   CHECK(virsh("domstate " + name) == "shut off");
 
   // On again, then destroyed behind the broker's back.
   p = b.call("POST", vm_path + "/power", {{"action", "start"}});
   REQUIRE(p.status == 202);
-  op = poll(b, p.header("location"),
-            [](const json& j) { return j["state"] == "succeeded" || j["state"] == "failed"; }, kWait);
+  op = poll(b, p.header("location"), settled, kWait);
   REQUIRE(op["state"] == "succeeded");
   CHECK(virsh("domstate " + name) == "running");
   std::string out = virsh("destroy " + name);
