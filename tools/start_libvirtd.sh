@@ -15,7 +15,9 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-packages=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients)
+# qemu-utils: qemu-img, which libvirt's dir storage pools need to create qcow2 volumes (the pool
+# overlays) and the e2e tests use to inspect them; only recommended by qemu-system-x86.
+packages=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
