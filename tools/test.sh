@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/deps.sh
 tools/check_includes.sh
+tools/check_pitfalls.sh
 dir=build
 args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 if [ -n "${ATRIUM_SANITIZE:-}" ]; then

@@ -75,6 +75,18 @@ void configure_broker(api::DaemonConfig& cfg) {
   cfg.pools.spice_listen = "127.0.0.1";
 }
 
+// Deletes the pool through the API (202) and waits up to 60 s until it is gone (404).
+void delete_pool_and_wait(TestBroker& b, const std::string& pool) {
+  auto del = b.call("DELETE", "/v1/pools/" + pool);
+  CHECK(del.status == 202);
+  bool gone = false;
+  for (int i = 0; i < 600 && !gone; ++i) {
+    gone = b.call("GET", "/v1/pools/" + pool).status == 404;
+    if (!gone) std::this_thread::sleep_for(100ms);
+  }
+  CHECK_MESSAGE(gone, "pool still there 60 s after DELETE: " << b.call("GET", "/v1/pools/" + pool).body);
+}
+
 // Adds qemu:///system with display ports kFirstPort-kLastPort through the API; its id once up.
 std::string add_local_host(TestBroker& b) {
   auto add = b.call("POST", "/v1/hosts",
@@ -239,20 +251,14 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
   CHECK(vm["desired_state"] == "shut_off");
   json freed = poll(b, "/v1/pools/" + pool, [](const json& j) { return j["size"]["standby"] == 2; });
   CHECK(freed["size"]["in_use"] == 0);
-  for (const auto& m : b.call("GET", "/v1/pools/" + pool + "/vms").json()["items"]) {
+  const json after = b.call("GET", "/v1/pools/" + pool + "/vms").json();  // outlives the loop
+  for (const auto& m : after["items"]) {
     CHECK(m["assigned_user_id"].is_null());
     CHECK(virsh("domstate " + m["name"].get<std::string>()) == "shut off");  // nothing restarted it
   }
 
   // Delete the pool: its members are removed from the host, then the pool is gone.
-  auto del = b.call("DELETE", "/v1/pools/" + pool);
-  CHECK(del.status == 202);
-  bool gone = false;
-  for (int i = 0; i < 600 && !gone; ++i) {
-    gone = b.call("GET", "/v1/pools/" + pool).status == 404;
-    if (!gone) std::this_thread::sleep_for(100ms);
-  }
-  CHECK_MESSAGE(gone, "pool still there 60 s after DELETE: " << b.call("GET", "/v1/pools/" + pool).body);
+  delete_pool_and_wait(b, pool);
   std::string left = virsh("list --all --name");
   for (const auto& m : members) {
     CHECK_MESSAGE(left.find(m["name"].get<std::string>()) == std::string::npos, left);
@@ -261,9 +267,11 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
 
 // A desktop pool whose members boot from their own qcow2 overlay over a base volume. A
 // transient dir storage pool atrium-pool-e2e-<pid>-disks in a temp directory holds a 16 MiB
-// qcow2 base; a floating pool (max_size 1, min_ready 1, refresh_on_logoff) uses it through
-// template.base_volume / template.storage_pool, with a template that has one virtio disk (its
-// source, the base, is replaced by the member's overlay). Checked for real:
+// qcow2 base; a floating pool (max_size 1, min_ready 1, refresh_on_logoff) clones a template
+// domain defined (shut off) on the host with one virtio disk whose file is the base: the pool
+// names it (template.domain_name), so its definition is exported from QEMU and its disk becomes
+// the base of the members' overlays. Checked for real:
+//   - the pool records the exported definition and the base; the template domain is untouched;
 //   - the member runs from <member name>.qcow2 in the dir pool (`virsh dumpxml`), an overlay with
 //     the base as backing file (`qemu-img info`), and its SPICE port takes the launch ticket;
 //   - what the user writes lands in the overlay: a pattern written through the running QEMU's
@@ -305,6 +313,11 @@ TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, re
       "<graphics type='spice' autoport='yes' listen='127.0.0.1'/>"
       "<video><model type='qxl'/></video></devices></domain>";
 
+  // The template is a real (shut-off) domain on the host; the guard undefines it at the end.
+  const std::string tmpl_name = pool_name + "-template";
+  auto defined = conn.define(tmpl);
+  REQUIRE_MESSAGE(defined.ok(), (defined.ok() ? "" : defined.error().message));
+
   TestBroker b(configure_broker);
   INFO("broker event log (last events):\n" << event_log(b));  // printed with a failed check only
   const std::string host_id = add_local_host(b);
@@ -313,15 +326,19 @@ TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, re
       "POST", "/v1/pools",
       {{"name", pool_name},
        {"kind", "floating"},
-       {"template", {{"domain_xml", tmpl}, {"base_volume", base}, {"storage_pool", disks.name()}}},
+       {"template", {{"domain_name", tmpl_name}, {"storage_pool", disks.name()}}},
        {"host_ids", {host_id}},
        {"min_ready", 1},
        {"max_size", 1},
        {"power_policy", "refresh_on_logoff"}});
   REQUIRE_MESSAGE(created.status == 201, created.body);
   std::string pool = created.json()["id"];
-  CHECK(created.json()["template"]["base_volume"] == base);
+  CHECK(created.json()["template"]["domain_name"] == tmpl_name);
+  CHECK(created.json()["template"]["host_id"] == host_id);
+  CHECK(created.json()["template"]["base_volume"] == base);  // the template's own disk
   CHECK(created.json()["template"]["storage_pool"] == disks.name());
+  CHECK(created.json()["template"]["domain_xml"].get<std::string>().find("<name>" + tmpl_name + "</name>") !=
+        std::string::npos);
   auto [uid, tok] = b.user("pool-e2e-ovl-bo");
   REQUIRE(b.call("POST", "/v1/pools/" + pool + "/entitlements", {{"user_id", uid}}).status == 201);
 
@@ -426,15 +443,7 @@ TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, re
 
   // Delete the pool: the domain is undefined and the overlay deleted; the base stays.
   const std::size_t before_delete = events.mark();
-  auto del = b.call("DELETE", "/v1/pools/" + pool);
-  CHECK(del.status == 202);
-  bool gone = false;
-  for (int i = 0; i < 600 && !gone; ++i) {
-    gone = b.call("GET", "/v1/pools/" + pool).status == 404;
-    if (!gone) std::this_thread::sleep_for(100ms);
-  }
-  CHECK_MESSAGE(gone,
-                "pool still there 60 s after DELETE: " << b.call("GET", "/v1/pools/" + pool).body);
+  delete_pool_and_wait(b, pool);
   CHECK_MESSAGE(events.wait(name, "undefined", "", 10s, before_delete).has_value(),
                 events.trail(name, before_delete));
   auto looked = conn.lookup(name);
@@ -444,4 +453,7 @@ TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, re
   REQUIRE_MESSAGE(vols.ok(), (vols.ok() ? "" : vols.error().message));
   CHECK(*vols == std::vector<std::string>{"base.qcow2"});
   CHECK_FALSE(std::filesystem::exists(overlay_path));
+  // The template domain was never touched: still defined, shut off, on the base.
+  CHECK(virsh("domstate " + tmpl_name) == "shut off");
+  CHECK(first_disk_source(virsh("dumpxml " + tmpl_name)) == base);
 }
