@@ -367,16 +367,6 @@ std::uint32_t le32(const char* p) {
   return b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24;
 }
 
-bool send_all(int fd, const std::string& s) {
-  size_t off = 0;
-  while (off < s.size()) {
-    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    off += static_cast<size_t>(n);
-  }
-  return true;
-}
-
 bool recv_all(int fd, char* buf, size_t n) {
   size_t got = 0;
   while (got < n) {

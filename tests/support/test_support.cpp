@@ -48,16 +48,6 @@ int connect_loopback(uint16_t port) {
   return fd;
 }
 
-bool send_all(int fd, const std::string& s) {
-  size_t off = 0;
-  while (off < s.size()) {
-    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    off += static_cast<size_t>(n);
-  }
-  return true;
-}
-
 // Reads until EOF, or until a complete response (by Content-Length) has arrived.
 std::string read_response(int fd, int timeout_ms) {
   std::string buf;
@@ -106,6 +96,16 @@ HttpReply parse_reply(const std::string& raw) {
 }
 
 }  // namespace
+
+bool send_all(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
 
 HttpReply http(uint16_t port, const std::string& method, const std::string& path,
                const std::string& body,

@@ -56,6 +56,9 @@ HttpReply http(uint16_t port, const std::string& method, const std::string& path
                const std::vector<std::pair<std::string, std::string>>& headers = {},
                int timeout_ms = 30000);
 
+// Writes all of `s` to the socket (no SIGPIPE); false when the peer went away.
+bool send_all(int fd, const std::string& s);
+
 // Sends raw bytes and returns whatever the server answered (for malformed-request tests).
 std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms = 10000);
 
