@@ -108,11 +108,7 @@ class MemEventStore final : public EventStore {
       move_nodes(idem, idempotency_);
       move_nodes(ckpt, checkpoints_);
       last_hash_ = hash;
-      {
-        std::lock_guard<std::mutex> wl(wait_mu_);
-        last_position_.store(pos, std::memory_order_release);
-      }
-      wait_cv_.notify_all();
+      position_.publish(pos);
       if (pos < first) return AppendResult{};
       return AppendResult{first, pos};
     });
@@ -170,16 +166,10 @@ class MemEventStore final : public EventStore {
     });
   }
 
-  uint64_t last_position() const override {
-    return last_position_.load(std::memory_order_acquire);
-  }
+  uint64_t last_position() const override { return position_.get(); }
 
   uint64_t wait_for(uint64_t after, std::chrono::milliseconds timeout) const override {
-    uint64_t now = last_position();
-    if (now > after || timeout.count() <= 0) return now;
-    std::unique_lock<std::mutex> lk(wait_mu_);
-    wait_cv_.wait_for(lk, timeout, [&] { return last_position() > after; });
-    return last_position();
+    return position_.wait_for(after, timeout);
   }
 
   Result<std::optional<std::string>> get_idempotency(std::string_view key) const override {
@@ -264,9 +254,7 @@ class MemEventStore final : public EventStore {
   StringMap<std::string> checkpoints_;
   Hash last_hash_{};
 
-  std::atomic<uint64_t> last_position_{0};
-  mutable std::mutex wait_mu_;
-  mutable std::condition_variable wait_cv_;
+  detail::PositionSignal position_;
 };
 
 }  // namespace

@@ -2,8 +2,12 @@
 // the canonical/stored event encoding and the append validation rules.
 #pragma once
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -54,5 +58,35 @@ Status validate_request(const AppendRequest& req);
 // Conflict error when `expected` does not hold for a stream currently at `current`.
 Status check_expected(std::string_view stream, const ExpectedVersion& expected,
                       uint64_t current);
+
+// The last appended position, and waiting for a newer one (EventStore::last_position and
+// wait_for of both stores).
+class PositionSignal {
+ public:
+  uint64_t get() const { return last_.load(std::memory_order_acquire); }
+
+  // Sets the position and wakes every waiter.
+  void publish(uint64_t pos) noexcept {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      last_.store(pos, std::memory_order_release);
+    }
+    cv_.notify_all();
+  }
+
+  // Returns as soon as the position is past `after`, or after `timeout`: the position then.
+  uint64_t wait_for(uint64_t after, std::chrono::milliseconds timeout) const {
+    uint64_t now = get();
+    if (now > after || timeout.count() <= 0) return now;
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait_for(lk, timeout, [&] { return get() > after; });
+    return get();
+  }
+
+ private:
+  std::atomic<uint64_t> last_{0};
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+};
 
 }  // namespace atrium::eventstore::detail

@@ -199,7 +199,7 @@ class RocksEventStore final : public EventStore {
     auto tail = load_tail(*db_);
     if (!tail) return tail.error();
     last_hash_ = tail->hash;
-    last_position_.store(tail->position, std::memory_order_release);
+    position_.publish(tail->position);
     return Status::Ok();
   }
 
@@ -235,7 +235,7 @@ class RocksEventStore final : public EventStore {
       }
 
       // Build the batch: positions, versions and the hash chain.
-      const uint64_t first = last_position_.load(std::memory_order_acquire) + 1;
+      const uint64_t first = position_.get() + 1;
       uint64_t pos = first - 1;
       Hash hash = last_hash_;
       rocksdb::WriteBatch batch;
@@ -399,16 +399,10 @@ class RocksEventStore final : public EventStore {
     });
   }
 
-  uint64_t last_position() const override {
-    return last_position_.load(std::memory_order_acquire);
-  }
+  uint64_t last_position() const override { return position_.get(); }
 
   uint64_t wait_for(uint64_t after, std::chrono::milliseconds timeout) const override {
-    uint64_t now = last_position();
-    if (now > after || timeout.count() <= 0) return now;
-    std::unique_lock<std::mutex> lk(wait_mu_);
-    wait_cv_.wait_for(lk, timeout, [&] { return last_position() > after; });
-    return last_position();
+    return position_.wait_for(after, timeout);
   }
 
   Result<std::optional<std::string>> get_idempotency(std::string_view key) const override {
@@ -597,13 +591,7 @@ class RocksEventStore final : public EventStore {
     ++cache_epoch_;
   }
 
-  void publish_position(uint64_t pos) noexcept {
-    {
-      std::lock_guard<std::mutex> lk(wait_mu_);
-      last_position_.store(pos, std::memory_order_release);
-    }
-    wait_cv_.notify_all();
-  }
+  void publish_position(uint64_t pos) noexcept { position_.publish(pos); }
 
   // The open instance, or unavailable while closed after a failed reopen.
   Result<std::shared_ptr<Db>> acquire() const {
@@ -684,9 +672,7 @@ class RocksEventStore final : public EventStore {
   Hash last_hash_{};     // writer only (write_mu_)
   bool needs_recovery_ = false;  // write_mu_
 
-  std::atomic<uint64_t> last_position_{0};
-  mutable std::mutex wait_mu_;
-  mutable std::condition_variable wait_cv_;
+  detail::PositionSignal position_;
 
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> versions_;
