@@ -38,6 +38,18 @@ const std::vector<Flag> kFlags = {
     {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
     {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
      "a host not up after N seconds goes to alert (default 300)"},
+    {"client-timeout-s", "ATRIUM_CLIENT_TIMEOUT_S",
+     "a desktop session whose client has not reported for N seconds is deactivated (default 90)"},
+    {"launch-wait-s", "ATRIUM_LAUNCH_WAIT_S",
+     "a launch waits at most N seconds for its desktop to run (default 60)"},
+    {"ticket-ttl-s", "ATRIUM_TICKET_TTL_S", "one-time display passwords expire after N seconds (default 120)"},
+    {"spice-listen", "ATRIUM_SPICE_LISTEN", "address desktops' SPICE displays listen on (default 0.0.0.0)"},
+    {"placement-scope", "ATRIUM_PLACEMENT_SCOPE",
+     "application launches: prefer_server|prefer_cluster (default prefer_server)"},
+    {"placement-policy", "ATRIUM_PLACEMENT_POLICY",
+     "choice between targets: first|least_loaded|round_robin (default least_loaded)"},
+    {"load-stale-s", "ATRIUM_LOAD_STALE_S", "server load reports older than N seconds are stale (default 90)"},
+    {"load-weights", "ATRIUM_LOAD_WEIGHTS", "cpu,memory,sessions weights of a target's load (default 0.3,0.6,0.1)"},
 };
 
 void usage() {
@@ -172,6 +184,48 @@ int main(int argc, char** argv) {
       return std::fprintf(stderr, "atriumd: bad --host-connect-timeout-s\n"), 2;
     }
     cfg.hosts.connect_timeout = std::chrono::seconds(n);
+  }
+  auto seconds = [&](const char* name, long long min, long long max, std::chrono::milliseconds& out) {
+    auto v = get(name);
+    if (!v) return true;
+    if (!to_int(*v, n) || n < min || n > max) {
+      std::fprintf(stderr, "atriumd: bad --%s (%lld to %lld seconds)\n", name, min, max);
+      return false;
+    }
+    out = std::chrono::seconds(n);
+    return true;
+  };
+  if (!seconds("client-timeout-s", 5, 86400, cfg.pools.client_timeout) ||
+      !seconds("launch-wait-s", 1, 3600, cfg.pools.launch_wait) ||
+      !seconds("ticket-ttl-s", 10, 86400, cfg.pools.ticket_ttl)) {
+    return 2;
+  }
+  if (auto v = get("spice-listen")) cfg.pools.spice_listen = *v;
+  if (auto v = get("placement-scope")) {
+    auto p = atrium::domain::parse_scope_preference(*v);
+    if (!p) return std::fprintf(stderr, "atriumd: bad --placement-scope '%s'\n", v->c_str()), 2;
+    cfg.api.placement.scope_preference = *p;
+  }
+  if (auto v = get("placement-policy")) {
+    auto p = atrium::domain::parse_inter_policy(*v);
+    if (!p) return std::fprintf(stderr, "atriumd: bad --placement-policy '%s'\n", v->c_str()), 2;
+    cfg.api.placement.inter_target = *p;
+  }
+  if (auto v = get("load-stale-s")) {
+    if (!to_int(*v, n) || n < 1) return std::fprintf(stderr, "atriumd: bad --load-stale-s\n"), 2;
+    cfg.api.placement.stale_after_ms = n * 1000;
+  }
+  if (auto v = get("load-weights")) {
+    double w[3];
+    char tail = 0;
+    if (std::sscanf(v->c_str(), "%lf,%lf,%lf%c", &w[0], &w[1], &w[2], &tail) != 3) {
+      return std::fprintf(stderr, "atriumd: --load-weights must be cpu,memory,sessions\n"), 2;
+    }
+    cfg.api.placement.load_weights = {w[0], w[1], w[2]};
+  }
+  if (auto st = atrium::domain::validate_placement_config(cfg.api.placement); !st.ok()) {
+    std::fprintf(stderr, "atriumd: %s\n", st.error().message.c_str());
+    return 2;
   }
   if (auto v = get("tls-cert")) cfg.api.tls_cert = *v;
   if (auto v = get("tls-key")) cfg.api.tls_key = *v;

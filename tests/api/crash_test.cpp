@@ -9,9 +9,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "support/test_support.h"
 
@@ -39,16 +42,19 @@ struct Child {
   uint16_t port = 0;
 };
 
-Child spawn(const std::string& dir) {
+Child spawn(const std::string& dir, const std::vector<std::string>& extra = {}) {
   Child c;
   c.port = free_port();
+  std::vector<std::string> args = {"atriumd", "serve", "--listen=127.0.0.1:" + std::to_string(c.port),
+                                   "--data-dir=" + dir, "--access-log=off"};
+  args.insert(args.end(), extra.begin(), extra.end());
   c.pid = ::fork();
   if (c.pid == 0) {
     ::setenv("ATRIUM_BOOTSTRAP_TOKEN", kToken, 1);
-    std::string listen = "--listen=127.0.0.1:" + std::to_string(c.port);
-    std::string data = "--data-dir=" + dir;
-    ::execl(ATRIUMD_PATH, "atriumd", "serve", listen.c_str(), data.c_str(), "--access-log=off",
-            static_cast<char*>(nullptr));
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(ATRIUMD_PATH, argv.data());
     ::_exit(127);
   }
   for (int i = 0; i < 300; ++i) {
@@ -163,4 +169,36 @@ TEST_CASE("SIGTERM under load: in-flight requests finish, the daemon exits 0") {
   CHECK(users >= ok.load() + 1);  // +1: the bootstrap admin
   ::kill(again.pid, SIGTERM);
   CHECK(wait_exit(again.pid) == 0);
+}
+
+TEST_CASE("configuration flags: pool and placement settings are accepted, bad values refused") {
+  TempDir dir;
+  // Accepted: the daemon starts and answers.
+  Child c = spawn(dir.str() + "/ok", {"--client-timeout-s=30", "--launch-wait-s=20", "--ticket-ttl-s=60",
+                                      "--spice-listen=127.0.0.1", "--placement-scope=prefer_cluster",
+                                      "--placement-policy=round_robin", "--load-stale-s=45",
+                                      "--load-weights=0.5,0.5,0", "--default-host=none"});
+  CHECK(http(c.port, "GET", "/readyz").status == 200);
+  ::kill(c.pid, SIGTERM);
+  CHECK(wait_exit(c.pid) == 0);
+  // Refused before anything starts: exit 2 with a message naming the flag.
+  struct Row {
+    std::string flag;
+    std::string says;
+  };
+  for (const Row& row : std::vector<Row>{{"--client-timeout-s=1", "--client-timeout-s"},
+                                         {"--launch-wait-s=soon", "--launch-wait-s"},
+                                         {"--placement-scope=nearest", "--placement-scope"},
+                                         {"--placement-policy=random", "--placement-policy"},
+                                         {"--load-weights=1,2", "--load-weights"},
+                                         {"--load-weights=0,0,0", "weights"}}) {
+    CAPTURE(row.flag);
+    std::string err = dir.str() + "/err.txt";
+    std::string cmd = std::string(ATRIUMD_PATH) + " serve --data-dir=" + dir.str() + "/bad " + row.flag +
+                      " 2> " + err;
+    CHECK(atrium::testing::run_command(cmd) == 2);
+    std::ifstream in(err);
+    std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK_MESSAGE(said.find(row.says) != std::string::npos, said);
+  }
 }
