@@ -507,3 +507,29 @@ TEST_CASE("power policies over HTTP with the broker's clock moved: grace, idle, 
     CHECK(l2["session_id"] != sid);
   }
 }
+
+TEST_CASE("on demand: a pool without spares grows by one VM per launch up to max_size") {
+  TestBroker b(fast);
+  std::string h = add_host(b);
+  std::string p = make_pool(b, h, {{"name", "lazy"}, {"max_size", 2}, {"min_ready", 0}});
+  std::this_thread::sleep_for(300ms);  // several worker passes: nothing is provisioned ahead
+  CHECK(b.call("GET", "/v1/pools/" + p).json()["size"]["total"] == 0);
+  std::vector<std::string> tokens;
+  for (const char* name : {"odd", "ola", "oto"}) {
+    auto [id, tok] = b.user(name);
+    REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", id}}).status == 201);
+    tokens.push_back(tok);
+  }
+  std::set<std::string> vms;
+  for (int i = 0; i < 2; ++i) {
+    auto l = b.call("POST", "/v1/launches", {{"pool_id", p}}, tokens[i]);
+    REQUIRE_MESSAGE(l.status == 201, l.body);
+    vms.insert(l.json()["vm_id"].get<std::string>());
+    CHECK(b.call("GET", "/v1/pools/" + p).json()["size"]["total"] == i + 1);
+  }
+  CHECK(vms.size() == 2);
+  auto full = b.call("POST", "/v1/launches", {{"pool_id", p}}, tokens[2]);
+  CHECK(full.status == 409);
+  CHECK(full.json()["reason"] == "pool_full");
+  CHECK(b.call("GET", "/v1/pools/" + p).json()["size"]["total"] == 2);
+}
