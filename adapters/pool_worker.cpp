@@ -108,10 +108,11 @@ Status PoolWorker::submit(pipeline::Command c) {
 }
 
 Status PoolWorker::define_member(const std::string& vm_id, int port, const std::string& password,
-                                 int64_t expires_ms, bool fresh_disk) {
+                                 int64_t expires_ms, bool fresh_disk, int* template_version) {
   if (hosts_ == nullptr) return Error::make(Code::unavailable, "no host manager runs");
   struct Plan {
     std::string host, xml_tmpl, overlay, storage_pool, base_volume;
+    int template_version = 0;
     domain::MemberXmlParams params;
   };
   auto plan = views_.read([&](const State& s) -> Result<Plan> {
@@ -122,6 +123,7 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
     Plan pl;
     pl.host = m->host_id;
     pl.xml_tmpl = p->tmpl.domain_xml;
+    pl.template_version = p->template_version;
     pl.params.name = m->name;
     pl.params.uuid = m->uuid;
     pl.params.mac = m->mac;
@@ -135,6 +137,7 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
     return pl;
   });
   if (!plan.ok()) return plan.error();
+  if (template_version != nullptr) *template_version = plan->template_version;
   if (!plan->overlay.empty() && plan->base_volume.empty()) {
     return Error::make(Code::failed_precondition,
                        "the member has an overlay volume but its pool template has no base volume",
@@ -358,10 +361,11 @@ void PoolWorker::finish_refresh(const std::string& vm_id) {
   // The definition is rewritten from the template (fresh display password) and an overlay disk
   // is recreated empty over the base volume, so nothing of the last user's data or settings
   // stays (diskless members are clean after a power cycle anyway).
-  Status st = define_member(vm_id, -1, random_hex(12), 0, true);
+  int version = 0;
+  Status st = define_member(vm_id, -1, random_hex(12), 0, true, &version);
   if (!st.ok() && st.error().code == Code::unavailable) return;
-  (void)submit(command("RecordPoolVmRefreshed",
-                       domain::RecordPoolVmRefreshed{vm_id, st.ok(), st.ok() ? "" : st.error().message}));
+  (void)submit(command("RecordPoolVmRefreshed", domain::RecordPoolVmRefreshed{
+                                                    vm_id, st.ok(), st.ok() ? "" : st.error().message, version}));
 }
 
 void PoolWorker::run_once() {
@@ -403,6 +407,10 @@ void PoolWorker::run_once() {
   for (const auto& [pool_id, plan] : w.plans) {
     for (const auto& vm : plan.remove) {
       (void)submit(command("RemovePoolVm", domain::RemovePoolVm{vm, "pool shrink or deletion"}));
+    }
+    for (const auto& vm : plan.refresh) {
+      (void)submit(command("RefreshPoolVm",
+                           domain::RefreshPoolVm{vm, "template_updated", "pw-" + random_hex(12)}));
     }
     for (const auto& vm : plan.start) (void)ensure_running(vm, random_hex(12), 0, nullptr);
     for (int i = 0; i < plan.provision; ++i) {

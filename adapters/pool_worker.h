@@ -13,7 +13,9 @@
 // connection (HostManager::with_connection); power changes are desired states that the host
 // reconciler drives. A template with base_volume gives each member a qcow2 overlay volume
 // (named after the member, in template.storage_pool) backed by the base: created at
-// provisioning, recreated empty on refresh, deleted with the member.
+// provisioning, recreated empty on refresh, deleted with the member. After a template update
+// (PATCH template), plan_spares() names free members on the old version: they are refreshed
+// the same way (rolling, a few at a time), redefined from the new template.
 #pragma once
 
 #include <atomic>
@@ -91,8 +93,9 @@ class PoolWorker {
   // Defines the member's domain from the pool template. A member with an overlay disk gets its
   // overlay volume (created over template.base_volume in template.storage_pool if missing);
   // `fresh_disk` recreates it empty first (provisioning, refresh).
+  // *template_version (if given) says which pool template version the definition came from.
   Status define_member(const std::string& vm_id, int port, const std::string& password,
-                       int64_t expires_ms, bool fresh_disk);
+                       int64_t expires_ms, bool fresh_disk, int* template_version = nullptr);
   // Proposes, defines and (if the host has observed it) records a new member; its vm id.
   Result<std::string> provision(const std::string& pool_id);
   // Records a defined member as provisioned once its host has observed it; true when done.

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <ctime>
+#include <optional>
+#include <vector>
 
 #include "adapters/pool_worker.h"
 #include "api/api.h"
@@ -77,6 +79,66 @@ Error template_field(const std::string& field, const std::string& msg, const std
   return e;
 }
 
+// Reads a template object into `br`'s errors (fields "template.*"). `pool_hosts`: the pool's
+// hosts, for the default host of a named template (nullptr: unknown here).
+domain::PoolTemplate read_template(BodyReader& br, const Json& t,
+                                   const std::optional<std::vector<std::string>>& pool_hosts) {
+  domain::PoolTemplate out;
+  BodyReader tr(t, {"domain_xml", "domain_name", "host_id", "base_volume", "storage_pool"});
+  auto xml = tr.str("domain_xml", false, 65536, 1);
+  auto dn = tr.str("domain_name", false, 256, 1);
+  auto hid = tr.str("host_id", false, 128, 1);
+  auto base = tr.str("base_volume", false, 4096, 1);
+  auto sp = tr.str("storage_pool", false, 256, 1);
+  if (auto st = tr.finish(); !st) {
+    for (const auto& f : st.error().fields) br.fail("template." + f.field, f.message);
+    return out;
+  }
+  out.domain_xml = xml.value_or("");
+  out.domain_name = dn.value_or("");
+  out.host_id = hid.value_or("");
+  out.base_volume = base.value_or("");
+  out.storage_pool = sp.value_or("default");
+  if (xml && dn) br.fail("template", "give either domain_xml or domain_name, not both");
+  if (!xml && !dn) br.fail("template", "must carry domain_xml or domain_name");
+  if (hid && !dn) br.fail("template.host_id", "is only used with domain_name");
+  if (dn && !hid) {
+    // The host of a named template defaults to the pool's only host.
+    if (pool_hosts && pool_hosts->size() == 1) {
+      out.host_id = pool_hosts->front();
+    } else {
+      br.fail("template.host_id", "is required with domain_name when the pool has several hosts");
+    }
+  }
+  return out;
+}
+
+// A named template: the pool keeps a copy of the domain's persistent definition, exported from
+// its host now. The refusal to answer, if it cannot be exported.
+std::optional<HttpResponse> export_named_template(Api& api, adapters::PoolWorker* worker,
+                                                  domain::PoolTemplate& t) {
+  if (t.domain_name.empty()) return std::nullopt;
+  bool known = api.views().read([&](const State& s) { return s.hosts.host(t.host_id) != nullptr; });
+  if (!known) return problem(template_field("host_id", "names no host", "host_not_found"));
+  if (worker == nullptr) {
+    return problem(Error::make(Code::unavailable, "the pool worker is not running", "no_pool_worker"));
+  }
+  auto exported = worker->export_domain_xml(t.host_id, t.domain_name);
+  if (!exported.ok() && exported.error().code == Code::not_found) {
+    return problem(template_field("domain_name", "names no domain on host " + t.host_id,
+                                  "template_domain_not_found"));
+  }
+  if (!exported.ok() && exported.error().code == Code::unavailable) {
+    return problem(Error::make(Code::unavailable,
+                               "cannot export template domain " + t.domain_name + " from host " + t.host_id +
+                                   ": " + exported.error().message,
+                               "template_host_unavailable"));
+  }
+  if (!exported.ok()) return problem(exported.error());
+  t.domain_xml = std::move(*exported);
+  return std::nullopt;
+}
+
 void register_pools(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
   r.add("POST", "/v1/pools", Access::Admin(), [&api, worker](HttpRequest& req) {
@@ -97,56 +159,9 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     auto idle = br.integer("idle_timeout_s", false, 1, 30LL * 24 * 3600);
     auto reconnect = br.one_of("reconnect", false, {"always", "disconnected_only"});
     auto grace = br.integer("grace_s", false, 0, 7LL * 24 * 3600);
-    if (const Json* t = br.object("template", true)) {
-      BodyReader tr(*t, {"domain_xml", "domain_name", "host_id", "base_volume", "storage_pool"});
-      auto xml = tr.str("domain_xml", false, 65536, 1);
-      auto dn = tr.str("domain_name", false, 256, 1);
-      auto hid = tr.str("host_id", false, 128, 1);
-      auto base = tr.str("base_volume", false, 4096, 1);
-      auto sp = tr.str("storage_pool", false, 256, 1);
-      if (auto st = tr.finish(); !st) {
-        for (const auto& f : st.error().fields) br.fail("template." + f.field, f.message);
-      } else {
-        c.tmpl.domain_xml = xml.value_or("");
-        c.tmpl.domain_name = dn.value_or("");
-        c.tmpl.host_id = hid.value_or("");
-        c.tmpl.base_volume = base.value_or("");
-        c.tmpl.storage_pool = sp.value_or("default");
-        if (xml && dn) br.fail("template", "give either domain_xml or domain_name, not both");
-        if (!xml && !dn) br.fail("template", "must carry domain_xml or domain_name");
-        if (hid && !dn) br.fail("template.host_id", "is only used with domain_name");
-        if (dn && !hid) {
-          // The host of a named template defaults to the pool's only host.
-          if (hosts && hosts->size() == 1) {
-            c.tmpl.host_id = hosts->front();
-          } else {
-            br.fail("template.host_id", "is required with domain_name when the pool has several hosts");
-          }
-        }
-      }
-    }
+    if (const Json* t = br.object("template", true)) c.tmpl = read_template(br, *t, hosts);
     if (auto st = br.finish(); !st) return problem(st.error());
-    if (!c.tmpl.domain_name.empty()) {
-      // A named template: the pool keeps a copy of the domain's persistent definition.
-      bool known = api.views().read([&](const State& s) { return s.hosts.host(c.tmpl.host_id) != nullptr; });
-      if (!known) return problem(template_field("host_id", "names no host", "host_not_found"));
-      if (worker == nullptr) {
-        return problem(Error::make(Code::unavailable, "the pool worker is not running", "no_pool_worker"));
-      }
-      auto exported = worker->export_domain_xml(c.tmpl.host_id, c.tmpl.domain_name);
-      if (!exported.ok() && exported.error().code == Code::not_found) {
-        return problem(template_field("domain_name", "names no domain on host " + c.tmpl.host_id,
-                                      "template_domain_not_found"));
-      }
-      if (!exported.ok() && exported.error().code == Code::unavailable) {
-        return problem(Error::make(Code::unavailable,
-                                   "cannot export template domain " + c.tmpl.domain_name + " from host " +
-                                       c.tmpl.host_id + ": " + exported.error().message,
-                                   "template_host_unavailable"));
-      }
-      if (!exported.ok()) return problem(exported.error());
-      c.tmpl.domain_xml = std::move(*exported);
-    }
+    if (auto failed = export_named_template(api, worker, c.tmpl)) return *failed;
     c.name = *name;
     c.kind = *kind;
     c.host_ids = *hosts;
@@ -210,11 +225,11 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     });
   });
 
-  r.add("PATCH", "/v1/pools/{id}", Access::Admin(), [&api](HttpRequest& req) {
+  r.add("PATCH", "/v1/pools/{id}", Access::Admin(), [&api, worker](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"name", "host_ids", "min_ready", "min_standby", "max_size",
-                          "power_policy", "idle_timeout_s", "reconnect", "grace_s"});
+                          "power_policy", "idle_timeout_s", "reconnect", "grace_s", "template"});
     domain::UpdatePool c;
     c.id = req.param("id");
     c.name = br.str("name", false, 128, 1);
@@ -227,7 +242,22 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     c.idle_timeout_s = br.integer("idle_timeout_s", false, 1, 30LL * 24 * 3600);
     c.reconnect = br.one_of("reconnect", false, {"always", "disconnected_only"});
     c.grace_s = br.integer("grace_s", false, 0, 7LL * 24 * 3600);
+    if (const Json* t = br.object("template", false)) {
+      // A new template version: free members are refreshed to it (rolling), busy ones after
+      // their session.
+      auto hosts = c.host_ids;
+      if (!hosts) {
+        hosts = api.views().read([&](const State& s) -> std::optional<std::vector<std::string>> {
+          const domain::Pool* p = s.pools.pool(c.id);
+          return p ? std::optional(p->host_ids) : std::nullopt;
+        });
+      }
+      c.tmpl = read_template(br, *t, hosts);
+    }
     if (auto st = br.finish(); !st) return problem(st.error());
+    if (c.tmpl) {
+      if (auto failed = export_named_template(api, worker, *c.tmpl)) return *failed;
+    }
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
     c.expected_version = *expected;

@@ -144,8 +144,8 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     plan.finish_deletion = members.empty();
     return plan;
   }
-  std::vector<const PoolMember*> running, standby;
-  int provisioning = 0, active = 0;
+  std::vector<const PoolMember*> running, standby, outdated;
+  int provisioning = 0, active = 0, refreshing = 0;
   for (const PoolMember* m : members) {
     if (m->state == "failed") {
       plan.remove.push_back(m->vm_id);
@@ -154,8 +154,21 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     if (m->state == "removing") continue;
     ++active;
     if (m->state == "provisioning") ++provisioning;
+    if (m->state == "refreshing") ++refreshing;
     if (!member_free(s, *m)) continue;
+    if (m->template_version < pool.template_version) {
+      outdated.push_back(m);  // refreshed below, not counted as a spare meanwhile
+      continue;
+    }
     (powered_on(s, *m) ? running : standby).push_back(m);
+  }
+  // Rolling template update: a few free members at a time, powered-off ones first.
+  std::stable_partition(outdated.begin(), outdated.end(),
+                        [&](const PoolMember* m) { return !powered_on(s, *m); });
+  int rolling = std::max(1, pool.max_size / 5) - refreshing;
+  for (const PoolMember* m : outdated) {
+    if (rolling-- <= 0) break;
+    plan.refresh.push_back(m->vm_id);
   }
   // Shrink first: never a member in use, standby spares before running ones.
   int excess = active - pool.max_size;
@@ -508,9 +521,10 @@ Result<std::string> member_domain_xml(const std::string& template_xml, const Mem
 
 // ---- views ------------------------------------------------------------------------------
 Json pool_to_json(const State& s, const Pool& p) {
-  int ready = 0, standby = 0, in_use = 0, provisioning = 0, total = 0;
+  int ready = 0, standby = 0, in_use = 0, provisioning = 0, total = 0, outdated = 0;
   for (const PoolMember* m : s.pools.members_of(p.id)) {
     ++total;
+    if (m->template_version < p.template_version) ++outdated;
     if (m->state == "provisioning") ++provisioning;
     if (!m->session_id.empty()) ++in_use;
     if (member_free(s, *m)) (powered_on(s, *m) ? ready : standby)++;
@@ -531,7 +545,9 @@ Json pool_to_json(const State& s, const Pool& p) {
               {"state", p.deleting ? "deleting" : "active"},
               {"entitled_users", p.entitled},
               {"size", Json{{"total", total}, {"ready", ready}, {"standby", standby},
-                            {"in_use", in_use}, {"provisioning", provisioning}}},
+                            {"in_use", in_use}, {"provisioning", provisioning},
+                            {"outdated", outdated}}},
+              {"template_version", p.template_version},
               {"created_at_ms", p.created_at_ms},
               {"updated_at_ms", p.updated_at_ms},
               {"version", p.version}};
@@ -541,7 +557,7 @@ Json member_to_json(const State& s, const PoolMember& m) {
   Json j{{"vm_id", m.vm_id},     {"pool_id", m.pool_id}, {"host_id", m.host_id},
          {"name", m.name},       {"uuid", m.uuid},       {"mac", m.mac},
          {"overlay", m.overlay}, {"state", m.state},     {"memory_kib", m.memory_kib},
-         {"free", member_free(s, m)}};
+         {"free", member_free(s, m)}, {"template_version", m.template_version}};
   j["assigned_user_id"] = m.assigned_user.empty() ? Json(nullptr) : Json(m.assigned_user);
   j["session_id"] = m.session_id.empty() ? Json(nullptr) : Json(m.session_id);
   j["error"] = m.error.empty() ? Json(nullptr) : Json(m.error);
@@ -656,6 +672,17 @@ void append(Events& out, Result<Events> r) {
   for (auto& e : *r) out.push_back(std::move(e));
 }
 
+// Starts refreshing a member: back to the pool's current template and a fresh overlay, powered
+// off first (the worker redefines it once it is off).
+void refresh_events(const State& s, const Pool& p, const PoolMember& m, const std::string& reason,
+                    const std::string& op_id, const Context& ctx, Events& out) {
+  out.push_back(pool_event(p.id, "PoolVmRefreshStarted", Json{{"vm_id", m.vm_id}, {"reason", reason}}));
+  const Vm* v = s.hosts.vm(m.vm_id);
+  if (v != nullptr && v->desired != "shut_off" && !op_id.empty()) {
+    append(out, decide(s, RequestVmPower{m.vm_id, op_id, "destroy", std::nullopt}, ctx));
+  }
+}
+
 // Ends a live session: the session event, the floating assignment, the power policy.
 void end_session_events(const State& s, const DesktopSession& d, const std::string& reason,
                         const std::string& op_id, const Context& ctx, Events& out) {
@@ -676,15 +703,72 @@ void end_session_events(const State& s, const DesktopSession& d, const std::stri
   if (p->power_policy == "shutdown_on_logoff" && v->desired != "shut_off") {
     append(out, decide(s, RequestVmPower{m->vm_id, op_id, "shutdown", std::nullopt}, ctx));
   } else if (p->power_policy == "refresh_on_logoff" && m->state == "ready") {
-    out.push_back(pool_event(p->id, "PoolVmRefreshStarted",
-                             Json{{"vm_id", m->vm_id}, {"reason", "logoff"}}));
-    if (v->desired != "shut_off") {
-      append(out, decide(s, RequestVmPower{m->vm_id, op_id, "destroy", std::nullopt}, ctx));
-    }
+    refresh_events(s, *p, *m, "logoff", op_id, ctx, out);
   }
 }
 
 }  // namespace
+
+// Checks a template (CreatePool, UpdatePool) and completes it: memory, storage pool, and the
+// base volume from the template's own disk when none is given.
+Result<PoolTemplate> resolve_template(const State& s, const PoolTemplate& in) {
+  PoolTemplate t = in;
+  if (in.domain_xml.empty()) {
+    if (!in.domain_name.empty()) {
+      // The API exports the named domain's definition before it submits the command.
+      return Error::make(Code::failed_precondition,
+                         "the definition of template domain " + in.domain_name + " was not exported",
+                         "template_not_exported");
+    }
+    return field_error("template", "must carry domain_xml or domain_name", "invalid_template");
+  }
+  if (in.domain_xml.size() > 65536) return field_error("template.domain_xml", "must be at most 64 KiB");
+  if (!in.domain_name.empty() && s.hosts.host(in.host_id) == nullptr) {
+    return field_error("template.host_id", "no host " + in.host_id, "host_not_found");
+  }
+  t.memory_kib = domain_memory_kib(in.domain_xml);
+  t.storage_pool = in.storage_pool.empty() ? "default" : in.storage_pool;
+  TemplateDisks disks = template_disks(in.domain_xml);
+  if (disks.writable > 1) {
+    return field_error("template",
+                       "has " + std::to_string(disks.writable) +
+                           " writable disks: a member gets a copy-on-write overlay of the first only, and "
+                           "every member would share the others (mark them <readonly/> or <shareable/>, or "
+                           "remove them)",
+                       "invalid_template");
+  }
+  bool base_is_template_disk = false;
+  if (disks.writable == 1 && t.base_volume.empty()) {
+    if (disks.first_file.empty()) {
+      return field_error("template.base_volume",
+                         "is required: the template's disk has no file source to use as the base of the "
+                         "members' overlays",
+                         "invalid_template");
+    }
+    t.base_volume = disks.first_file;  // members never write to the template's disk
+    base_is_template_disk = true;
+  } else if (disks.writable == 1 && t.base_volume == disks.first_file) {
+    base_is_template_disk = true;
+  }
+  if (base_is_template_disk && !in.domain_name.empty()) {
+    for (const Vm* v : s.hosts.vms_of(in.host_id)) {
+      if (v->name == in.domain_name && v->observed != "shut_off" && v->observed != "missing" &&
+          v->observed != "unknown") {
+        return refused("template_running",
+                       "template domain " + in.domain_name + " is " + v->observed +
+                           ": shut it down first, overlays over a disk that is still being written would "
+                           "be corrupt");
+      }
+    }
+  }
+  MemberXmlParams probe;
+  probe.name = "probe";
+  probe.uuid = "00000000-0000-4000-8000-000000000000";
+  probe.mac = "52:54:00:00:00:00";
+  if (!t.base_volume.empty()) probe.overlay_path = "/probe.qcow2";
+  if (auto x = member_domain_xml(in.domain_xml, probe); !x.ok()) return x.error();
+  return t;
+}
 
 Result<Events> decide(const State& s, const CreatePool& c, const Context&) {
   if (c.id.empty()) return invalid("pool id is required");
@@ -704,60 +788,9 @@ Result<Events> decide(const State& s, const CreatePool& c, const Context&) {
   p.reconnect = c.reconnect;
   p.grace_s = c.grace_s;
   if (auto st = validate_pool(s, p, c.id); !st) return st.error();
-  if (c.tmpl.domain_xml.empty()) {
-    if (!c.tmpl.domain_name.empty()) {
-      // The API exports the named domain's definition before it submits the command.
-      return Error::make(Code::failed_precondition,
-                         "the definition of template domain " + c.tmpl.domain_name + " was not exported",
-                         "template_not_exported");
-    }
-    return field_error("template", "must carry domain_xml or domain_name", "invalid_template");
-  }
-  if (c.tmpl.domain_xml.size() > 65536) return field_error("template.domain_xml", "must be at most 64 KiB");
-  if (!c.tmpl.domain_name.empty() && s.hosts.host(c.tmpl.host_id) == nullptr) {
-    return field_error("template.host_id", "no host " + c.tmpl.host_id, "host_not_found");
-  }
-  p.tmpl.memory_kib = domain_memory_kib(c.tmpl.domain_xml);
-  p.tmpl.storage_pool = c.tmpl.storage_pool.empty() ? "default" : c.tmpl.storage_pool;
-  TemplateDisks disks = template_disks(c.tmpl.domain_xml);
-  if (disks.writable > 1) {
-    return field_error("template",
-                       "has " + std::to_string(disks.writable) +
-                           " writable disks: a member gets a copy-on-write overlay of the first only, and "
-                           "every member would share the others (mark them <readonly/> or <shareable/>, or "
-                           "remove them)",
-                       "invalid_template");
-  }
-  bool base_is_template_disk = false;
-  if (disks.writable == 1 && p.tmpl.base_volume.empty()) {
-    if (disks.first_file.empty()) {
-      return field_error("template.base_volume",
-                         "is required: the template's disk has no file source to use as the base of the "
-                         "members' overlays",
-                         "invalid_template");
-    }
-    p.tmpl.base_volume = disks.first_file;  // members never write to the template's disk
-    base_is_template_disk = true;
-  } else if (disks.writable == 1 && p.tmpl.base_volume == disks.first_file) {
-    base_is_template_disk = true;
-  }
-  if (base_is_template_disk && !c.tmpl.domain_name.empty()) {
-    for (const Vm* v : s.hosts.vms_of(c.tmpl.host_id)) {
-      if (v->name == c.tmpl.domain_name && v->observed != "shut_off" && v->observed != "missing" &&
-          v->observed != "unknown") {
-        return refused("template_running",
-                       "template domain " + c.tmpl.domain_name + " is " + v->observed +
-                           ": shut it down first, overlays over a disk that is still being written would "
-                           "be corrupt");
-      }
-    }
-  }
-  MemberXmlParams probe;
-  probe.name = "probe";
-  probe.uuid = "00000000-0000-4000-8000-000000000000";
-  probe.mac = "52:54:00:00:00:00";
-  if (!p.tmpl.base_volume.empty()) probe.overlay_path = "/probe.qcow2";
-  if (auto x = member_domain_xml(c.tmpl.domain_xml, probe); !x.ok()) return x.error();
+  auto tmpl = resolve_template(s, c.tmpl);
+  if (!tmpl.ok()) return tmpl.error();
+  p.tmpl = std::move(*tmpl);
   Json data = pool_settings(p);
   data["id"] = c.id;
   data["kind"] = c.kind;
@@ -784,6 +817,22 @@ Result<Events> decide(const State& s, const UpdatePool& c, const Context&) {
   Json before = pool_settings(*cur), after = pool_settings(p), changes = Json::object();
   for (auto& [k, v] : after.items()) {
     if (before[k] != v) changes[k] = v;
+  }
+  if (c.tmpl) {
+    auto t = resolve_template(s, *c.tmpl);
+    if (!t.ok()) return t.error();
+    if (t->base_volume.empty() != cur->tmpl.base_volume.empty() || t->storage_pool != cur->tmpl.storage_pool) {
+      return refused("template_layout_changed",
+                     "a template update keeps the pool's disk layout (" +
+                         (cur->tmpl.base_volume.empty() ? std::string("diskless")
+                                                        : "overlays in storage pool " + cur->tmpl.storage_pool) +
+                         "): create a new pool for another layout");
+    }
+    Json tj = template_to_json(*t);
+    if (tj != template_to_json(cur->tmpl)) {
+      changes["template"] = tj;
+      changes["template_version"] = cur->template_version + 1;
+    }
   }
   if (changes.empty()) return Events{};
   return Events{pool_event(c.id, "PoolUpdated", changes)};
@@ -859,7 +908,8 @@ Result<Events> decide(const State& s, const ProvisionPoolVm& c, const Context&) 
   return Events{pool_event(p->id, "PoolVmProvisionStarted",
                            Json{{"vm_id", vm_id}, {"host_id", *host}, {"name", c.name},
                                 {"uuid", c.uuid}, {"mac", c.mac}, {"overlay", overlay},
-                                {"memory_kib", p->tmpl.memory_kib}})};
+                                {"memory_kib", p->tmpl.memory_kib},
+                                {"template_version", p->template_version}})};
 }
 
 Result<Events> decide(const State& s, const RecordPoolVmProvisioned& c, const Context& ctx) {
@@ -920,8 +970,28 @@ Result<Events> decide(const State& s, const RecordPoolVmRemoved& c, const Contex
 Result<Events> decide(const State& s, const RecordPoolVmRefreshed& c, const Context&) {
   const PoolMember* m = s.pools.member(c.vm_id);
   if (m == nullptr || m->state != "refreshing") return Events{};
+  const Pool* p = s.pools.pool(m->pool_id);
+  int version = c.template_version > 0 ? c.template_version : (p ? p->template_version : m->template_version);
   return Events{pool_event(m->pool_id, "PoolVmRefreshed",
-                           Json{{"vm_id", m->vm_id}, {"ok", c.ok}, {"error", c.error}})};
+                           Json{{"vm_id", m->vm_id}, {"ok", c.ok}, {"error", c.error},
+                                {"template_version", version},
+                                {"memory_kib", p ? p->tmpl.memory_kib : m->memory_kib}})};
+}
+
+Result<Events> decide(const State& s, const RefreshPoolVm& c, const Context& ctx) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr) return not_found("pool vm " + c.vm_id + " not found");
+  const Pool* p = s.pools.pool(m->pool_id);
+  if (p == nullptr) return pool_not_found(m->pool_id);
+  if (p->deleting) return refused("pool_deleting", "pool " + p->name + " is being deleted");
+  if (m->state != "ready" || !member_free(s, *m)) {
+    return refused("vm_busy", "pool vm " + m->name + " is " + m->state +
+                                  (m->session_id.empty() ? "" : " with a live session") +
+                                  (m->assigned_user.empty() ? "" : ", assigned"));
+  }
+  Events out;
+  refresh_events(s, *p, *m, c.reason.empty() ? "refresh" : c.reason, c.operation_id, ctx, out);
+  return out;
 }
 
 Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx) {
@@ -983,7 +1053,11 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
         free_but_no_port = true;
       }
     }
-    if (!free_on.empty()) {
+    // Members on the pool's current template first (a rolling update may still be under way).
+    auto current = [&](const PoolMember* m) { return m->template_version >= p->template_version; };
+    std::stable_partition(free_on.begin(), free_on.end(), current);
+    std::stable_partition(free_off.begin(), free_off.end(), current);
+    if (!free_on.empty() && (current(free_on.front()) || free_off.empty() || !current(free_off.front()))) {
       chosen = free_on.front();
     } else if (!free_off.empty()) {
       chosen = free_off.front();
@@ -1128,6 +1202,8 @@ void apply_settings(Pool& p, const Json& d) {
   p.idle_timeout_s = d.value("idle_timeout_s", p.idle_timeout_s);
   p.reconnect = d.value("reconnect", p.reconnect);
   p.grace_s = d.value("grace_s", p.grace_s);
+  if (d.contains("template")) p.tmpl = template_from_json(d["template"]);
+  p.template_version = d.value("template_version", p.template_version);
 }
 
 void on_pool_created(State& s, const Event& e, const Applied& at) {
@@ -1178,6 +1254,7 @@ void on_provision_started(State& s, const Event& e, const Applied& at) {
   m.mac = e.data.at("mac").get<std::string>();
   m.overlay = e.data.value("overlay", "");
   m.memory_kib = e.data.value("memory_kib", uint64_t{0});
+  m.template_version = e.data.value("template_version", 1);
   m.state = "provisioning";
   m.since_ms = at.recorded_at_ms;
   std::string id = m.vm_id;
@@ -1198,7 +1275,13 @@ void on_removal_started(State& s, const Event& e, const Applied& at) { set_membe
 void on_removal_failed(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "removing"); }
 void on_refresh_started(State& s, const Event& e, const Applied& at) { set_member_state(s, e, at, "refreshing"); }
 void on_refreshed(State& s, const Event& e, const Applied& at) {
-  set_member_state(s, e, at, e.data.value("ok", true) ? "ready" : "failed");
+  bool ok = e.data.value("ok", true);
+  set_member_state(s, e, at, ok ? "ready" : "failed");
+  PoolMember* m = member_of(s, e);
+  if (m != nullptr && ok) {
+    m->template_version = e.data.value("template_version", m->template_version);
+    m->memory_kib = e.data.value("memory_kib", m->memory_kib);
+  }
 }
 void on_removed(State& s, const Event& e, const Applied& at) {
   s.pools.members.erase(e.data.at("vm_id").get<std::string>());
@@ -1380,6 +1463,7 @@ Json pools_to_json(const PoolsState& s) {
                      {"max_size", p.max_size}, {"power_policy", p.power_policy},
                      {"idle_timeout_s", p.idle_timeout_s}, {"reconnect", p.reconnect},
                      {"grace_s", p.grace_s}, {"deleting", p.deleting}, {"entitled", p.entitled},
+                     {"template_version", p.template_version},
                      {"created_at_ms", p.created_at_ms}, {"updated_at_ms", p.updated_at_ms},
                      {"version", p.version}};
   }
@@ -1388,7 +1472,8 @@ Json pools_to_json(const PoolsState& s) {
                        {"name", m.name}, {"uuid", m.uuid}, {"mac", m.mac}, {"overlay", m.overlay},
                        {"memory_kib", m.memory_kib}, {"state", m.state}, {"error", m.error},
                        {"assigned_user", m.assigned_user}, {"session_id", m.session_id},
-                       {"last_session_end_ms", m.last_session_end_ms}, {"since_ms", m.since_ms}};
+                       {"last_session_end_ms", m.last_session_end_ms}, {"since_ms", m.since_ms},
+                       {"template_version", m.template_version}};
   }
   for (const auto& [id, d] : s.sessions) {
     Json j = desktop_session_to_json(d);
@@ -1422,6 +1507,7 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     p.reconnect = pj.at("reconnect").get<std::string>();
     p.grace_s = pj.at("grace_s").get<int64_t>();
     p.deleting = pj.at("deleting").get<bool>();
+    p.template_version = pj.value("template_version", 1);  // absent in older snapshots
     p.entitled = pj.at("entitled").get<std::set<std::string>>();
     p.created_at_ms = pj.at("created_at_ms").get<int64_t>();
     p.updated_at_ms = pj.at("updated_at_ms").get<int64_t>();
@@ -1444,6 +1530,7 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     m.session_id = mj.at("session_id").get<std::string>();
     m.last_session_end_ms = mj.at("last_session_end_ms").get<int64_t>();
     m.since_ms = mj.at("since_ms").get<int64_t>();
+    m.template_version = mj.value("template_version", 1);
     s.members[id] = std::move(m);
   }
   for (const auto& [id, dj] : j.at("sessions").items()) {

@@ -81,6 +81,7 @@ struct Pool {
   std::string reconnect = "always";  // always|disconnected_only
   int64_t grace_s = 300;
   bool deleting = false;
+  int template_version = 1;  // +1 on each template update (PATCH template)
   std::set<std::string> entitled;
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
@@ -98,6 +99,7 @@ struct PoolMember {
   uint64_t memory_kib = 0;
   std::string state;    // provisioning|ready|failed|removing|refreshing
   std::string error;
+  int template_version = 1;  // the pool template version it was defined from
   std::string assigned_user;   // empty: unassigned
   std::string session_id;      // the live session on it, if any
   int64_t last_session_end_ms = 0;  // for shutdown_when_idle
@@ -174,6 +176,11 @@ struct UpdatePool {
   std::optional<int64_t> idle_timeout_s;
   std::optional<std::string> reconnect;
   std::optional<int64_t> grace_s;
+  // A new template: a new template version. It must keep the pool's disk layout (a base volume
+  // or none, and the same storage pool); free members are refreshed to it, at most
+  // max(1, max_size / 5) at a time, busy ones once they are free (assigned members of dedicated
+  // pools keep their disk until unassigned).
+  std::optional<PoolTemplate> tmpl;
 };
 
 // Marks the pool deleting (no launches, the worker removes idle members); the pool is
@@ -221,6 +228,13 @@ struct RecordPoolVmRefreshed {
   std::string vm_id;
   bool ok = true;
   std::string error;
+  int template_version = 0;  // the version it was redefined from (0: the pool's current)
+};
+// Refresh a free member to the pool's current template (rolling template update).
+struct RefreshPoolVm {
+  std::string vm_id;
+  std::string reason;
+  std::string operation_id;  // for powering it off first
 };
 
 struct LaunchDesktop {
@@ -282,6 +296,7 @@ Result<Events> decide(const State& s, const RecordPoolVmProvisioned& c, const Co
 Result<Events> decide(const State& s, const RemovePoolVm& c, const Context& ctx);
 Result<Events> decide(const State& s, const RecordPoolVmRemoved& c, const Context& ctx);
 Result<Events> decide(const State& s, const RecordPoolVmRefreshed& c, const Context& ctx);
+Result<Events> decide(const State& s, const RefreshPoolVm& c, const Context& ctx);
 Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx);
 Result<Events> decide(const State& s, const RecordSessionTicket& c, const Context& ctx);
 Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx);
@@ -302,6 +317,7 @@ struct SparePlan {
   int provision = 0;                 // new members to provision now
   std::vector<std::string> start;    // free standby members to power on
   std::vector<std::string> remove;   // idle members to remove (shrink / deletion)
+  std::vector<std::string> refresh;  // free members on an older template version (rolling)
   bool finish_deletion = false;      // a deleting pool with no member left
 };
 // What the worker should do for `pool` to keep min_ready running and min_standby powered-off

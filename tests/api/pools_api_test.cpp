@@ -533,3 +533,69 @@ TEST_CASE("on demand: a pool without spares grows by one VM per launch up to max
   CHECK(full.json()["reason"] == "pool_full");
   CHECK(b.call("GET", "/v1/pools/" + p).json()["size"]["total"] == 2);
 }
+
+TEST_CASE("template update over HTTP: free members move to the new version, a busy one after logoff") {
+  TestBroker b(fast);
+  std::string h = add_host(b);
+  auto disk_tmpl = [](int mib) {
+    return "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
+           "<memory unit='MiB'>" + std::to_string(mib) + "</memory><vcpu>1</vcpu>"
+           "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
+           "<source file='/var/lib/atrium/images/base.qcow2'/><target dev='vda' bus='virtio'/></disk>"
+           "</devices></domain>";
+  };
+  std::string p = make_pool(b, h, {{"name", "golden"}, {"max_size", 3}, {"min_ready", 2},
+                                   {"template", {{"domain_xml", disk_tmpl(64)}, {"storage_pool", "vdi-images"}}}});
+  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == 2; });
+  auto [u, tok] = b.user("tia");
+  REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", u}}).status == 201);
+  auto l = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+  REQUIRE_MESSAGE(l.status == 201, l.body);
+  std::string busy = l.json()["vm_id"], sid = l.json()["session_id"];
+  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == 2 && j["size"]["total"] == 3; });
+
+  // A layout change is refused; the new template is version 2.
+  auto bad = b.call("PATCH", "/v1/pools/" + p,
+                    {{"template", {{"domain_xml", kTemplate}, {"storage_pool", "vdi-images"}}}});
+  CHECK(bad.status == 409);
+  CHECK(bad.json()["reason"] == "template_layout_changed");
+  auto up = b.call("PATCH", "/v1/pools/" + p,
+                   {{"template", {{"domain_xml", disk_tmpl(128)}, {"storage_pool", "vdi-images"}}}});
+  REQUIRE_MESSAGE(up.status == 200, up.body);
+  CHECK(up.json()["template_version"] == 2);
+  CHECK(up.json()["template"]["memory_kib"] == 128 * 1024);
+
+  // The free members are refreshed to version 2 (and started again as spares); the busy one
+  // keeps its session and version 1.
+  auto members_at = [&](const json& j, int version) {
+    int n = 0;
+    for (const auto& m : j["items"]) n += m["template_version"] == version && m["state"] == "ready";
+    return n;
+  };
+  json vms = poll(b, "/v1/pools/" + p + "/vms", [&](const json& j) { return members_at(j, 2) == 2; });
+  for (const auto& m : vms["items"]) {
+    if (m["vm_id"] == busy) {
+      CHECK(m["template_version"] == 1);
+      CHECK(m["session_id"] == sid);
+    } else {
+      CHECK(m["memory_kib"] == 128 * 1024);
+      std::string xml;
+      (void)b.daemon().host_manager()->with_connection(h, [&](atrium::adapters::HypervisorConnection& c) {
+        auto x = c.domain_xml(m["name"].get<std::string>());
+        if (x.ok()) xml = *x;
+        return atrium::Status::Ok();
+      });
+      CHECK_MESSAGE(xml.find("<memory unit='KiB'>131072</memory>") != std::string::npos, xml);
+    }
+  }
+  CHECK(b.call("GET", "/v1/sessions/" + sid, nullptr, tok).json()["state"] != "ended");
+  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == 2 && j["size"]["outdated"] == 1; });
+
+  // Logoff frees the last one: it is refreshed too.
+  CHECK(b.call("DELETE", "/v1/sessions/" + sid, nullptr, tok).status == 204);
+  poll(b, "/v1/pools/" + p + "/vms", [&](const json& j) { return members_at(j, 2) == 3; });
+  CHECK(b.call("GET", "/v1/pools/" + p).json()["size"]["outdated"] == 0);
+  auto refreshed = b.call("GET", "/v1/events?type=PoolVmRefreshStarted&limit=100").json()["items"];
+  CHECK(refreshed.size() == 3);
+  for (const auto& e : refreshed) CHECK(e["data"]["reason"] == "template_updated");
+}

@@ -593,3 +593,75 @@ TEST_CASE("admin channels need a live session and a known command") {
   CHECK(g.s.pools.notices.size() == 2);
   g.check_replay();
 }
+
+TEST_CASE("template update: a new version, free members refreshed (rolling), busy ones after their session") {
+  Given g = base("dedicated", 10);
+  std::vector<std::string> vms;
+  for (int i = 0; i < 4; ++i) vms.push_back(provision(g, "p", "running"));
+  // alice gets one (assigned, live session).
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  std::string busy = g.s.pools.session("s1")->vm_id;
+  CHECK(g.s.pools.pool("p")->template_version == 1);
+
+  // Same template: nothing recorded. A layout change (diskless -> overlays): refused.
+  UpdatePool same = upd("p");
+  same.tmpl = PoolTemplate{};
+  same.tmpl->domain_xml = kXml;
+  CHECK(g.ok(same).empty());
+  UpdatePool disk = upd("p");
+  disk.tmpl = PoolTemplate{};
+  disk.tmpl->domain_xml = std::string(kXml).replace(std::string(kXml).find("<interface"), 0,
+                                                    "<disk type='file'><source file='/img/new.qcow2'/></disk>");
+  CHECK(g.err(disk).reason == "template_layout_changed");
+  UpdatePool bad = upd("p");
+  bad.tmpl = PoolTemplate{};
+  bad.tmpl->domain_xml = "<vm/>";
+  CHECK(g.err(bad).reason == "invalid_template");
+
+  // A new template (more memory): version 2.
+  UpdatePool up = upd("p");
+  up.tmpl = PoolTemplate{};
+  up.tmpl->domain_xml = std::string(kXml).replace(std::string(kXml).find("512"), 3, "1024");
+  auto es = g.ok(up);
+  REQUIRE(types(es) == V{"PoolUpdated"});
+  CHECK(es[0].data["template_version"] == 2);
+  const Pool* p = g.s.pools.pool("p");
+  CHECK(p->template_version == 2);
+  CHECK(p->tmpl.memory_kib == 1024 * 1024);
+
+  // The plan refreshes free members only, at most max(1, 10 / 5) = 2 at a time; never the busy
+  // (assigned, in session) one.
+  SparePlan plan = plan_spares(g.s, *p);
+  REQUIRE(plan.refresh.size() == 2);
+  CHECK(std::find(plan.refresh.begin(), plan.refresh.end(), busy) == plan.refresh.end());
+  CHECK(g.err(RefreshPoolVm{busy, "template_updated", "op-b"}).reason == "vm_busy");
+  std::string r1 = plan.refresh[0];
+  auto started = g.ok(RefreshPoolVm{r1, "template_updated", "op-r1"});
+  CHECK(types(started) == V{"PoolVmRefreshStarted", "OperationStarted", "VmPowerRequested"});
+  CHECK(g.s.pools.member(r1)->state == "refreshing");
+  // One refreshing: one more may start.
+  CHECK(plan_spares(g.s, *g.s.pools.pool("p")).refresh.size() == 1);
+  // Launches prefer members already on the current template... none yet: an old one is used.
+  set_observed(g, r1, "shut_off");
+  auto done = g.ok(RecordPoolVmRefreshed{r1, true, "", 2});
+  CHECK(done[0].data["template_version"] == 2);
+  CHECK(g.s.pools.member(r1)->template_version == 2);
+  CHECK(g.s.pools.member(r1)->memory_kib == 1024 * 1024);
+  CHECK(g.s.pools.member(r1)->state == "ready");
+  // ...now bob's launch gets the refreshed member (current template) over older running ones.
+  g.ok(LaunchDesktop{"s2", "bob", "p"});
+  CHECK(g.s.pools.session("s2")->vm_id == r1);
+  // A refresh that was defined from version 1 while version 2 appeared keeps version 1.
+  std::string r2 = plan_spares(g.s, *g.s.pools.pool("p")).refresh.at(0);
+  g.ok(RefreshPoolVm{r2, "template_updated", "op-r2"});
+  set_observed(g, r2, "shut_off");
+  g.ok(RecordPoolVmRefreshed{r2, true, "", 1});
+  CHECK(g.s.pools.member(r2)->template_version == 1);
+  SparePlan again = plan_spares(g.s, *g.s.pools.pool("p"));
+  CHECK(std::find(again.refresh.begin(), again.refresh.end(), r2) != again.refresh.end());
+  // The view counts what is still outdated.
+  Json view = pool_to_json(g.s, *g.s.pools.pool("p"));
+  CHECK(view["template_version"] == 2);
+  CHECK(view["size"]["outdated"] == 3);  // alice's, r2, and the fourth
+  g.check_replay();
+}
