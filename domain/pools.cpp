@@ -144,7 +144,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     plan.finish_deletion = members.empty();
     return plan;
   }
-  std::vector<const PoolMember*> running, standby, outdated;
+  std::vector<const PoolMember*> running, standby;
   int provisioning = 0, active = 0, refreshing = 0;
   for (const PoolMember* m : members) {
     if (m->state == "failed") {
@@ -154,21 +154,14 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     if (m->state == "removing") continue;
     ++active;
     if (m->state == "provisioning") ++provisioning;
-    if (m->state == "refreshing") ++refreshing;
+    if (m->state == "refreshing") ++refreshing;  // comes back as a free member
     if (!member_free(s, *m)) continue;
-    if (m->template_version < pool.template_version) {
-      outdated.push_back(m);  // refreshed below, not counted as a spare meanwhile
-      continue;
-    }
     (powered_on(s, *m) ? running : standby).push_back(m);
   }
-  // Rolling template update: a few free members at a time, powered-off ones first.
-  std::stable_partition(outdated.begin(), outdated.end(),
-                        [&](const PoolMember* m) { return !powered_on(s, *m); });
-  int rolling = std::max(1, pool.max_size / 5) - refreshing;
-  for (const PoolMember* m : outdated) {
-    if (rolling-- <= 0) break;
-    plan.refresh.push_back(m->vm_id);
+  // Members on the current template first: started first, removed last.
+  auto outdated = [&](const PoolMember* m) { return m->template_version < pool.template_version; };
+  for (auto* list : {&standby, &running}) {
+    std::stable_partition(list->begin(), list->end(), [&](const PoolMember* m) { return !outdated(m); });
   }
   // Shrink first: never a member in use, standby spares before running ones.
   int excess = active - pool.max_size;
@@ -180,17 +173,33 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
       --active;
     }
   }
-  int need_run = std::max(0, pool.min_ready - static_cast<int>(running.size()));
-  size_t i = 0;
-  for (; i < standby.size() && static_cast<int>(i) < need_run; ++i) {
-    plan.start.push_back(standby[i]->vm_id);
+  // Standby members on an older template are refreshed rather than started: they run (or wait
+  // as standby) once refreshed, and count as spares meanwhile, so the pool does not grow.
+  std::vector<const PoolMember*> standby_old;
+  while (!standby.empty() && outdated(standby.back())) {
+    standby_old.insert(standby_old.begin(), standby.back());
+    standby.pop_back();
   }
-  int short_run = need_run - static_cast<int>(i);
-  int standby_left = static_cast<int>(standby.size() - i);
+  int need_run = std::max(0, pool.min_ready - static_cast<int>(running.size()));
+  int i = 0;
+  for (; i < static_cast<int>(standby.size()) && i < need_run; ++i) plan.start.push_back(standby[i]->vm_id);
+  int old_for_run = std::min(need_run - i, static_cast<int>(standby_old.size()));
+  int short_run = need_run - i - old_for_run;
+  int standby_left = static_cast<int>(standby.size()) - i + static_cast<int>(standby_old.size()) - old_for_run;
   int need_standby = std::max(0, pool.min_standby - standby_left);
-  int want = short_run + need_standby - provisioning;
+  int want = short_run + need_standby - provisioning - refreshing;
   int capacity = pool.max_size - active;
   plan.provision = std::max(0, std::min(want, capacity));
+  // Rolling template update: a few free members at a time, powered-off ones first.
+  int rolling = std::max(1, pool.max_size / 5) - refreshing;
+  for (const auto* list : {&standby_old, &running}) {
+    for (const PoolMember* m : *list) {
+      if (rolling > 0 && outdated(m)) {
+        plan.refresh.push_back(m->vm_id);
+        --rolling;
+      }
+    }
+  }
   return plan;
 }
 

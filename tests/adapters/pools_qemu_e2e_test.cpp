@@ -280,7 +280,9 @@ TEST_CASE("desktop pool on qemu:///system: provision, launch with a SPICE ticket
 //     request), the worker recreates the overlay empty (refresh events; `qemu-img compare` says
 //     identical again, still backed by the base) and the member is back to ready, started again
 //     as the pool's ready spare;
-//   - deleting the pool undefines the domain and deletes the overlay; only the base is left in
+//   - a template update to another base (PATCH template): the member is refreshed to version 2
+//     and runs again from a fresh overlay backed by the new base;
+//   - deleting the pool undefines the domain and deletes the overlay; only the bases are left in
 //     the dir pool.
 TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, refreshed on logoff, deleted with the pool") {
   DomainEvents events;  // outlives the connection that delivers to it
@@ -441,7 +443,30 @@ TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, re
   xml = virsh("dumpxml " + name);
   CHECK_MESSAGE(first_disk_source(xml) == overlay_path, xml);
 
-  // Delete the pool: the domain is undefined and the overlay deleted; the base stays.
+  // A template update, a new golden image on another base: the free member is refreshed to
+  // template version 2 and runs again from a fresh overlay backed by the new base.
+  auto based2 = disks.create_volume("base2.qcow2", 16 << 20, "qcow2");
+  REQUIRE_MESSAGE(based2.ok(), (based2.ok() ? "" : based2.error().message));
+  std::string tmpl2 = tmpl;
+  tmpl2.replace(tmpl2.find(base), base.size(), *based2);
+  auto patched = b.call("PATCH", "/v1/pools/" + pool,
+                        {{"template", {{"domain_xml", tmpl2}, {"storage_pool", disks.name()}}}});
+  REQUIRE_MESSAGE(patched.status == 200, patched.body);
+  CHECK(patched.json()["template_version"] == 2);
+  CHECK(patched.json()["template"]["base_volume"] == *based2);
+  poll(
+      b, "/v1/pools/" + pool + "/vms",
+      [](const json& j) {
+        return j["items"].size() == 1 && j["items"][0]["template_version"] == 2 &&
+               j["items"][0]["state"] == "ready" && j["items"][0]["observed_state"] == "running";
+      },
+      90s);
+  info = qemu_img_info(overlay_path);
+  CHECK_MESSAGE(info.find("backing file: " + *based2 + "\n") != std::string::npos, info);
+  xml = virsh("dumpxml " + name);
+  CHECK_MESSAGE(first_disk_source(xml) == overlay_path, xml);
+
+  // Delete the pool: the domain is undefined and the overlay deleted; the bases stay.
   const std::size_t before_delete = events.mark();
   delete_pool_and_wait(b, pool);
   CHECK_MESSAGE(events.wait(name, "undefined", "", 10s, before_delete).has_value(),
@@ -451,7 +476,8 @@ TEST_CASE("desktop pool on qemu:///system: members boot from a qcow2 overlay, re
   if (!looked.ok()) CHECK(looked.error().code == Code::not_found);
   vols = disks.volumes();
   REQUIRE_MESSAGE(vols.ok(), (vols.ok() ? "" : vols.error().message));
-  CHECK(*vols == std::vector<std::string>{"base.qcow2"});
+  std::sort(vols->begin(), vols->end());
+  CHECK(*vols == std::vector<std::string>{"base.qcow2", "base2.qcow2"});
   CHECK_FALSE(std::filesystem::exists(overlay_path));
   // The template domain was never touched: still defined, shut off, on the base.
   CHECK(virsh("domstate " + tmpl_name) == "shut off");
