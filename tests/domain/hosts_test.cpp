@@ -5,50 +5,21 @@
 
 #include "domain/hosts.h"
 #include "domain/state.h"
+#include "given.h"
 
 using namespace atrium;
 using namespace atrium::domain;
+using atrium::domain::testing::types;
+using atrium::domain::testing::V;
 
 namespace {
 
-struct Given {
-  State s;
-  uint64_t pos = 0;
-  Context ctx{1000, "test"};
-  std::vector<Event> log;
-  Given& apply(const Events& es) {
-    for (const auto& e : es) {
-      evolve(s, e, {++pos, s.version_of(e.stream) + 1, ctx.now_ms});
-      log.push_back(e);
-    }
-    return *this;
-  }
-  template <typename C>
-  Events ok(const C& c) {
-    auto r = decide(s, c, ctx);
-    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
-    Events es = *r;
-    apply(es);
-    return es;
-  }
-  template <typename C>
-  Error err(const C& c) {
-    auto r = decide(s, c, ctx);
-    REQUIRE_FALSE(r.ok());
-    return r.error();
-  }
+// The shared harness plus lookups of this module's entities.
+struct Given : testing::Given {
   const Host& host(const std::string& id) { return *s.hosts.host(id); }
   const Vm& vm(const std::string& id) { return *s.hosts.vm(id); }
   const Operation& op(const std::string& id) { return *s.hosts.operation(id); }
 };
-
-std::vector<std::string> types(const Events& es) {
-  std::vector<std::string> out;
-  for (const auto& e : es) out.push_back(e.type);
-  return out;
-}
-
-using V = std::vector<std::string>;
 
 AddHost add(const std::string& id, const std::string& name = "", PortRange ports = {}) {
   return AddHost{id, "op-" + id, name.empty() ? "host-" + id : name, "test:///default", "", ports};
@@ -439,9 +410,6 @@ TEST_CASE("replay of the produced events rebuilds the same state") {
   g.ok(AllocateDisplayPort{kB});
   g.ok(EnterMaintenance{"h1", std::nullopt});
   g.ok(RecordHostDisconnected{"h1", 1, "eof"});
-  State replayed;
-  uint64_t pos = 0;
-  for (const auto& e : g.log) evolve(replayed, e, {++pos, replayed.version_of(e.stream) + 1, 1000});
-  CHECK(state_to_json(replayed) == state_to_json(g.s));
+  g.check_replay();  // from the log, and through the snapshot codec
   CHECK(state_to_json(g.s)["hosts"]["vms"].size() == 2);
 }

@@ -8,9 +8,13 @@
 #include "domain/pools.h"
 #include "domain/state.h"
 #include "domain/users.h"
+#include "given.h"
 
 using namespace atrium;
 using namespace atrium::domain;
+using atrium::domain::testing::Given;
+using atrium::domain::testing::types;
+using atrium::domain::testing::V;
 
 namespace {
 
@@ -19,51 +23,6 @@ const char* kXml =
     "<memory unit='MiB'>512</memory><vcpu>1</vcpu><os><type>hvm</type></os><devices>"
     "<interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>"
     "<graphics type='vnc' port='5900'/></devices></domain>";
-
-struct Given {
-  State s;
-  uint64_t pos = 0;
-  Context ctx{1000, "test"};
-  std::vector<std::pair<Event, Applied>> log;
-  Given& apply(const Events& es) {
-    for (const auto& e : es) {
-      Applied at{++pos, s.version_of(e.stream) + 1, ctx.now_ms};
-      evolve(s, e, at);
-      log.push_back({e, at});
-    }
-    return *this;
-  }
-  template <typename C>
-  Events ok(const C& c) {
-    auto r = decide(s, c, ctx);
-    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
-    Events es = *r;
-    apply(es);
-    return es;
-  }
-  template <typename C>
-  Error err(const C& c) {
-    auto r = decide(s, c, ctx);
-    REQUIRE_FALSE(r.ok());
-    return r.error();
-  }
-  // Replaying the log from zero gives the same state.
-  void check_replay() {
-    State r;
-    for (const auto& [e, at] : log) evolve(r, e, at);
-    CHECK(state_to_json(r) == state_to_json(s));
-    auto back = state_from_json(state_to_json(s));
-    REQUIRE(back.ok());
-    CHECK(state_to_json(*back) == state_to_json(s));
-  }
-};
-
-std::vector<std::string> types(const Events& es) {
-  std::vector<std::string> out;
-  for (const auto& e : es) out.push_back(e.type);
-  return out;
-}
-using V = std::vector<std::string>;
 
 UpdatePool upd(const std::string& id) {
   UpdatePool u;
