@@ -225,6 +225,21 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     });
   });
 
+  // Back to the template: a free VM is powered off, redefined from the pool's current template
+  // and its overlay recreated (a broken desktop, a VM to wipe). 202 with the VM (refreshing);
+  // 409 vm_busy while it is assigned or in a session.
+  r.add("POST", "/v1/pools/{id}/vms/{vm_id}/refresh", Access::Admin(), [&api](HttpRequest& req) {
+    std::string pool = req.param("id"), vm = req.param("vm_id");
+    bool member = api.views().read([&](const State& s) {
+      const domain::PoolMember* m = s.pools.member(vm);
+      return m != nullptr && m->pool_id == pool;
+    });
+    if (!member) return problem(not_found("pool " + pool + " has no vm " + vm));
+    Command cmd = make_command("RefreshPoolVm", domain::RefreshPoolVm{vm, "admin", "pw-" + new_id()}, 202);
+    cmd.render = [vm](const State& s) { return domain::member_to_json(s, *s.pools.member(vm)); };
+    return api.run(req, std::move(cmd));
+  });
+
   r.add("PATCH", "/v1/pools/{id}", Access::Admin(), [&api, worker](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());

@@ -312,6 +312,34 @@ TEST_CASE("overlay disks: members get a qcow2 overlay over the base volume; a mi
   CHECK(member["overlay"] == member["name"].get<std::string>() + ".qcow2");
   CHECK(member["error"].is_null());
 
+  // An admin refresh of a free member: back to the template with a fresh overlay.
+  std::string vm = member["vm_id"];
+  CHECK(b.call("POST", "/v1/pools/" + p + "/vms/nope/refresh").status == 404);
+  auto rf = b.call("POST", "/v1/pools/" + p + "/vms/" + vm + "/refresh");
+  REQUIRE_MESSAGE(rf.status == 202, rf.body);
+  CHECK(rf.json()["state"] == "refreshing");
+  json refreshed = poll(b, "/v1/events?type=PoolVmRefreshed&limit=10", [](const json& j) { return !j["items"].empty(); });
+  CHECK(refreshed["items"][0]["data"]["vm_id"] == vm);
+  CHECK(refreshed["items"][0]["data"]["ok"] == true);
+  auto started = b.call("GET", "/v1/events?type=PoolVmRefreshStarted&limit=10").json()["items"];
+  REQUIRE(started.size() == 1);
+  CHECK(started[0]["data"]["reason"] == "admin");
+  poll(b, "/v1/pools/" + p + "/vms", [&](const json& j) {
+    for (const auto& v : j["items"]) {
+      if (v["vm_id"] == vm) return v["state"] == "ready";
+    }
+    return false;
+  });
+  // Not while a user is on it.
+  auto [u, tok] = b.user("ria");
+  REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", u}}).status == 201);
+  auto l = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+  REQUIRE_MESSAGE(l.status == 201, l.body);
+  auto busy = b.call("POST", "/v1/pools/" + p + "/vms/" + l.json()["vm_id"].get<std::string>() + "/refresh");
+  CHECK(busy.status == 409);
+  CHECK(busy.json()["reason"] == "vm_busy");
+  CHECK(b.call("DELETE", "/v1/sessions/" + l.json()["session_id"].get<std::string>(), nullptr, tok).status == 204);
+
   // A base volume the host does not know: the member fails with libvirt's message.
   std::string bad = make_pool(b, h, {{"name", "nobase"}, {"max_size", 1}, {"min_ready", 1},
                                      {"template", {{"domain_xml", disk_tmpl},
