@@ -164,9 +164,7 @@ pipeline::Command reconciler_command(
 
 template <typename C>
 pipeline::Command cmd(const char* name, C c) {
-  return reconciler_command(name, [c = std::move(c)](const State& s, const domain::Context& ctx) {
-    return domain::decide(s, c, ctx);
-  });
+  return reconciler_command(name, pipeline::decide_command(name, std::move(c)).decide);
 }
 
 Json caps_json(const HostCapabilities& c) {

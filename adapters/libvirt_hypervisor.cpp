@@ -1,6 +1,7 @@
 // libvirt implementation of the hypervisor adapter; see libvirt_hypervisor.h for the threading,
 // timeout, error and metrics design.
 #include "adapters/libvirt_hypervisor.h"
+#include "common/time_text.h"
 
 #include <libvirt/virterror.h>
 
@@ -586,14 +587,9 @@ Result<std::string> graphics_with_password(std::string_view domain_xml, std::str
   }
   out += " passwd='" + xml_escape_attribute(password) + "'";
   if (expires_at > 0) {
-    std::time_t t = static_cast<std::time_t>(expires_at);
-    std::tm tm{};
-    if (gmtime_r(&t, &tm) == nullptr) return invalid("expires_at is out of range");
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-    out += " passwdValidTo='";
-    out += buf;
-    out += "'";
+    std::string valid_to = utc_iso8601(expires_at * 1000, false);
+    if (valid_to.empty()) return invalid("expires_at is out of range");
+    out += " passwdValidTo='" + valid_to + "'";
   }
   if (el->self_closing) {
     out += "/>";

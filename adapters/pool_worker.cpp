@@ -5,6 +5,7 @@
 #include <ctime>
 #include <random>
 
+#include "common/time_text.h"
 #include "domain/hosts.h"
 #include "domain/pools.h"
 
@@ -39,22 +40,9 @@ std::string new_mac() {
   return "52:54:00:" + h.substr(0, 2) + ":" + h.substr(2, 2) + ":" + h.substr(4, 2);
 }
 
-std::string iso_utc(int64_t ms) {
-  std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-  return buf;
-}
-
 template <typename C>
 pipeline::Command command(const char* name, C c) {
-  pipeline::Command cmd;
-  cmd.name = name;
-  cmd.decide = [c = std::move(c)](const State& s, const domain::Context& ctx) {
-    return domain::decide(s, c, ctx);
-  };
+  pipeline::Command cmd = pipeline::decide_command(name, std::move(c));
   cmd.meta.actor = "system";
   cmd.meta.correlation_id = "pool-worker";
   return cmd;
@@ -130,7 +118,7 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
     pl.params.spice_port = port;
     pl.params.spice_password = password;
     pl.params.spice_listen = opts_.spice_listen;
-    if (expires_ms > 0) pl.params.password_valid_to = iso_utc(expires_ms);
+    if (expires_ms > 0) pl.params.password_valid_to = utc_iso8601(expires_ms, false);
     pl.overlay = m->overlay;
     pl.storage_pool = p->tmpl.storage_pool.empty() ? "default" : p->tmpl.storage_pool;
     pl.base_volume = p->tmpl.base_volume;

@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "api/crypto.h"
+#include "common/time_text.h"
 
 namespace atrium::api {
 
@@ -23,14 +24,7 @@ bool valid_request_id(const std::string& s) {
   return true;
 }
 
-std::string iso_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+std::string iso_now() { return utc_iso8601(static_cast<int64_t>(std::time(nullptr)) * 1000); }
 
 }  // namespace
 

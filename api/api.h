@@ -49,12 +49,7 @@ struct Page {
 template <typename C>
 pipeline::Command command(std::string name, C cmd, int success_status = 200,
                           std::function<domain::Json(const domain::State&)> render = {}) {
-  pipeline::Command c;
-  c.name = std::move(name);
-  c.success_status = success_status;
-  c.decide = [cmd = std::move(cmd)](const domain::State& s, const domain::Context& ctx) {
-    return domain::decide(s, cmd, ctx);
-  };
+  pipeline::Command c = pipeline::decide_command(std::move(name), std::move(cmd), success_status);
   c.render = std::move(render);
   return c;
 }

@@ -14,17 +14,6 @@ using pipeline::Command;
 
 namespace {
 
-template <typename C>
-Command make_command(const char* name, C c, int success_status) {
-  Command cmd;
-  cmd.name = name;
-  cmd.success_status = success_status;
-  cmd.decide = [c = std::move(c)](const State& s, const domain::Context& ctx) {
-    return domain::decide(s, c, ctx);
-  };
-  return cmd;
-}
-
 // 202 answers point at the operation to follow.
 HttpResponse accepted(HttpResponse r, const std::string& op_id) {
   if (r.status == 202) r.with_header("Location", "/v1/operations/" + op_id);
@@ -70,7 +59,7 @@ void register_hosts(Api& api) {
     }
     if (auto st = br.finish(); !st) return problem(st.error());
     domain::AddHost c{new_id(), new_id(), *name, *uri, address.value_or(""), ports};
-    Command cmd = make_command("AddHost", c, 202);
+    Command cmd = command("AddHost", c, 202);
     cmd.render = [op = c.operation_id](const State& s) {
       return domain::operation_to_json(*s.hosts.operation(op));
     };
@@ -105,7 +94,7 @@ void register_hosts(Api& api) {
   r.add("DELETE", "/v1/hosts/{id}", Access::Admin(), [&api](HttpRequest& req) {
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
-    return api.run(req, make_command("RemoveHost", domain::RemoveHost{req.param("id"), *expected}, 204));
+    return api.run(req, command("RemoveHost", domain::RemoveHost{req.param("id"), *expected}, 204));
   });
 
   auto host_action = [&api](const char* name, auto make) {
@@ -119,7 +108,7 @@ void register_hosts(Api& api) {
       auto expected = api.if_match(req);
       if (!expected.ok()) return problem(expected.error());
       std::string id = req.param("id");
-      Command cmd = make_command(name, make(id, *expected), 200);
+      Command cmd = command(name, make(id, *expected), 200);
       cmd.render = [id](const State& s) { return domain::host_to_json(s.hosts, *s.hosts.host(id)); };
       return api.run(req, std::move(cmd));
     };
@@ -173,7 +162,7 @@ void register_vms(Api& api) {
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
     domain::RequestVmPower c{req.param("id"), new_id(), *action, *expected};
-    Command cmd = make_command("RequestVmPower", c, 202);
+    Command cmd = command("RequestVmPower", c, 202);
     cmd.render = [op = c.operation_id](const State& s) {
       return domain::operation_to_json(*s.hosts.operation(op));
     };
@@ -184,7 +173,7 @@ void register_vms(Api& api) {
   // display_ports_exhausted when the range is full.
   r.add("POST", "/v1/vms/{id}/display-port", Access::Admin(), [&api](HttpRequest& req) {
     std::string id = req.param("id");
-    Command cmd = make_command("AllocateDisplayPort", domain::AllocateDisplayPort{id}, 200);
+    Command cmd = command("AllocateDisplayPort", domain::AllocateDisplayPort{id}, 200);
     cmd.render = [id](const State& s) { return domain::vm_to_json(s.hosts, *s.hosts.vm(id)); };
     return api.run(req, std::move(cmd));
   });
@@ -211,7 +200,7 @@ void register_operations(Api& api) {
       if (auto st = br.finish(); !st) return problem(st.error());
     }
     std::string id = req.param("id");
-    Command cmd = make_command("CancelOperation", domain::CancelOperation{id, reason.value_or("")}, 200);
+    Command cmd = command("CancelOperation", domain::CancelOperation{id, reason.value_or("")}, 200);
     cmd.render = [id](const State& s) { return domain::operation_to_json(*s.hosts.operation(id)); };
     return api.run(req, std::move(cmd));
   });

@@ -12,6 +12,7 @@
 #include "api/api.h"
 #include "api/crypto.h"
 #include "api/json_input.h"
+#include "common/time_text.h"
 #include "domain/pools.h"
 #include "domain/state.h"
 
@@ -21,17 +22,6 @@ using domain::State;
 using pipeline::Command;
 
 namespace {
-
-template <typename C>
-Command make_command(const char* name, C c, int success_status = 200) {
-  Command cmd;
-  cmd.name = name;
-  cmd.success_status = success_status;
-  cmd.decide = [c = std::move(c)](const State& s, const domain::Context& ctx) {
-    return domain::decide(s, c, ctx);
-  };
-  return cmd;
-}
 
 HttpResponse with_etag(HttpResponse r, uint64_t version) {
   r.with_header("ETag", "\"" + std::to_string(version) + "\"");
@@ -61,15 +51,6 @@ std::string vv_file(const std::string& title, const std::string& host, int port,
   return "[virt-viewer]\ntype=spice\nhost=" + clean(host) + "\nport=" + std::to_string(port) +
          "\npassword=" + clean(ticket) + "\ndelete-this-file=1\ntitle=" + clean(title) +
          "\nrelease-cursor=shift+f12\nsecure-attention=ctrl+alt+end\n";
-}
-
-std::string iso8601(int64_t ms) {
-  std::time_t t = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 // A template field error (400 problem+json naming the field).
@@ -172,7 +153,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     c.idle_timeout_s = idle.value_or(3600);
     c.reconnect = reconnect.value_or("always");
     c.grace_s = grace.value_or(300);
-    Command cmd = make_command("CreatePool", c, 201);
+    Command cmd = command("CreatePool", c, 201);
     cmd.render = render_pool(c.id);
     HttpResponse resp = api.run(req, std::move(cmd));
     if (resp.status == 201) resp.with_header("Location", "/v1/pools/" + c.id);
@@ -235,7 +216,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
       return m != nullptr && m->pool_id == pool;
     });
     if (!member) return problem(not_found("pool " + pool + " has no vm " + vm));
-    Command cmd = make_command("RefreshPoolVm", domain::RefreshPoolVm{vm, "admin", "pw-" + new_id()}, 202);
+    Command cmd = command("RefreshPoolVm", domain::RefreshPoolVm{vm, "admin", "pw-" + new_id()}, 202);
     cmd.render = [vm](const State& s) { return domain::member_to_json(s, *s.pools.member(vm)); };
     return api.run(req, std::move(cmd));
   });
@@ -276,7 +257,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
     c.expected_version = *expected;
-    Command cmd = make_command("UpdatePool", c);
+    Command cmd = command("UpdatePool", c);
     cmd.render = render_pool(c.id);
     return api.run(req, std::move(cmd));
   });
@@ -287,7 +268,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
     std::string id = req.param("id");
-    Command cmd = make_command("DeletePool", domain::DeletePool{id, *expected}, 202);
+    Command cmd = command("DeletePool", domain::DeletePool{id, *expected}, 202);
     cmd.render = render_pool(id);
     return api.run(req, std::move(cmd));
   });
@@ -299,7 +280,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     auto user = br.str("user_id", true, 128, 1);
     if (auto st = br.finish(); !st) return problem(st.error());
     std::string id = req.param("id");
-    Command cmd = make_command("AddEntitlement", domain::AddEntitlement{id, *user}, 201);
+    Command cmd = command("AddEntitlement", domain::AddEntitlement{id, *user}, 201);
     cmd.render = [id, u = *user](const State&) { return Json{{"pool_id", id}, {"user_id", u}}; };
     return api.run(req, std::move(cmd));
   });
@@ -320,7 +301,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
   });
 
   r.add("DELETE", "/v1/pools/{id}/entitlements/{user_id}", Access::Admin(), [&api](HttpRequest& req) {
-    return api.run(req, make_command("RemoveEntitlement",
+    return api.run(req, command("RemoveEntitlement",
                                      domain::RemoveEntitlement{req.param("id"), req.param("user_id")}, 204));
   });
 }
@@ -336,7 +317,7 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
   std::string user = req.principal->user_id;
   domain::LaunchDesktop c{new_id(), user, *pool};
   auto launch = [&] {
-    Command cmd = make_command("LaunchDesktop", c, 201);
+    Command cmd = command("LaunchDesktop", c, 201);
     cmd.render = [pool = *pool, user](const State& s) {
       const domain::DesktopSession* d = s.pools.live_session(pool, user);
       return d ? Json{{"session_id", d->id}} : Json::object();
@@ -380,7 +361,7 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
            {"host", grant->host},
            {"port", grant->port},
            {"ticket", grant->ticket},
-           {"expires_at", iso8601(grant->expires_at_ms)},
+           {"expires_at", utc_iso8601(grant->expires_at_ms)},
            {"expires_at_ms", grant->expires_at_ms},
            {"ticket_applied", grant->ticket_applied},
            {"pool_id", *pool},
@@ -494,7 +475,7 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
         return d != nullptr && (req.principal->is_admin() || d->user_id == req.principal->user_id);
       });
       if (!mine) return problem(not_found("session " + id + " not found"));
-      return api.run(req, make_command("EndDesktopSession",
+      return api.run(req, command("EndDesktopSession",
                                        domain::EndDesktopSession{id, "logoff", "pw-" + new_id()}, 204));
     };
   });
@@ -512,7 +493,7 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
       return d != nullptr && (req.principal->is_admin() || d->user_id == req.principal->user_id);
     });
     if (!mine) return problem(not_found("session " + id + " not found"));
-    Command cmd = make_command("ReportSession", domain::ReportSession{id, *state});
+    Command cmd = command("ReportSession", domain::ReportSession{id, *state});
     cmd.render = [id](const State& s) { return domain::desktop_session_to_json(*s.pools.session(id)); };
     return api.run(req, std::move(cmd));
   });
@@ -530,7 +511,7 @@ void register_channels(Api& api) {
                                             ? br.one_of(field, true, {"logoff", "reconnect"})
                                             : br.str(field, true, 2000, 1);
       if (auto st = br.finish(); !st) return problem(st.error());
-      Command cmd = make_command(kind == std::string("command") ? "SendClientCommand" : "SendUserMessage",
+      Command cmd = command(kind == std::string("command") ? "SendClientCommand" : "SendUserMessage",
                                  domain::SendUserMessage{req.param("id"), kind, *text}, 202);
       cmd.render = [kind, field, t = *text, u = req.param("id")](const State&) {
         return Json{{"user_id", u}, {"kind", kind}, {field, t}};

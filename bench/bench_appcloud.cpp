@@ -107,11 +107,7 @@ int http(uint16_t port, const std::string& method, const std::string& path,
 
 template <typename Cmd>
 pipeline::Command cmd(const char* name, Cmd c) {
-  pipeline::Command out;
-  out.name = name;
-  out.decide = [c = std::move(c)](const State& s, const domain::Context& ctx) {
-    return domain::decide(s, c, ctx);
-  };
+  pipeline::Command out = pipeline::decide_command(name, std::move(c));
   out.meta.actor = "bench";
   out.meta.correlation_id = "bench";
   return out;

@@ -106,10 +106,8 @@ int main(int argc, char** argv) {
   manager.start();
 
   auto run = [&](const char* name, auto c) {
-    pipeline::Command cmd;
-    cmd.name = name;
+    pipeline::Command cmd = pipeline::decide_command(name, c);
     cmd.meta.actor = "bench";
-    cmd.decide = [c](const State& s, const domain::Context& ctx) { return domain::decide(s, c, ctx); };
     return pipe.submit(std::move(cmd));
   };
 

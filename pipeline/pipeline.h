@@ -43,6 +43,19 @@ struct Command {
   CommandMeta meta;
 };
 
+// A command whose decision is domain::decide(state, c, ctx) for a domain command struct `c`
+// (found by argument-dependent lookup, so this header needs no module's header).
+template <typename C>
+Command decide_command(std::string name, C c, int success_status = 200) {
+  Command cmd;
+  cmd.name = std::move(name);
+  cmd.success_status = success_status;
+  cmd.decide = [c = std::move(c)](const domain::State& s, const domain::Context& ctx) {
+    return decide(s, c, ctx);
+  };
+  return cmd;
+}
+
 struct Outcome {
   int status = 200;
   domain::Json body;
