@@ -9,6 +9,7 @@
 #include "api/daemon.h"
 #include "support/test_support.h"
 
+using atrium::testing::poll;
 using atrium::testing::TestBroker;
 using nlohmann::json;
 using namespace std::chrono_literals;
@@ -25,20 +26,6 @@ void fast(atrium::api::DaemonConfig& cfg) {
   cfg.hosts.backoff_max = 400ms;
   cfg.hosts.connect_timeout = 1500ms;
   cfg.hosts.call_timeout = 5s;
-}
-
-// Polls GET path until pred(json) holds (10 s).
-template <typename F>
-json poll(TestBroker& b, const std::string& path, F pred) {
-  json last;
-  for (int i = 0; i < 500; ++i) {
-    auto r = b.call("GET", path);
-    last = r.json();
-    if (r.status == 200 && pred(last)) return last;
-    std::this_thread::sleep_for(20ms);
-  }
-  FAIL("condition not reached on " << path << ": " << last.dump());
-  return last;
 }
 
 std::string add_host(TestBroker& b, const json& body) {

@@ -12,6 +12,7 @@
 #include "api/daemon.h"
 #include "support/test_support.h"
 
+using atrium::testing::poll;
 using atrium::testing::TestBroker;
 using nlohmann::json;
 using namespace std::chrono_literals;
@@ -34,19 +35,6 @@ void fast(atrium::api::DaemonConfig& cfg) {
   cfg.pools.interval = 50ms;
   cfg.pools.launch_wait = 10s;
   cfg.api.threads = 32;
-}
-
-template <typename F>
-json poll(TestBroker& b, const std::string& path, F pred, int seconds = 30) {
-  json last;
-  for (int i = 0; i < seconds * 50; ++i) {
-    auto r = b.call("GET", path);
-    last = r.json();
-    if (r.status == 200 && pred(last)) return last;
-    std::this_thread::sleep_for(20ms);
-  }
-  FAIL("condition not reached on " << path << ": " << last.dump());
-  return last;
 }
 
 std::string add_host(TestBroker& b) {
@@ -115,7 +103,7 @@ TEST_CASE("many concurrent launches on test:///: zero double assignment, reasons
   std::string h = add_host(b);
   constexpr int kSpares = 12, kMax = 16, kUsers = 40;
   std::string p = make_pool(b, h, {{"min_ready", kSpares}, {"max_size", kMax}});
-  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == kSpares; }, 60);
+  poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == kSpares; }, 60s);
   // Spares are defined on the host from the template with a new name, uuid and a SPICE display.
   auto vms = b.call("GET", "/v1/pools/" + p + "/vms").json()["items"];
   REQUIRE(vms.size() == kSpares);

@@ -172,22 +172,4 @@ void check_spice_ticket(int port, const std::string& ticket, const std::string& 
 // The broker's event log, one line per event (the last `max` of them), for failure reports.
 std::string event_log(TestBroker& b, std::size_t max = 120);
 
-// GETs `path` (admin token) until it answers 200 with a body for which `pred` holds, and returns
-// that body; FAILs (with the last body) after `limit`.
-template <typename F>
-nlohmann::json poll(TestBroker& b, const std::string& path, F pred,
-                    std::chrono::milliseconds limit = std::chrono::seconds(60)) {
-  nlohmann::json last;
-  auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    auto r = b.call("GET", path);
-    last = r.json();
-    if (r.status == 200 && pred(last)) return last;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  FAIL("condition not reached on " << path << " within " << limit.count()
-                                   << " ms: " << last.dump());
-  return last;
-}
-
 }  // namespace atrium::testing

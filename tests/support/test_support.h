@@ -29,7 +29,10 @@ class TempDir {
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include <chrono>
+#include <doctest/doctest.h>
 #include <functional>
+#include <thread>
 
 namespace atrium::api {
 class Daemon;
@@ -94,6 +97,24 @@ class TestBroker {
   std::function<void(api::DaemonConfig&)> configure_;
   std::shared_ptr<std::atomic<int64_t>> clock_offset_ = std::make_shared<std::atomic<int64_t>>(0);
 };
+
+// GETs `path` (admin token) until it answers 200 with a body for which `pred` holds, and returns
+// that body; FAILs (with the last body) after `limit`.
+template <typename F>
+nlohmann::json poll(TestBroker& b, const std::string& path, F pred,
+                    std::chrono::milliseconds limit = std::chrono::seconds(60)) {
+  nlohmann::json last;
+  auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    auto r = b.call("GET", path);
+    last = r.json();
+    if (r.status == 200 && pred(last)) return last;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  FAIL("condition not reached on " << path << " within " << limit.count()
+                                   << " ms: " << last.dump());
+  return last;
+}
 
 // Runs a program and returns its exit code (stdout/stderr to the given file if set).
 int run_command(const std::string& cmd);
