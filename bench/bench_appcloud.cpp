@@ -9,10 +9,6 @@
 //  4. projection memory (RSS delta; the writer and the views each hold a copy);
 //  5. replay time of the whole log into a fresh state.
 // Usage: bench_appcloud [scale]
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,34 +16,24 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <thread>
 
 #include "api/crypto.h"
+#include "bench/bench_util.h"
 #include "api/daemon.h"
 #include "domain/placement.h"
 #include "projections/views.h"
 
 using namespace atrium;
-using SteadyClock = std::chrono::steady_clock;
+using bench::http;
+using bench::rss_kib;
+using bench::since;
+using bench::SteadyClock;
 using domain::Json;
 using domain::State;
 
 namespace {
-
-double since(SteadyClock::time_point t0) {
-  return std::chrono::duration<double>(SteadyClock::now() - t0).count();
-}
-
-long rss_kib() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return 0;
-}
 
 double pct(std::vector<double> v, double p) {
   if (v.empty()) return 0;
@@ -57,54 +43,6 @@ double pct(std::vector<double> v, double p) {
 }
 
 // A minimal HTTP/1.1 client: one connection per request, reads to Content-Length.
-int http(uint16_t port, const std::string& method, const std::string& path,
-         const std::string& token, const std::string& body, std::string* out = nullptr) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return 0;
-  }
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
-                    token + "\r\nConnection: close\r\n";
-  if (!body.empty()) {
-    req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
-           "\r\n";
-  }
-  req += "\r\n" + body;
-  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-    ::close(fd);
-    return 0;
-  }
-  std::string resp;
-  char buf[65536];
-  size_t need = std::string::npos;
-  while (true) {
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    resp.append(buf, static_cast<size_t>(n));
-    if (need == std::string::npos) {
-      size_t h = resp.find("\r\n\r\n");
-      if (h != std::string::npos) {
-        size_t cl = resp.find("Content-Length: ");
-        if (cl == std::string::npos) cl = resp.find("content-length: ");
-        need = h + 4 + (cl != std::string::npos && cl < h ? std::stoul(resp.substr(cl + 16)) : 0);
-      }
-    }
-    if (need != std::string::npos && resp.size() >= need) break;
-  }
-  ::close(fd);
-  if (resp.size() < 12) return 0;
-  if (out != nullptr) {
-    size_t h = resp.find("\r\n\r\n");
-    *out = h == std::string::npos ? "" : resp.substr(h + 4);
-  }
-  return std::atoi(resp.c_str() + 9);
-}
-
 template <typename Cmd>
 pipeline::Command cmd(const char* name, Cmd c) {
   pipeline::Command out = pipeline::decide_command(name, std::move(c));
@@ -273,7 +211,7 @@ int main(int argc, char** argv) {
                     {"application_id", app_ids[a]},
                     {"scope", domain::scope_name(scope)},
                     {"target_id", target}};
-          if (http(d.port(), "POST", "/v1/authorizations", admin_token, body.dump()) != 201) bad++;
+          if (http(d.port(), "POST", "/v1/authorizations", admin_token, body.dump()).first != 201) bad++;
         }
       });
     }
@@ -316,9 +254,8 @@ int main(int argc, char** argv) {
     size_t items = 0;
     for (int i = 0; i < 5000; ++i) {
       const auto& [u, token] = tokens[rng() % tokens.size()];
-      std::string body;
       auto t0 = SteadyClock::now();
-      int st = http(d.port(), "GET", "/v1/me/entitlements", token, "", &body);
+      auto [st, body] = http(d.port(), "GET", "/v1/me/entitlements", token);
       ms.push_back(since(t0) * 1000);
       if (st != 200) {
         std::fprintf(stderr, "entitlements: HTTP %d\n", st);
@@ -359,7 +296,7 @@ int main(int argc, char** argv) {
       size_t a = user_app(u, rng() % kAuthPerUser);
       Json body{{"application_id", app_ids[a]}};
       auto t0 = SteadyClock::now();
-      int st = http(d.port(), "POST", "/v1/launches", token, body.dump());
+      int st = http(d.port(), "POST", "/v1/launches", token, body.dump()).first;
       ms.push_back(since(t0) * 1000);
       if (st != 201) {
         std::fprintf(stderr, "launch: HTTP %d\n", st);

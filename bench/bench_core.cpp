@@ -10,29 +10,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "domain/users.h"
+#include "bench/bench_util.h"
 #include "pipeline/pipeline.h"
 
 using namespace atrium;
-using SteadyClock = std::chrono::steady_clock;
+using bench::rss_kib;
+using bench::since;
+using bench::SteadyClock;
 
 namespace {
-
-double since(SteadyClock::time_point t0) {
-  return std::chrono::duration<double>(SteadyClock::now() - t0).count();
-}
-
-long rss_kib() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
-  }
-  return 0;
-}
 
 std::string fresh_dir(const char* name) {
   auto d = std::filesystem::temp_directory_path() / ("atrium-bench-" + std::string(name) + "-" +

@@ -21,13 +21,15 @@
 
 #include "adapters/host_reconciler.h"
 #include "adapters/libvirt_hypervisor.h"
+#include "bench/bench_util.h"
 #include "domain/hosts.h"
 #include "eventstore/event_store.h"
 
 using namespace atrium;
 using namespace std::chrono_literals;
 using domain::State;
-using SteadyClock = std::chrono::steady_clock;
+using bench::since;
+using bench::SteadyClock;
 
 namespace {
 
@@ -64,10 +66,6 @@ bool wait_for(projections::Views& views, F pred, std::chrono::seconds limit) {
     std::this_thread::sleep_for(5ms);
   }
   return false;
-}
-
-double since(SteadyClock::time_point t0) {
-  return std::chrono::duration<double>(SteadyClock::now() - t0).count();
 }
 
 double histogram_mean(prometheus::Histogram* h) {

@@ -5,10 +5,6 @@
 //
 // Reports launches per second, p50/p99 launch latency, and checks for double assignments
 // (two successful launches on one VM, or a VM whose member record names another user).
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -27,56 +23,17 @@
 #include "adapters/pool_worker.h"
 #include "api/crypto.h"
 #include "api/daemon.h"
+#include "bench/bench_util.h"
 #include "domain/state.h"
 
 using namespace atrium;
 using nlohmann::json;
+using bench::http;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
 // One HTTP/1.1 request on a fresh loopback connection; returns {status, body}.
-std::pair<int, std::string> http(uint16_t port, const std::string& method, const std::string& path,
-                                 const std::string& token, const std::string& body = "") {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return {0, ""};
-  }
-  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                    "Authorization: Bearer " + token + "\r\nContent-Type: application/json\r\n"
-                    "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-  for (size_t off = 0; off < req.size();) {
-    ssize_t n = ::send(fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) break;
-    off += static_cast<size_t>(n);
-  }
-  std::string resp;
-  char buf[8192];
-  size_t want = std::string::npos;  // total bytes once the headers are in
-  while (resp.size() < want) {
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    resp.append(buf, static_cast<size_t>(n));
-    auto h = resp.find("\r\n\r\n");
-    if (want == std::string::npos && h != std::string::npos) {
-      std::string head = resp.substr(0, h);
-      for (char& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      auto cl = head.find("content-length:");
-      want = h + 4 + (cl == std::string::npos ? 0 : std::strtoull(head.c_str() + cl + 15, nullptr, 10));
-    }
-  }
-  ::close(fd);
-  if (resp.size() < 12) return {0, ""};
-  int status = std::atoi(resp.c_str() + 9);
-  auto p = resp.find("\r\n\r\n");
-  return {status, p == std::string::npos ? "" : resp.substr(p + 4)};
-}
-
 template <typename F>
 void run(api::Daemon& d, const char* name, F f) {
   pipeline::Command c;

@@ -1,0 +1,79 @@
+// Helpers shared by the benchmarks: elapsed time, resident memory, and a minimal HTTP/1.1
+// client over a fresh loopback connection per request (the broker under test listens there).
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <utility>
+
+namespace atrium::bench {
+
+using SteadyClock = std::chrono::steady_clock;
+
+// Seconds since t0.
+inline double since(SteadyClock::time_point t0) {
+  return std::chrono::duration<double>(SteadyClock::now() - t0).count();
+}
+
+// This process's resident set (VmRSS) in KiB, 0 if unknown.
+inline long rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return 0;
+}
+
+// {status, body}; status 0 when the connection or the reply failed.
+inline std::pair<int, std::string> http(uint16_t port, const std::string& method, const std::string& path,
+                                 const std::string& token, const std::string& body = "") {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return {0, ""};
+  }
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                    "Authorization: Bearer " + token + "\r\nContent-Type: application/json\r\n"
+                    "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  for (size_t off = 0; off < req.size();) {
+    ssize_t n = ::send(fd, req.data() + off, req.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  std::string resp;
+  char buf[8192];
+  size_t want = std::string::npos;  // total bytes once the headers are in
+  while (resp.size() < want) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    resp.append(buf, static_cast<size_t>(n));
+    auto h = resp.find("\r\n\r\n");
+    if (want == std::string::npos && h != std::string::npos) {
+      std::string head = resp.substr(0, h);
+      for (char& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      auto cl = head.find("content-length:");
+      want = h + 4 + (cl == std::string::npos ? 0 : std::strtoull(head.c_str() + cl + 15, nullptr, 10));
+    }
+  }
+  ::close(fd);
+  if (resp.size() < 12) return {0, ""};
+  int status = std::atoi(resp.c_str() + 9);
+  auto p = resp.find("\r\n\r\n");
+  return {status, p == std::string::npos ? "" : resp.substr(p + 4)};
+}
+
+}  // namespace atrium::bench
