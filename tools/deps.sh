@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Atrium builds and tests with. Idempotent; needs root (or sudo).
 set -euo pipefail
-pkgs=(build-essential cmake ninja-build pkg-config
+pkgs=(build-essential cmake ninja-build pkg-config ccache
       libpistache-dev librocksdb-dev nlohmann-json3-dev libvirt-dev prometheus-cpp-dev
       doctest-dev libsodium-dev libssl-dev
       libvirt-daemon libvirt-clients wrk nginx-light prometheus curl openssl)
