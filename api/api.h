@@ -13,6 +13,7 @@
 #include "api/access_log.h"
 #include "api/http_types.h"
 #include "api/router.h"
+#include "domain/host_uri.h"
 #include "domain/placement.h"
 #include "eventstore/event_store.h"
 #include "pipeline/metrics.h"
@@ -38,6 +39,7 @@ struct ApiConfig {
   std::chrono::milliseconds command_timeout{30000};
   size_t max_sse_streams = 8;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
+  domain::HostUriPolicy host_uris;    // POST /v1/hosts: which libvirt URIs may be added
 };
 
 struct Page {

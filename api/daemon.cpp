@@ -22,6 +22,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     return Error::make(Code::unavailable,
                        "cannot create data dir " + cfg.data_dir + ": " + ec.message());
   }
+  cfg.host_uris.exempt_uri = cfg.default_host_uri;
+  cfg.api.host_uris = cfg.host_uris;
+  cfg.hosts.uri_policy = cfg.host_uris;
   d->metrics_ = std::make_unique<pipeline::Metrics>();
   eventstore::RocksOptions ro;
   ro.sync = cfg.sync;
