@@ -24,6 +24,23 @@ constexpr const char* kSnapshotName = "snapshot";
 constexpr int kSnapshotFormat = 1;
 }  // namespace
 
+std::string encode_snapshot(const domain::State& s) {
+  Json j{{"format", kSnapshotFormat}, {"state", domain::state_to_json(s)}};
+  std::vector<uint8_t> bytes = Json::to_cbor(j);
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+Result<domain::State> decode_snapshot(std::string_view bytes) {
+  Json j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
+  if (j.is_discarded()) return invalid("the snapshot is not CBOR");
+  const auto* format = j.is_object() && j.contains("format") ? &j["format"] : nullptr;
+  if (format == nullptr || !format->is_number_integer() || *format != kSnapshotFormat ||
+      !j.contains("state")) {
+    return invalid("the snapshot is not in format " + std::to_string(kSnapshotFormat));
+  }
+  return domain::state_from_json(j["state"]);
+}
+
 // Start-up and recovery: the latest snapshot (if readable and not ahead of the log), then
 // the events after it. An unreadable or incompatible snapshot costs a full replay, never
 // a wrong state.
@@ -31,19 +48,13 @@ Status Pipeline::rebuild() {
   domain::State fresh;
   auto snap = store_.get_checkpoint(kSnapshotName);
   if (snap.ok() && snap->has_value()) {
-    const std::string& bytes = **snap;
-    Json j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
-    if (!j.is_discarded() && j.value("format", 0) == kSnapshotFormat && j.contains("state")) {
-      auto st = domain::state_from_json(j["state"]);
-      if (st.ok() && st->position <= store_.last_position()) {
-        fresh = std::move(*st);
-        snapshot_position_ = fresh.position;
-      } else {
-        std::fprintf(stderr, "atriumd: ignoring snapshot (%s); replaying the whole log\n",
-                     st.ok() ? "ahead of the log" : st.error().message.c_str());
-      }
+    auto st = decode_snapshot(**snap);
+    if (st.ok() && st->position <= store_.last_position()) {
+      fresh = std::move(*st);
+      snapshot_position_ = fresh.position;
     } else {
-      std::fprintf(stderr, "atriumd: ignoring unreadable snapshot; replaying the whole log\n");
+      std::fprintf(stderr, "atriumd: ignoring snapshot (%s); replaying the whole log\n",
+                   st.ok() ? "ahead of the log" : st.error().message.c_str());
     }
   }
   auto r = projections::replay(store_, fresh);
@@ -59,11 +70,7 @@ Status Pipeline::write_snapshot() {
   std::lock_guard lock(snapshot_mu_);
   domain::State copy = views_.read([](const domain::State& s) { return s; });
   if (copy.position == snapshot_position_.load()) return Status::Ok();
-  Json j{{"format", kSnapshotFormat}, {"state", domain::state_to_json(copy)}};
-  std::vector<uint8_t> bytes = Json::to_cbor(j);
-  auto st = store_.put_checkpoint(kSnapshotName,
-                                  std::string_view(reinterpret_cast<const char*>(bytes.data()),
-                                                   bytes.size()));
+  auto st = store_.put_checkpoint(kSnapshotName, encode_snapshot(copy));
   if (st.ok()) snapshot_position_ = copy.position;
   return st;
 }

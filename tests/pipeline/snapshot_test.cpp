@@ -128,6 +128,42 @@ TEST_CASE("a corrupt snapshot is ignored and the log is replayed in full") {
   CHECK(live(views) == before);
 }
 
+// Found by fuzz/snapshot.cpp: CBOR that is not a map (or whose "format" is not a number) made
+// Json::value() throw out of Pipeline::start(), so the daemon could not start at all.
+TEST_CASE("fuzz: a snapshot that is CBOR but not a snapshot map is ignored, not thrown") {
+  for (const Json& bad : {Json::array({1, 2}), Json("snapshot"), Json{{"format", "1"}},
+                          Json{{"format", 1.5}, {"state", 1}}, Json{{"format", 1}, {"state", 7}}}) {
+    CAPTURE(bad.dump());
+    std::vector<uint8_t> cbor = Json::to_cbor(bad);
+    std::string bytes(cbor.begin(), cbor.end());
+    CHECK_FALSE(pipeline::decode_snapshot(bytes).ok());
+    testing::TempDir dir;
+    Json before;
+    {
+      auto store = eventstore::open_rocksdb(dir.str());
+      REQUIRE(store.ok());
+      projections::Views views;
+      pipeline::Metrics m;
+      pipeline::PipelineOptions no_auto;
+      no_auto.snapshot_every = 0;
+      pipeline::Pipeline p(**store, views, m, pipeline::system_now_ms, no_auto);
+      REQUIRE(p.start().ok());
+      fill(p, 0, 2);
+      before = live(views);
+      p.stop();
+      REQUIRE((*store)->put_checkpoint("snapshot", bytes).ok());
+    }
+    auto store = eventstore::open_rocksdb(dir.str());
+    REQUIRE(store.ok());
+    projections::Views views;
+    pipeline::Metrics m;
+    pipeline::Pipeline p(**store, views, m);
+    REQUIRE(p.start().ok());
+    CHECK(p.snapshot_position() == 0);
+    CHECK(live(views) == before);
+  }
+}
+
 TEST_CASE("state_from_json inverts state_to_json for users and hosts") {
   State s;
   uint64_t pos = 0;
