@@ -31,7 +31,14 @@ std::string encode_snapshot(const domain::State& s) {
 }
 
 Result<domain::State> decode_snapshot(std::string_view bytes) {
-  Json j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
+  Json j;
+  try {
+    // allow_exceptions=false covers parse errors only: nlohmann 3.11.2 still throws
+    // out_of_range (408, "excessive array size") for a length header past max_size().
+    j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
+  } catch (const std::exception& ex) {
+    return invalid(std::string("the snapshot is not CBOR: ") + ex.what());
+  }
   if (j.is_discarded()) return invalid("the snapshot is not CBOR");
   const auto* format = j.is_object() && j.contains("format") ? &j["format"] : nullptr;
   if (format == nullptr || !format->is_number_integer() || *format != kSnapshotFormat ||

@@ -164,6 +164,16 @@ TEST_CASE("fuzz: a snapshot that is CBOR but not a snapshot map is ignored, not 
   }
 }
 
+// Found by fuzz_snapshot (fuzz/regressions/snapshot/): a CBOR array header claiming 10^19
+// elements made from_cbor throw out_of_range although exceptions were disabled.
+TEST_CASE("fuzz: a snapshot with an impossible CBOR length is refused, not thrown") {
+  // {"format": 1, "state": [ <array of 0x989898989898989898 elements> ]}
+  std::string bytes = "\xa2\x66" "format" "\x01\x65" "state" "\x9b\x98\x98\x98\x98\x98\x98\x98\x98";
+  auto st = pipeline::decode_snapshot(bytes);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.error().message.find("not CBOR") != std::string::npos);
+}
+
 TEST_CASE("state_from_json inverts state_to_json for users and hosts") {
   State s;
   uint64_t pos = 0;
