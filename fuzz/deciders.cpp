@@ -14,11 +14,15 @@
 //
 // Ids come from small sets so that commands meet the same entities; names and a few fields
 // are sometimes arbitrary strings so that validation is exercised too.
+#include <cxxabi.h>
 #include <fuzzer/FuzzedDataProvider.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "domain/appcloud.h"
@@ -43,6 +47,12 @@ const char* kTemplateXml =
     "<interface type='network'><mac address='52:54:00:aa:bb:cc'/></interface>"
     "<graphics type='spice' autoport='yes'/></devices></domain>";
 
+// ATRIUM_FUZZ_TRACE=1: print every command and its events (to read a crash input).
+bool trace() {
+  static const bool on = std::getenv("ATRIUM_FUZZ_TRACE") != nullptr;
+  return on;
+}
+
 struct Run {
   explicit Run(FuzzedDataProvider& p) : in(p) {}
   FuzzedDataProvider& in;
@@ -51,6 +61,7 @@ struct Run {
   Context ctx{1'000'000, "fuzz"};
   std::vector<std::pair<Event, Applied>> log;
   int seq = 0;
+  size_t last_events = 0;  // events of the last accepted command
 
   std::string pick(const std::vector<std::string>& v) {
     return v[in.ConsumeIntegralInRange<size_t>(0, v.size() - 1)];
@@ -120,11 +131,24 @@ struct Run {
       // The pipeline turns this into a 500: a decider must answer errors as values.
       fail(std::string("a decider threw: ") + ex.what());
     }
+    if (trace()) {
+      int st = 0;
+      char* n = abi::__cxa_demangle(typeid(C).name(), nullptr, nullptr, &st);
+      std::fprintf(stderr, "%s -> %s\n", n ? n : "?",
+                   r.ok() ? std::to_string(r->size()).c_str() : r.error().message.c_str());
+      for (const auto& e : r.ok() ? *r : Events{}) {
+        std::fprintf(stderr, "    %s %s %s\n", e.stream.c_str(), e.type.c_str(),
+                     e.data.dump().c_str());
+      }
+      std::free(n);
+    }
     if (!r.ok()) {
-      if (r.error().code == Code::internal)
+      if (r.error().code == Code::internal) {
         fail("a decider answered internal: " + r.error().message);
+      }
       return false;
     }
+    last_events = r->size();
     for (const auto& e : *r) {
       Applied at{++pos, s.version_of(e.stream) + 1, ctx.now_ms};
       try {
@@ -137,10 +161,82 @@ struct Run {
     return true;
   }
 
+  void prelude();
   void step();
   void check() const;
   void check_allocation(const std::string& vm_id) const;
 };
+
+// A state where every module has something to work on: users, two hosts up with domains, a
+// floating and a dedicated pool with provisioned members and a live session, a cluster and
+// servers with published and authorized applications. Inputs start here (or from nothing).
+void Run::prelude() {
+  auto must = [&](const auto& c) {
+    if (!run(c)) fail("a prelude command was refused");
+  };
+  must(CreateUser{"a0", "admin", {kRoleAdmin}, ""});
+  must(CreateUser{"u0", "alice", {kRoleUser}, "argon2id$x"});
+  must(CreateUser{"u1", "bob", {kRoleUser}, ""});
+  must(CreateUser{"u2", "carol", {kRoleUser}, ""});
+  must(CreateUser{"u3", "dave", {kRoleUser, kRoleAgent}, ""});
+  must(IssueToken{"u0", std::string(64, 'a'), ctx.now_ms + 3'600'000});
+  must(AddHost{"h0", "op-h0", "kvm0", "qemu:///system", "", {5500, 5507}});
+  must(BeginOperations{"h0", 0, {"op-h0"}});
+  must(RecordHostConnected{"h0", 1, Json{{"memory_kib", 16u << 20}, {"cpus", 16}}});
+  must(RecordDomainsObserved{
+      "h0", 1, {{"d0", "uu0", "running", 5500}, {"d1", "uu1", "shut_off", -1}}});
+  must(AddHost{"h1", "op-h1", "kvm1", "qemu+ssh://kvm1/system", "", {5500, 5503}});
+  must(RecordHostConnected{"h1", 1, Json{{"memory_kib", 8u << 20}, {"cpus", 8}}});
+  CreatePool p0;
+  p0.id = "p0";
+  p0.name = "office";
+  p0.kind = "floating";
+  p0.tmpl.domain_xml = kTemplateXml;
+  p0.host_ids = {"h0", "h1"};
+  p0.max_size = 3;
+  p0.power_policy = "refresh_on_logoff";
+  must(p0);
+  CreatePool p1 = p0;
+  p1.id = "p1";
+  p1.name = "lab";
+  p1.kind = "dedicated";
+  p1.host_ids = {"h0"};
+  p1.max_size = 2;
+  p1.power_policy = "shutdown_on_logoff";
+  must(p1);
+  for (const char* u : {"u0", "u1", "u2"}) must(AddEntitlement{"p0", u});
+  for (const char* u : {"u0", "u3"}) must(AddEntitlement{"p1", u});
+  int k = 4;
+  for (const char* p : {"p0", "p0", "p1"}) {
+    std::string n = std::to_string(k++);
+    must(ProvisionPoolVm{p, "m" + n, "uu" + n, "52:54:00:00:00:0" + n, false});
+    const Event& started = log.back().first;
+    std::string h = started.data.at("host_id"), vm_id = started.data.at("vm_id");
+    RecordDomainsObserved o{h, s.hosts.host(h)->epoch, {}};
+    for (const Vm* v : s.hosts.vms_of(h))
+      o.domains.push_back({v->name, v->uuid, v->observed, v->display_port});
+    o.domains.push_back({"m" + n, "uu" + n, "shut_off", -1});
+    must(o);
+    must(RecordPoolVmProvisioned{vm_id, true, ""});
+  }
+  must(LaunchDesktop{"ds0", "u0", "p0"});
+  must(CreateCluster{"c0", "farm", "", {}});
+  must(CreateServer{"sv0", "ts0", "10.0.0.10", "windows", "2022", 4, 8192, true});
+  must(CreateServer{"sv1", "ts1", "10.0.0.11", "windows", "2022", 4, 8192, true});
+  must(CreateServer{"sv2", "ts2", "10.0.0.12", "linux", "12", 4, 8192, true});
+  must(AddServerApplication{"sv0", "word", "C:\\apps\\word.exe", "", ""});
+  must(AddServerApplication{"sv1", "excel", "C:\\apps\\excel.exe", "", ""});
+  must(AddServerApplication{"sv2", "excel", "C:\\apps\\excel.exe", "", ""});
+  must(JoinCluster{"sv1", "c0", std::nullopt});
+  must(JoinCluster{"sv2", "c0", std::nullopt});
+  std::string word = application_id("word", "C:\\apps\\word.exe");
+  std::string excel = application_id("excel", "C:\\apps\\excel.exe");
+  must(Publish{"pb0", word, Scope::server, "sv0"});
+  must(Publish{"pb1", excel, Scope::cluster, "c0"});
+  must(Authorize{"az0", "u0", word, Scope::server, "sv0"});
+  must(Authorize{"az1", "u1", excel, Scope::cluster, "c0"});
+  must(ReportServerLoad{"sv1", 0.5, 0.25, 2, 0});
+}
 
 void Run::step() {
   ctx.now_ms += in.ConsumeIntegralInRange<int64_t>(0, 120'000);
@@ -230,6 +326,14 @@ void Run::step() {
         o.domains.push_back({v->name, v->uuid, st, port});
         seen.insert(v->uuid);
       }
+      // Members being provisioned appear once their domain is defined.
+      for (const auto& [vm_id, m] : s.pools.members) {
+        if (m.host_id == h && s.hosts.vm(vm_id) == nullptr && !seen.count(m.uuid) &&
+            in.ConsumeBool()) {
+          o.domains.push_back({m.name, m.uuid, pick({"shut_off", "running"}), -1});
+          seen.insert(m.uuid);
+        }
+      }
       int extra = in.ConsumeIntegralInRange<int>(0, 2);
       for (int i = 0; i < extra; ++i) {
         std::string k = std::to_string(in.ConsumeIntegralInRange<int>(0, 3));
@@ -275,7 +379,9 @@ void Run::step() {
     case 21:
     case 22: {
       std::string v = vm();
-      if (run(AllocateDisplayPort{v})) check_allocation(v);
+      // A new allocation (no events: the VM already had one, perhaps from before a live
+      // port the hypervisor reported later).
+      if (run(AllocateDisplayPort{v}) && last_events > 0) check_allocation(v);
       break;
     }
     case 23:
@@ -455,8 +561,10 @@ void Run::step() {
           Scope sc = scope();
           std::string app = application(), target;
           if (!s.appcloud.publications.empty() && in.ConsumeBool()) {
-            const Publication& p =
-                s.appcloud.publications.at(existing(s.appcloud.publications, ""));
+            auto it = s.appcloud.publications.begin();
+            std::advance(it,
+                         in.ConsumeIntegralInRange<size_t>(0, s.appcloud.publications.size() - 1));
+            const Publication& p = it->second;
             sc = p.scope;
             app = p.application_id;
             target = p.target_id;
@@ -485,6 +593,12 @@ void Run::step() {
 void Run::check_allocation(const std::string& vm_id) const {
   const Vm* v = s.hosts.vm(vm_id);
   if (v == nullptr || v->allocated_port < 0) fail("AllocateDisplayPort succeeded without a port");
+  // A running VM keeps its own live port (two domains reported on one port is the
+  // hypervisor's contradiction, not an allocation).
+  if ((v->observed == "running" || v->observed == "blocked") &&
+      v->display_port == v->allocated_port) {
+    return;
+  }
   for (const Vm* o : s.hosts.vms_of(v->host_id)) {
     if (o->id != v->id && (o->observed == "running" || o->observed == "blocked") &&
         o->display_port == v->allocated_port) {
@@ -602,13 +716,46 @@ void Run::check() const {
 
 }  // namespace
 
+// ATRIUM_FUZZ_STATS=1: count the event types the inputs produced, printed at exit (to see
+// how deep a corpus reaches).
+std::map<std::string, uint64_t>* event_stats() {
+  static std::map<std::string, uint64_t>* stats = [] {
+    if (std::getenv("ATRIUM_FUZZ_STATS") == nullptr)
+      return static_cast<std::map<std::string, uint64_t>*>(nullptr);
+    static std::map<std::string, uint64_t> m;
+    std::atexit([] {
+      for (const auto& [type, n] : m)
+        std::fprintf(stderr, "%10llu %s\n", static_cast<unsigned long long>(n), type.c_str());
+    });
+    return &m;
+  }();
+  return stats;
+}
+
 int deciders(const uint8_t* data, size_t size) {
+  static FuzzedDataProvider none(nullptr, 0);
+  static const Run* base = [] {
+    auto* b = new Run(none);
+    b->prelude();
+    b->check();
+    return b;
+  }();
   FuzzedDataProvider in(data, size);
   Run r(in);
+  if (in.ConsumeIntegralInRange<int>(0, 7) != 0) {  // mostly from the prelude's state
+    r.s = base->s;
+    r.pos = base->pos;
+    r.ctx = base->ctx;
+    r.log = base->log;
+    r.seq = base->seq;
+  }
   int steps = 0;
   while (in.remaining_bytes() > 0 && ++steps <= 400) {
     r.step();
     r.check();
+  }
+  if (auto* stats = event_stats()) {
+    for (const auto& [e, at] : r.log) ++(*stats)[e.type];
   }
   // Replay of the log gives the same state; the snapshot codec is an exact inverse.
   State again;

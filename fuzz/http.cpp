@@ -5,13 +5,18 @@
 //
 // Input: requests separated by a line "~~~". Each is "METHOD TARGET", header lines
 // "Name: value", an empty line, then the body. The pseudo-header "As: admin|user|none" picks
-// the bearer token (default admin) unless an Authorization header is given. In a target or
-// a body, "$id" is replaced by the "id" of the last answer that had one and "$etag" by its
-// ETag's version, so that sequences reach the entities they created.
+// the bearer token (default admin) unless an Authorization header is given. In a target, a
+// header or a body, "$id", "$host_id", "$vm_id", "$user_id", "$session_id", ... are replaced
+// by that field of the latest successful answer that had it ("$pool_id" etc. also by the "id"
+// of a POST to /v1/pools etc.), and "$etag" by the latest ETag's version, so that sequences
+// reach the entities they created.
 //
 // Invariants: never a 500; a status in 200..599; a JSON or problem+json body that parses, a
 // problem's "status" equal to the answer's; 503 only with a reason. At the end the log's hash
 // chain verifies and replaying it gives the views.
+#include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -92,6 +97,25 @@ void check_answer(const api::HttpRequest& req, const api::HttpResponse& r) {
   }
 }
 
+// ATRIUM_FUZZ_STATS=1: count answers by method, first path segments and status, printed at
+// exit (to see which routes a corpus reaches).
+void count(const api::HttpRequest& req, int status) {
+  static std::map<std::string, uint64_t>* stats = [] {
+    if (std::getenv("ATRIUM_FUZZ_STATS") == nullptr)
+      return static_cast<std::map<std::string, uint64_t>*>(nullptr);
+    static std::map<std::string, uint64_t> m;
+    std::atexit([] {
+      for (const auto& [k, n] : m)
+        std::fprintf(stderr, "%10llu %s\n", static_cast<unsigned long long>(n), k.c_str());
+    });
+    return &m;
+  }();
+  if (stats == nullptr) return;
+  std::string p = req.path.substr(0, req.path.find('/', 4));
+  if (p.size() > 30) p.resize(30);
+  ++(*stats)[req.method.substr(0, 8) + " " + p + " " + std::to_string(status)];
+}
+
 }  // namespace
 
 int http(const uint8_t* data, size_t size) {
@@ -104,10 +128,12 @@ int http(const uint8_t* data, size_t size) {
     p = sep + 5;
   }
   Broker b;
-  std::string last_id, last_etag;
+  static const char* const kVars[] = {"host_id",   "vm_id",      "pool_id",
+                                      "server_id", "cluster_id", "application_id",
+                                      "user_id",   "session_id", "id"};
+  std::map<std::string, std::string> vars;
   for (std::string text : requests) {
-    if (!last_id.empty()) text = replace_all(text, "$id", last_id);
-    if (!last_etag.empty()) text = replace_all(text, "$etag", last_etag);
+    for (const auto& [k, v] : vars) text = replace_all(text, "$" + k, v);
     api::HttpRequest req;
     size_t eol = text.find('\n');
     std::string line = text.substr(0, eol);
@@ -164,12 +190,23 @@ int http(const uint8_t* data, size_t size) {
       fail(std::string("Api::handle threw: ") + ex.what());
     }
     check_answer(req, r);
+    count(req, r.status);
     auto j = api::Json::parse(r.body, nullptr, false);
-    if (r.status < 300 && j.is_object() && j.contains("id") && j["id"].is_string()) {
-      last_id = j["id"].get<std::string>();
+    if (r.status < 300 && j.is_object()) {
+      for (const char* k : kVars) {
+        if (j.contains(k) && j[k].is_string()) vars[k] = j[k].get<std::string>();
+      }
+      // A POST to a collection (/v1/pools, /v1/servers/{id}/applications): its "id" is also
+      // "$pool_id", "$application_id", ...
+      std::string last = req.path.substr(req.path.rfind('/') + 1);
+      std::string key = last.empty() ? "" : last.substr(0, last.size() - 1) + "_id";
+      if (req.method == "POST" && last.size() > 1 && last.back() == 's' && !j.contains(key) &&
+          j.contains("id") && j["id"].is_string()) {
+        vars[key] = j["id"].get<std::string>();
+      }
     }
     for (const auto& [name, value] : r.headers) {
-      if (name == "ETag" && value.size() >= 2) last_etag = value.substr(1, value.size() - 2);
+      if (name == "ETag" && value.size() >= 2) vars["etag"] = value.substr(1, value.size() - 2);
     }
   }
   auto report = b.store->verify();

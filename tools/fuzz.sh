@@ -40,12 +40,13 @@ for t in "${targets[@]}"; do
     status=FAILED
     failed=1
   fi
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
-  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1)
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1 || true)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1 || true)
+  cov=$( (grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" || true) | tail -n 1)
   echo "fuzz $t: $status, ${execs:-?} runs in ${seconds} s (${rate:-?} exec/s), ${cov:-no coverage line}"
   if [ "$status" != ok ]; then
-    grep -E 'INVARIANT VIOLATED|ERROR: |SUMMARY: |Test unit written' "$log" | head -n 20 || true
+    (grep -E 'INVARIANT VIOLATED|ERROR: |SUMMARY: |Test unit written|ParseDictionaryFile' "$log" || true) |
+      head -n 20
     echo "  log: $log; reproduce: build-fuzz/fuzz/fuzz_$t <crash file>"
   fi
   if [ "${ATRIUM_FUZZ_MERGE:-}" = 1 ]; then
