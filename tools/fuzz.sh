@@ -14,7 +14,8 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(json_body event_envelope snapshot deciders http)
-CXX=${ATRIUM_FUZZ_CXX:-clang++} cmake -S . -B build-fuzz -G Ninja -DATRIUM_FUZZ=ON \
+cxx=${ATRIUM_FUZZ_CXX:-$(command -v clang++-14 || command -v clang++ || echo clang++)}
+CXX=$cxx cmake -S . -B build-fuzz -G Ninja -DATRIUM_FUZZ=ON \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz --target $(printf 'fuzz_%s ' "${targets[@]}")
 dict_of() {
