@@ -22,6 +22,25 @@ Pipeline::~Pipeline() { stop(); }
 namespace {
 constexpr const char* kSnapshotName = "snapshot";
 constexpr int kSnapshotFormat = 1;
+// Deeper than any state_to_json (about 8 levels); the CBOR reader recurses once per level, so
+// a corrupt snapshot of nested arrays must stop long before the stack does.
+constexpr int kMaxSnapshotDepth = 128;
+
+// nlohmann's DOM builder with a nesting limit (from_cbor takes no parser callback).
+class BoundedDomSax : public nlohmann::detail::json_sax_dom_parser<Json> {
+  using Base = nlohmann::detail::json_sax_dom_parser<Json>;
+
+ public:
+  explicit BoundedDomSax(Json& out) : Base(out, /*allow_exceptions=*/false) {}
+  bool start_object(std::size_t n) { return ++depth_ <= kMaxSnapshotDepth && Base::start_object(n); }
+  bool start_array(std::size_t n) { return ++depth_ <= kMaxSnapshotDepth && Base::start_array(n); }
+  bool end_object() { return --depth_, Base::end_object(); }
+  bool end_array() { return --depth_, Base::end_array(); }
+  bool too_deep() const { return depth_ > kMaxSnapshotDepth; }
+
+ private:
+  int depth_ = 0;
+};
 }  // namespace
 
 std::string encode_snapshot(const domain::State& s) {
@@ -33,13 +52,20 @@ std::string encode_snapshot(const domain::State& s) {
 Result<domain::State> decode_snapshot(std::string_view bytes) {
   Json j;
   try {
-    // allow_exceptions=false covers parse errors only: nlohmann 3.11.2 still throws
-    // out_of_range (408, "excessive array size") for a length header past max_size().
-    j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
+    // As Json::from_cbor(bytes, strict, allow_exceptions=false), with a depth limit. Even
+    // without exceptions nlohmann 3.11.2 throws out_of_range (408, "excessive array size")
+    // for a length header past max_size().
+    BoundedDomSax sax(j);
+    bool ok = Json::sax_parse(bytes.begin(), bytes.end(), &sax, nlohmann::json::input_format_t::cbor,
+                              /*strict=*/true);
+    if (sax.too_deep()) {
+      return invalid("the snapshot nests deeper than " + std::to_string(kMaxSnapshotDepth) +
+                     " levels");
+    }
+    if (!ok || sax.is_errored()) return invalid("the snapshot is not CBOR");
   } catch (const std::exception& ex) {
     return invalid(std::string("the snapshot is not CBOR: ") + ex.what());
   }
-  if (j.is_discarded()) return invalid("the snapshot is not CBOR");
   const auto* format = j.is_object() && j.contains("format") ? &j["format"] : nullptr;
   if (format == nullptr || !format->is_number_integer() || *format != kSnapshotFormat ||
       !j.contains("state")) {

@@ -174,6 +174,21 @@ TEST_CASE("fuzz: a snapshot with an impossible CBOR length is refused, not throw
   CHECK(st.error().message.find("not CBOR") != std::string::npos);
 }
 
+// Found by fuzz_snapshot after 8 minutes (fuzz/regressions/snapshot/): the CBOR reader
+// recurses once per nesting level, so thousands of nested arrays overflowed the stack (ASan:
+// stack-overflow) before any check ran; a corrupt snapshot killed the daemon at start.
+TEST_CASE("fuzz: a snapshot nested deeper than any state is refused before it overflows the stack") {
+  std::string deep = "\xa2\x66" "format" "\x01\x65" "state";
+  deep += std::string(200000, '\x81') + "\x01";  // [[[...[1]...]]]
+  auto st = pipeline::decode_snapshot(deep);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.error().message.find("deeper than") != std::string::npos);
+  // A real snapshot is far from the limit.
+  domain::State s;
+  s.position = 7;
+  CHECK(pipeline::decode_snapshot(pipeline::encode_snapshot(s)).ok());
+}
+
 TEST_CASE("state_from_json inverts state_to_json for users and hosts") {
   State s;
   uint64_t pos = 0;
