@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "api/crypto.h"
+#include "api/query_params.h"
 #include "common/time_text.h"
 
 namespace atrium::api {
@@ -22,6 +23,28 @@ bool valid_request_id(const std::string& s) {
     if (c < 0x21 || c > 0x7e) return false;
   }
   return true;
+}
+
+// 400 unknown_query_parameter naming every query parameter the route does not take (one
+// `errors` entry each, names cut to 64 bytes), or nullopt when all are known.
+std::optional<HttpResponse> unknown_query(const HttpRequest& req, const std::string& tmpl) {
+  const std::set<std::string>* allowed = allowed_query(req.method, tmpl);
+  Error e = invalid("", "unknown_query_parameter");
+  for (const auto& [name, value] : req.query) {
+    if (allowed != nullptr && allowed->count(name) > 0) continue;
+    std::string shown = name.substr(0, 64);
+    e.message += (e.message.empty() ? "" : ", ") + shown;
+    e.fields.push_back({shown, "is not a query parameter of " + req.method + " " + tmpl});
+  }
+  if (e.fields.empty()) return std::nullopt;
+  std::string known;
+  if (allowed != nullptr) {
+    for (const auto& n : *allowed) known += (known.empty() ? "" : ", ") + n;
+  }
+  e.message = "unknown query parameter" + std::string(e.fields.size() > 1 ? "s " : " ") +
+              e.message + " on " + req.method + " " + tmpl + " (it takes " +
+              (known.empty() ? "none" : known) + ")";
+  return problem(e);
 }
 
 std::string iso_now() { return utc_iso8601(static_cast<int64_t>(std::time(nullptr)) * 1000); }
@@ -118,6 +141,12 @@ HttpResponse Api::handle(HttpRequest& req) {
                                      "role_required"));
           allowed = false;
         }
+      }
+    }
+    if (allowed) {
+      if (auto bad = unknown_query(req, m.tmpl)) {
+        resp = std::move(*bad);
+        allowed = false;
       }
     }
     if (allowed) {

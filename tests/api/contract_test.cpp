@@ -1,0 +1,198 @@
+// The contract cannot drift: openapi.yaml (as compiled into the daemon), the query-parameter
+// table of api/query_params.cpp and the routes the daemon registers must name the same
+// operations and the same query parameters; and the table's list and as_of parameters are
+// really read by their handlers.
+#include <doctest/doctest.h>
+#include <yaml.h>
+
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "api/daemon.h"
+#include "api/query_params.h"
+#include "support/test_support.h"
+
+using atrium::testing::TestBroker;
+using nlohmann::json;
+
+namespace {
+
+// libyaml's document tree as JSON (every scalar a string), enough to walk the document.
+json node_to_json(yaml_document_t* doc, yaml_node_t* n) {
+  if (n == nullptr) return nullptr;
+  switch (n->type) {
+    case YAML_SCALAR_NODE:
+      return std::string(reinterpret_cast<const char*>(n->data.scalar.value),
+                         n->data.scalar.length);
+    case YAML_SEQUENCE_NODE: {
+      json a = json::array();
+      for (auto* it = n->data.sequence.items.start; it < n->data.sequence.items.top; ++it) {
+        a.push_back(node_to_json(doc, yaml_document_get_node(doc, *it)));
+      }
+      return a;
+    }
+    case YAML_MAPPING_NODE: {
+      json o = json::object();
+      for (auto* p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; ++p) {
+        json k = node_to_json(doc, yaml_document_get_node(doc, p->key));
+        o[k.get<std::string>()] = node_to_json(doc, yaml_document_get_node(doc, p->value));
+      }
+      return o;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+json parse_yaml(const std::string& text) {
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  REQUIRE(yaml_parser_initialize(&parser) == 1);
+  yaml_parser_set_input_string(&parser, reinterpret_cast<const unsigned char*>(text.data()),
+                               text.size());
+  bool loaded = yaml_parser_load(&parser, &doc) == 1;
+  std::string problem = parser.problem ? parser.problem : "";
+  size_t line = parser.problem_mark.line + 1;
+  yaml_parser_delete(&parser);
+  REQUIRE_MESSAGE(loaded, "openapi.yaml does not parse: " << problem << " at line " << line);
+  json out = node_to_json(&doc, yaml_document_get_root_node(&doc));
+  yaml_document_delete(&doc);
+  return out;
+}
+
+// Follows a local "$ref" ("#/components/parameters/Limit").
+const json& deref(const json& root, const json& j) {
+  if (!j.is_object() || !j.contains("$ref")) return j;
+  std::string ref = j["$ref"];
+  REQUIRE_MESSAGE(ref.rfind("#/", 0) == 0, "non-local $ref " << ref);
+  return root.at(json::json_pointer(ref.substr(1)));
+}
+
+struct DocParam {
+  bool required = false;
+  std::string example;  // a valid value (first enum value, or "x")
+};
+// "GET /v1/users" -> query parameter name -> what the document says of it.
+using DocOps = std::map<std::string, std::map<std::string, DocParam>>;
+
+DocOps document_operations(const json& doc) {
+  DocOps out;
+  const std::set<std::string> methods{"get", "post", "put", "patch", "delete"};
+  for (const auto& [path, item] : doc.at("paths").items()) {
+    for (const auto& [m, op] : item.items()) {
+      if (methods.count(m) == 0) continue;
+      std::string method;
+      for (char c : m)
+        method.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+      auto& params = out[method + " " + path];
+      for (const json* list : {&item, &op}) {
+        if (!list->contains("parameters")) continue;
+        for (const auto& raw : (*list)["parameters"]) {
+          const json& p = deref(doc, raw);
+          if (p.value("in", "") != "query") continue;
+          DocParam d;
+          d.required = p.value("required", "false") == "true";
+          const json& schema = p.contains("schema") ? p["schema"] : json::object();
+          d.example = schema.contains("enum") ? schema["enum"][0].get<std::string>() : "x";
+          params[p.at("name").get<std::string>()] = d;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::string join(const std::set<std::string>& s) {
+  std::string out;
+  for (const auto& x : s) out += (out.empty() ? "" : ", ") + x;
+  return out;
+}
+
+// The path with every {param} replaced by "x".
+std::string sample_path(const std::string& tmpl) {
+  std::string out;
+  bool in = false;
+  for (char c : tmpl) {
+    if (c == '{') {
+      in = true;
+      out += 'x';
+    } else if (c == '}') {
+      in = false;
+    } else if (!in) {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "9.8: openapi.yaml and the query-parameter table name the same operations and parameters") {
+  json doc = parse_yaml(atrium::api::openapi_text());
+  DocOps ops = document_operations(doc);
+  std::map<std::string, std::set<std::string>> table;
+  for (const auto& r : atrium::api::query_rules()) {
+    std::string key = r.method + " " + r.tmpl;
+    CHECK_MESSAGE(table.count(key) == 0, "the table lists " << key << " twice");
+    table[key] = r.names;
+  }
+  for (const auto& [key, params] : ops) {
+    INFO("operation " << key);
+    REQUIRE_MESSAGE(table.count(key) == 1,
+                    key << " is in openapi.yaml but not in api/query_params.cpp");
+    std::set<std::string> documented;
+    for (const auto& [n, p] : params) documented.insert(n);
+    CHECK_MESSAGE(documented == table[key], key << ": openapi.yaml documents {" << join(documented)
+                                                << "}, the table allows {" << join(table[key])
+                                                << "}");
+  }
+  for (const auto& [key, names] : table) {
+    CHECK_MESSAGE(ops.count(key) == 1,
+                  key << " is in api/query_params.cpp but not in openapi.yaml");
+  }
+}
+
+TEST_CASE("9.8: every route the daemon serves is in the table, and every table entry is a route") {
+  TestBroker b;
+  std::set<std::string> routes;
+  for (const auto& r : b.daemon().api().router().routes()) routes.insert(r.method + " " + r.tmpl);
+  std::set<std::string> table;
+  for (const auto& r : atrium::api::query_rules()) table.insert(r.method + " " + r.tmpl);
+  for (const auto& r : routes)
+    CHECK_MESSAGE(table.count(r) == 1, r << " is served but has no table entry");
+  for (const auto& t : table)
+    CHECK_MESSAGE(routes.count(t) == 1, t << " is in the table but not served");
+}
+
+TEST_CASE(
+    "9.8: the table's limit, cursor and as_of are read by their handlers; the rest are refused") {
+  TestBroker b;
+  json doc = parse_yaml(atrium::api::openapi_text());
+  DocOps ops = document_operations(doc);
+  for (const auto& r : atrium::api::query_rules()) {
+    if (r.method != "GET") continue;
+    std::string key = r.method + " " + r.tmpl;
+    // The parameters the document requires, with valid values, so that the one under test is
+    // the only thing wrong with the request.
+    std::string base = sample_path(r.tmpl) + "?";
+    for (const auto& [n, p] : ops[key]) {
+      if (p.required) base += n + "=" + p.example + "&";
+    }
+    auto expect_invalid = [&](const std::string& query) {
+      auto reply = b.call("GET", base + query);
+      INFO(key << " ?" << query << " -> " << reply.status << " " << reply.body);
+      CHECK(reply.status == 400);
+      CHECK(reply.json().value("reason", "") == "invalid_query");
+    };
+    if (r.names.count("as_of")) expect_invalid("as_of=999999999");
+    if (r.names.count("limit")) expect_invalid("limit=0");
+    if (r.names.count("cursor")) expect_invalid("cursor=nope");
+    auto unknown = b.call("GET", base + "not_a_parameter=1");
+    INFO(key);
+    CHECK(unknown.status == 400);
+    CHECK(unknown.json().value("reason", "") == "unknown_query_parameter");
+  }
+}
