@@ -730,6 +730,7 @@ void register_user_side(Api& api) {
                   {"host", srv->address},
                   {"port", 3389},
                   {"connection_file", rdp_file(*srv, *app, u ? u->name : a->user_id)},
+                  {"state", a->state},
                   {"decision", decision_summary(a->decision)},
                   {"version", a->version}};
     });
@@ -742,11 +743,13 @@ void register_user_side(Api& api) {
     bool admin = req.principal->is_admin();
     std::string me = req.principal->user_id;
     const std::string* user = query(req, "user_id");
+    const std::string* state = query(req, "state");
     return api.with_state(req, [&](const State& s) {
       return page_of(
           s.appcloud.sessions, *pg,
           [&](const domain::AppSession& a) {
             if (!admin && a.user_id != me) return false;
+            if (state != nullptr && a.state != *state) return false;
             return user == nullptr || a.user_id == *user;
           },
           [](const domain::AppSession& a) {
@@ -769,6 +772,13 @@ void register_user_side(Api& api) {
       }
       return with_etag(HttpResponse::json(200, session_view(s.appcloud, *a)), a->version);
     });
+  });
+
+  // Logoff of an application session (desktop sessions: routes_pools.cpp wraps this route).
+  r.add("DELETE", "/v1/sessions/{id}", Access::Roles({"user"}), [&api](HttpRequest& req) {
+    domain::EndApplicationSession cmd{req.param("id"), req.principal->user_id,
+                                      req.principal->is_admin(), "logoff"};
+    return api.run(req, command("EndApplicationSession", cmd, 204));
   });
 }
 

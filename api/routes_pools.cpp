@@ -395,12 +395,19 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
   // Both kinds of session in one list ordered by id (kind=desktop|application narrows it):
   // application sessions come from the application cloud (routes_appcloud.cpp), desktop
   // sessions from pools. Users see their own; admins all, optionally ?user_id=. ?state= matches
-  // desktop sessions only (application sessions have no connection state).
+  // each kind's own states (desktop: created, connected, disconnected, ended; application:
+  // active, ended).
   r.wrap("GET", "/v1/sessions", Access::Roles({"user"}), [&api](Handler prev) -> Handler {
     return [&api, prev](HttpRequest& req) {
       std::string kind = req.query.count("kind") ? req.query["kind"] : "";
       if (!kind.empty() && kind != "desktop" && kind != "application") {
         return problem(invalid("kind must be desktop or application", "invalid_query"));
+      }
+      if (auto st = req.query.find("state"); st != req.query.end()) {
+        static const std::set<std::string> kStates{"created", "connected", "disconnected", "ended", "active"};
+        if (kStates.count(st->second) == 0) {
+          return problem(invalid("state must be created, connected, disconnected, active or ended", "invalid_query"));
+        }
       }
       if (kind == "application" && prev) return prev(req);
       auto pg = api.page(req);
@@ -424,9 +431,9 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
             if (visible(id, d.user_id) && (state.empty() || d.state == state)) all.push_back({&id, &d, nullptr});
           }
         }
-        if (kind != "desktop" && state.empty()) {
+        if (kind != "desktop") {
           for (const auto& [id, a] : s.appcloud.sessions) {
-            if (visible(id, a.user_id)) all.push_back({&id, nullptr, &a});
+            if (visible(id, a.user_id) && (state.empty() || a.state == state)) all.push_back({&id, nullptr, &a});
           }
         }
         size_t n = std::min(all.size(), pg->limit);
