@@ -196,3 +196,110 @@ TEST_CASE(
     CHECK(unknown.json().value("reason", "") == "unknown_query_parameter");
   }
 }
+
+namespace {
+
+// Whether an answer's value is the schema's `default` (a YAML tree: scalars are strings).
+bool same_value(const json& answer, const json& dflt) {
+  if (dflt.is_array()) {
+    if (!answer.is_array() || answer.size() != dflt.size()) return false;
+    for (size_t i = 0; i < dflt.size(); ++i) {
+      if (!same_value(answer[i], dflt[i])) return false;
+    }
+    return true;
+  }
+  if (dflt.is_object()) {
+    if (!answer.is_object()) return false;
+    for (const auto& [k, v] : dflt.items()) {
+      if (!answer.contains(k) || !same_value(answer[k], v)) return false;
+    }
+    return true;
+  }
+  std::string d = dflt.get<std::string>();
+  if (answer.is_string()) return answer.get<std::string>() == d;
+  if (answer.is_boolean()) return (answer.get<bool>() ? "true" : "false") == d;
+  if (answer.is_number()) return std::stod(d) == answer.get<double>();
+  return false;
+}
+
+// Every `default` of `schema` (following $ref into nested objects) holds in `answer`, which
+// is what the server made of a request that left those fields out. Returns the number of
+// defaults checked.
+int check_defaults(const json& doc, const json& schema_in, const json& answer,
+                   const std::string& where) {
+  const json& schema = deref(doc, schema_in);
+  int n = 0;
+  if (!schema.contains("properties")) return 0;
+  for (const auto& [name, raw] : schema["properties"].items()) {
+    const json& prop = deref(doc, raw);
+    std::string path = where + "." + name;
+    const json* dflt = raw.contains("default")    ? &raw["default"]
+                       : prop.contains("default") ? &prop["default"]
+                                                  : nullptr;
+    if (dflt != nullptr) {
+      ++n;
+      CHECK_MESSAGE(answer.contains(name), path << " is not in the answer " << answer.dump());
+      if (answer.contains(name)) {
+        CHECK_MESSAGE(same_value(answer[name], *dflt), path << ": the schema's default is "
+                                                            << dflt->dump() << ", the server made "
+                                                            << answer[name].dump());
+      }
+    }
+    bool object =
+        prop.contains("properties") || (prop.contains("type") && prop["type"] == "object");
+    if (object && answer.contains(name) && answer[name].is_object()) {
+      n += check_defaults(doc, prop, answer[name], path);
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("9.8: the schemas' defaults are what the server applies to fields left out") {
+  json doc = parse_yaml(atrium::api::openapi_text());
+  const json& schemas = doc["components"]["schemas"];
+  TestBroker b;
+  int checked = 0;
+
+  auto host = b.call("POST", "/v1/hosts", {{"name", "h"}, {"uri", "test:///default"}});
+  REQUIRE_MESSAGE(host.status == 202, host.body);
+  std::string host_id = host.json()["host_id"];
+  checked += check_defaults(doc, schemas["AddHostRequest"],
+                            b.call("GET", "/v1/hosts/" + host_id).json(), "AddHostRequest");
+
+  const char* xml =
+      "<domain type='test'><name>tmpl</name><memory unit='MiB'>64</memory><os><type>hvm</type>"
+      "</os></domain>";
+  auto pool = b.call("POST", "/v1/pools",
+                     {{"name", "p"},
+                      {"kind", "floating"},
+                      {"template", {{"domain_xml", xml}}},
+                      {"host_ids", {host_id}},
+                      {"max_size", 1}});
+  REQUIRE_MESSAGE(pool.status == 201, pool.body);
+  checked += check_defaults(doc, schemas["PoolCreate"], pool.json(), "PoolCreate");
+
+  auto cluster = b.call("POST", "/v1/clusters", {{"name", "c"}});
+  REQUIRE_MESSAGE(cluster.status == 201, cluster.body);
+  checked +=
+      check_defaults(doc, schemas["CreateClusterRequest"], cluster.json(), "CreateClusterRequest");
+  auto server =
+      b.call("POST", "/v1/servers", {{"name", "s"}, {"address", "10.0.0.1"}, {"os_type", "linux"}});
+  REQUIRE_MESSAGE(server.status == 201, server.body);
+  checked +=
+      check_defaults(doc, schemas["CreateServerRequest"], server.json(), "CreateServerRequest");
+  auto application =
+      b.call("POST", "/v1/servers/" + server.json()["id"].get<std::string>() + "/applications",
+             {{"name", "a"}, {"executable_path", "/bin/a"}});
+  REQUIRE_MESSAGE(application.status == 201, application.body);
+  checked += check_defaults(doc, schemas["AddApplicationRequest"], application.json(),
+                            "AddApplicationRequest");
+  auto user = b.call("POST", "/v1/users", {{"name", "u"}});
+  REQUIRE_MESSAGE(user.status == 201, user.body);
+  checked += check_defaults(doc, schemas["CreateUserRequest"], user.json(), "CreateUserRequest");
+  // grace 300, idle 3600, reconnect, power policy, min_ready, min_standby, storage pool,
+  // placement policy and weights, max_sessions, ...
+  CHECK(checked >= 20);
+  MESSAGE("defaults checked: " << checked);
+}
