@@ -76,13 +76,13 @@ void HostMetrics::refresh(const projections::Views& views) {
   struct Snap {
     std::map<std::string, int> by_state;
     std::map<std::pair<std::string, std::string>, int> vm_counts;
-    std::map<std::string, int> free;
+    std::map<std::pair<std::string, std::string>, int> free;  // (host id, name) -> ports
   };
   Snap snap = views.read([](const State& s) {
     Snap out;
     for (const auto& [id, h] : s.hosts.hosts) {
       out.by_state[h.state]++;
-      if (h.state != "removed") out.free[h.id] = s.hosts.ports_free(h.id);
+      if (h.state != "removed") out.free[{h.id, h.name}] = s.hosts.ports_free(h.id);
     }
     for (const auto& [id, v] : s.hosts.vms) {
       out.vm_counts[{v.desired, domain::shown_observed(s.hosts, v)}]++;
@@ -109,7 +109,11 @@ void HostMetrics::refresh(const projections::Views& views) {
   }
   for (const auto& [host, n] : snap.free) {
     auto it = port_gauges_.find(host);
-    if (it == port_gauges_.end()) it = port_gauges_.emplace(host, &ports_free->Add({{"host", host}})).first;
+    if (it == port_gauges_.end()) {
+      it = port_gauges_
+               .emplace(host, &ports_free->Add({{"host", host.first}, {"host_name", host.second}}))
+               .first;
+    }
     it->second->Set(n);
   }
 }

@@ -80,7 +80,7 @@ struct HostMetrics {
   prometheus::Histogram* reconcile_duration = nullptr;             // one worker pass
   prometheus::Family<prometheus::Histogram>* libvirt_duration = nullptr;  // {call}
   prometheus::Family<prometheus::Counter>* libvirt_errors = nullptr;      // {call}
-  prometheus::Family<prometheus::Gauge>* ports_free = nullptr;     // {host}
+  prometheus::Family<prometheus::Gauge>* ports_free = nullptr;     // {host, host_name}
 
   // For LibvirtOptions::observer.
   LibvirtCallObserver observer();
@@ -92,7 +92,7 @@ struct HostMetrics {
   std::map<std::string, prometheus::Histogram*> call_hist_;
   std::map<std::string, prometheus::Counter*> call_err_;
   std::map<std::pair<std::string, std::string>, prometheus::Gauge*> vm_gauges_;
-  std::map<std::string, prometheus::Gauge*> port_gauges_;
+  std::map<std::pair<std::string, std::string>, prometheus::Gauge*> port_gauges_;  // id, name
 };
 
 class HostManager {

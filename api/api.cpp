@@ -233,6 +233,22 @@ HttpResponse Api::run(const HttpRequest& req, pipeline::Command cmd) {
   return r;
 }
 
+HttpResponse Api::count_launch(const char* kind, std::chrono::steady_clock::time_point started,
+                               HttpResponse r) {
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const char* outcome = r.status == 201   ? "created"
+                        : r.status == 200 ? "reconnected"
+                        : r.status < 500  ? "refused"
+                                          : "failed";
+  std::string reason = "none";
+  if (r.status >= 400) {
+    Json j = Json::parse(r.body, nullptr, false);
+    reason = j.is_object() ? j.value("reason", "unknown") : "unknown";
+  }
+  metrics_.record_launch(kind, outcome, reason, secs);
+  return r;
+}
+
 HttpResponse Api::with_state(const HttpRequest& req,
                              const std::function<HttpResponse(const domain::State&)>& f) {
   auto it = req.query.find("as_of");

@@ -88,6 +88,11 @@ class Api {
   // Idempotency-Key, and maps the outcome to a response (JSON body, ETag from `etag_of`).
   HttpResponse run(const HttpRequest& req, pipeline::Command cmd);
 
+  // Counts a launch answer in /metrics (atrium_launches_total, atrium_launch_duration_seconds)
+  // and returns it: kind "desktop" or "application", `started` when the launch began.
+  HttpResponse count_launch(const char* kind, std::chrono::steady_clock::time_point started,
+                            HttpResponse r);
+
   // Runs f on the current view, or on the view as of ?as_of=<position>.
   HttpResponse with_state(const HttpRequest& req,
                           const std::function<HttpResponse(const domain::State&)>& f);

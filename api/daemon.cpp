@@ -39,6 +39,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   register_host_routes(*d->api_);
   d->host_metrics_ = std::make_unique<adapters::HostMetrics>(*d->metrics_->registry);
   d->metrics_->add_collector([hm = d->host_metrics_.get(), v = &d->views_] { hm->refresh(*v); });
+  d->broker_metrics_ = std::make_unique<BrokerMetrics>(*d->metrics_->registry);
+  d->metrics_->add_collector([bm = d->broker_metrics_.get(), v = &d->views_] { bm->refresh(*v); });
   if (cfg.host_manager) {
     auto hv = cfg.hypervisor;
     if (!hv) {

@@ -9,6 +9,7 @@
 #include "adapters/host_reconciler.h"
 #include "adapters/pool_worker.h"
 #include "api/api.h"
+#include "api/broker_metrics.h"
 #include "api/server.h"
 
 namespace atrium::api {
@@ -62,6 +63,7 @@ class Daemon {
   std::unique_ptr<pipeline::Pipeline> pipeline_;
   std::unique_ptr<Api> api_;
   std::unique_ptr<adapters::HostMetrics> host_metrics_;
+  std::unique_ptr<BrokerMetrics> broker_metrics_;
   std::unique_ptr<adapters::HostManager> hosts_;
   std::unique_ptr<adapters::PoolWorker> pools_;
   std::unique_ptr<HttpServer> server_;

@@ -708,11 +708,12 @@ void register_user_side(Api& api) {
   });
 
   r.add("POST", "/v1/launches", Access::Roles({"user"}), [&api](HttpRequest& req) {
+    auto t0 = std::chrono::steady_clock::now();
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"application_id"});
     auto app = br.str("application_id", true, 128, 1);
-    if (auto st = br.finish(); !st) return problem(st.error());
+    if (auto st = br.finish(); !st) return api.count_launch("application", t0, problem(st.error()));
     domain::LaunchApplication cmd{new_id(), req.principal->user_id, *app,
                                   api.config().placement};
     auto c = command("LaunchApplication", cmd, 201, [id = cmd.session_id](const State& s) {
@@ -734,7 +735,7 @@ void register_user_side(Api& api) {
                   {"decision", decision_summary(a->decision)},
                   {"version", a->version}};
     });
-    return run_created(api, req, std::move(c), "/v1/sessions/");
+    return api.count_launch("application", t0, run_created(api, req, std::move(c), "/v1/sessions/"));
   });
 
   r.add("GET", "/v1/sessions", Access::Roles({"user"}), [&api](HttpRequest& req) {

@@ -385,10 +385,11 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
   r.wrap("POST", "/v1/launches", Access::Roles({"user"}), [&api, worker](Handler prev) -> Handler {
     return [&api, worker, prev](HttpRequest& req) {
+      auto t0 = std::chrono::steady_clock::now();
       auto body = parse_object(req.body);
       if (!body.ok()) return problem(body.error());
       if (!body->contains("pool_id") && prev) return prev(req);
-      return launch_desktop(api, worker, req, *body);
+      return api.count_launch("desktop", t0, launch_desktop(api, worker, req, *body));
     };
   });
 

@@ -224,7 +224,8 @@ TEST_CASE("metrics: host and VM families on /metrics") {
   auto m = b.call("GET", "/metrics", nullptr, "");
   CHECK(m.body.find("atrium_hosts{state=\"up\"} 1") != std::string::npos);
   CHECK(m.body.find("atrium_vms{desired=\"none\",observed=\"running\"} 1") != std::string::npos);
-  CHECK(m.body.find("atrium_display_ports_free{host=\"" + h + "\"} 200") != std::string::npos);
+  CHECK(m.body.find("atrium_display_ports_free{host=\"" + h + "\",host_name=\"default\"} 200") !=
+        std::string::npos);
   CHECK(m.body.find("atrium_libvirt_call_duration_seconds_bucket{call=\"virConnectOpen\"") !=
         std::string::npos);
   CHECK(m.body.find("# TYPE atrium_libvirt_call_errors_total counter") != std::string::npos);
