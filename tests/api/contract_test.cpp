@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "api/daemon.h"
 #include "api/query_params.h"
@@ -302,4 +303,75 @@ TEST_CASE("9.8: the schemas' defaults are what the server applies to fields left
   // placement policy and weights, max_sessions, ...
   CHECK(checked >= 20);
   MESSAGE("defaults checked: " << checked);
+}
+
+TEST_CASE("9.8: both launch answers carry what their schemas require") {
+  json doc = parse_yaml(atrium::api::openapi_text());
+  const json& schemas = doc["components"]["schemas"];
+  auto require_all = [&](const char* schema, const json& answer) {
+    for (const auto& name : schemas[schema]["required"]) {
+      CHECK_MESSAGE(answer.contains(name.get<std::string>()),
+                    schema << " requires " << name << ", the answer is " << answer.dump());
+    }
+    std::string tag = schemas[schema]["properties"]["protocol"].contains("const")
+                          ? schemas[schema]["properties"]["protocol"]["const"].get<std::string>()
+                          : schemas[schema]["properties"]["protocol"]["enum"][0].get<std::string>();
+    CHECK(answer["protocol"] == tag);  // the 201's discriminator
+  };
+  TestBroker b([](atrium::api::DaemonConfig& c) {
+    c.hosts.poll_interval = std::chrono::milliseconds(20);
+    c.pools.interval = std::chrono::milliseconds(50);
+  });
+  auto [uid, tok] = b.user("lena");
+  // A desktop on a test:/// host, provisioned on demand.
+  auto added = b.call("POST", "/v1/hosts", {{"name", "h"}, {"uri", "test:///default"}});
+  REQUIRE(added.status == 202);
+  std::string host = added.json()["host_id"];
+  atrium::testing::poll(b, "/v1/hosts/" + host, [](const json& j) { return j["state"] == "up"; });
+  const char* xml =
+      "<domain type='test'><name>tmpl</name><memory unit='MiB'>64</memory><os><type>hvm</type>"
+      "</os></domain>";
+  auto pool = b.call("POST", "/v1/pools",
+                     {{"name", "p"},
+                      {"kind", "floating"},
+                      {"template", {{"domain_xml", xml}}},
+                      {"host_ids", {host}},
+                      {"max_size", 1}});
+  REQUIRE_MESSAGE(pool.status == 201, pool.body);
+  std::string p = pool.json()["id"];
+  REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", uid}}).status == 201);
+  auto d = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+  REQUIRE_MESSAGE(d.status == 201, d.body);
+  require_all("DesktopLaunch", d.json());
+  auto again = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+  REQUIRE(again.status == 200);
+  require_all("DesktopLaunch", again.json());
+  // An application on a server.
+  auto srv =
+      b.call("POST", "/v1/servers", {{"name", "s"}, {"address", "10.0.0.2"}, {"os_type", "linux"}});
+  std::string s = srv.json()["id"];
+  std::string app = b.call("POST", "/v1/servers/" + s + "/applications",
+                           {{"name", "a"}, {"executable_path", "/bin/a"}})
+                        .json()["id"];
+  REQUIRE(b.call("POST", "/v1/publications",
+                 {{"application_id", app}, {"scope", "server"}, {"target_id", s}})
+              .status == 201);
+  REQUIRE(b.call("POST", "/v1/authorizations",
+                 {{"user_id", uid}, {"application_id", app}, {"scope", "server"}, {"target_id", s}})
+              .status == 201);
+  REQUIRE(b.call("POST", "/v1/servers/" + s + "/report",
+                 {{"cpu_load", 0.1}, {"memory_load", 0.1}, {"sessions", 0}})
+              .status == 200);
+  auto a = b.call("POST", "/v1/launches", {{"application_id", app}}, tok);
+  REQUIRE_MESSAGE(a.status == 201, a.body);
+  require_all("Launch", a.json());
+  // And the sessions they made, as GET shows them.
+  for (const auto& [schema, id] :
+       {std::pair{"DesktopSession", d.json()["session_id"].get<std::string>()},
+        std::pair{"AppSession", a.json()["session_id"].get<std::string>()}}) {
+    json got = b.call("GET", "/v1/sessions/" + id, nullptr, tok).json();
+    for (const auto& name : schemas[schema]["required"]) {
+      CHECK_MESSAGE(got.contains(name.get<std::string>()), schema << " requires " << name);
+    }
+  }
 }
