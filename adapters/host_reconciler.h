@@ -80,7 +80,7 @@ struct HostMetrics {
   prometheus::Histogram* reconcile_duration = nullptr;             // one worker pass
   prometheus::Family<prometheus::Histogram>* libvirt_duration = nullptr;  // {call}
   prometheus::Family<prometheus::Counter>* libvirt_errors = nullptr;      // {call}
-  prometheus::Family<prometheus::Gauge>* ports_free = nullptr;     // {host, host_name}
+  prometheus::Family<prometheus::Gauge>* ports_free = nullptr;            // {host, host_name}
 
   // For LibvirtOptions::observer.
   LibvirtCallObserver observer();

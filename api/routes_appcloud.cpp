@@ -735,7 +735,8 @@ void register_user_side(Api& api) {
                   {"decision", decision_summary(a->decision)},
                   {"version", a->version}};
     });
-    return api.count_launch("application", t0, run_created(api, req, std::move(c), "/v1/sessions/"));
+    return api.count_launch("application", t0,
+                            run_created(api, req, std::move(c), "/v1/sessions/"));
   });
 
   r.add("GET", "/v1/sessions", Access::Roles({"user"}), [&api](HttpRequest& req) {

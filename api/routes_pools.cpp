@@ -405,9 +405,11 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
         return problem(invalid("kind must be desktop or application", "invalid_query"));
       }
       if (auto st = req.query.find("state"); st != req.query.end()) {
-        static const std::set<std::string> kStates{"created", "connected", "disconnected", "ended", "active"};
+        static const std::set<std::string> kStates{"created", "connected", "disconnected", "ended",
+                                                   "active"};
         if (kStates.count(st->second) == 0) {
-          return problem(invalid("state must be created, connected, disconnected, active or ended", "invalid_query"));
+          return problem(invalid("state must be created, connected, disconnected, active or ended",
+                                 "invalid_query"));
         }
       }
       if (kind == "application" && prev) return prev(req);
@@ -434,7 +436,8 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
         }
         if (kind != "desktop") {
           for (const auto& [id, a] : s.appcloud.sessions) {
-            if (visible(id, a.user_id) && (state.empty() || a.state == state)) all.push_back({&id, nullptr, &a});
+            if (visible(id, a.user_id) && (state.empty() || a.state == state))
+              all.push_back({&id, nullptr, &a});
           }
         }
         size_t n = std::min(all.size(), pg->limit);

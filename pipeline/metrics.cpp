@@ -79,10 +79,11 @@ Metrics::Metrics() : registry(std::make_shared<prometheus::Registry>()), serial(
                        .Name("atrium_http_request_duration_seconds")
                        .Help("HTTP request duration by route template and method")
                        .Register(r);
-  launches = &BuildCounter()
-                  .Name("atrium_launches_total")
-                  .Help("Launches by kind, outcome (created, reconnected, refused, failed) and reason")
-                  .Register(r);
+  launches =
+      &BuildCounter()
+           .Name("atrium_launches_total")
+           .Help("Launches by kind, outcome (created, reconnected, refused, failed) and reason")
+           .Register(r);
   launch_duration = &BuildHistogram()
                          .Name("atrium_launch_duration_seconds")
                          .Help("Time to answer a launch (with any VM start), by kind and outcome")

@@ -40,8 +40,8 @@ struct Metrics {
   // reconnected, refused, failed) and reason (the refusal's, "none" for a session).
   prometheus::Family<prometheus::Counter>* launches = nullptr;           // {kind, outcome, reason}
   prometheus::Family<prometheus::Histogram>* launch_duration = nullptr;  // {kind, outcome}
-  void record_launch(const std::string& kind, const std::string& outcome,
-                     const std::string& reason, double seconds);
+  void record_launch(const std::string& kind, const std::string& outcome, const std::string& reason,
+                     double seconds);
 
   // Process.
   prometheus::Gauge* resident_memory = nullptr;

@@ -693,7 +693,8 @@ TEST_CASE("9.8: DELETE /v1/sessions/{id} logs off an application session; GET an
   CHECK(bad.status == 400);
   CHECK(bad.json()["reason"] == "invalid_query");
   // as_of shows the session as it was before the logoff.
-  auto past = b.call("GET", "/v1/sessions/" + id + "?as_of=" + std::to_string(before - 1), nullptr, at);
+  auto past =
+      b.call("GET", "/v1/sessions/" + id + "?as_of=" + std::to_string(before - 1), nullptr, at);
   CHECK(past.json()["state"] == "active");
   CHECK(replayed_json(b) == state_json(b));
 }

@@ -496,9 +496,9 @@ TEST_CASE("9.8: an application session ends by its owner or an admin, once, for 
 
 TEST_CASE("9.8: an ended launch no longer counts on its server's sessions") {
   World w;
-  w.given(cluster_world(policy(IntraClusterPolicy::least_sessions)) +
-          std::vector<Cmd>{load("m1", 0.1, 0.1, 1), load("m2", 0.1, 0.1, 2),
-                           load("m3", 0.1, 0.1, 4)});
+  w.given(
+      cluster_world(policy(IntraClusterPolicy::least_sessions)) +
+      std::vector<Cmd>{load("m1", 0.1, 0.1, 1), load("m2", 0.1, 0.1, 2), load("m3", 0.1, 0.1, 4)});
   w.given({LaunchApplication{"x1", "u1", app("word"), config()},
            LaunchApplication{"x2", "u1", app("word"), config()}});
   REQUIRE(w.s.appcloud.session("x1")->server_id == "m1");
