@@ -3,9 +3,12 @@
 // launches (routes_appcloud.cpp): a body with pool_id, or a desktop session id, is handled
 // here; anything else goes to the application-cloud handler.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "adapters/pool_worker.h"
@@ -326,12 +329,30 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
   };
   // Each launch hands out a fresh ticket: never answered from an idempotency record.
   req.headers.erase("idempotency-key");
+  auto reason_of = [](const HttpResponse& resp) {
+    Json j = resp.status == 409 ? Json::parse(resp.body, nullptr, false) : Json();
+    return j.is_object() ? j.value("reason", "") : std::string();
+  };
+  auto deadline = std::chrono::steady_clock::now() + worker->launch_wait();
   HttpResponse r = launch();
-  Json refusal = r.status == 409 ? Json::parse(r.body, nullptr, false) : Json();
-  if (refusal.is_object() && refusal.value("reason", "") == "no_vm_ready") {
+  // A desktop still being cleaned up after its last session (display reset, shutdown) is
+  // free in a moment: wait for it within the launch wait rather than refuse the user.
+  while (reason_of(r) == "desktop_releasing" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    r = launch();
+  }
+  if (reason_of(r) == "no_vm_ready") {
     // Capacity left but nothing free: grow the pool by one for this user (on demand, within
-    // max_size), then try once more.
-    if (Status st = worker->provision_for_launch(*pool); !st.ok()) return problem(st.error());
+    // max_size), then try once more. The template was validated at pool creation, so a failure
+    // here is the broker's or the host's, never the user's request: 503.
+    if (Status st = worker->provision_for_launch(*pool); !st.ok()) {
+      // The pool's own rules (pool_full, no_host_up, ...) stay what they are.
+      if (st.error().code == Code::failed_precondition) return problem(st.error());
+      std::fprintf(stderr, "launch %s: provisioning for pool %s failed: %s\n", c.session_id.c_str(),
+                   pool->c_str(), st.error().message.c_str());
+      return problem(Error::make(Code::unavailable, "no desktop could be provisioned for this launch; retry later",
+                                 "provisioning_failed"));
+    }
     r = launch();
   }
   if (r.status != 201) return r;
@@ -339,7 +360,13 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
   std::string sid = j.is_object() ? j.value("session_id", "") : "";
   if (sid.empty()) return problem(Error::make(Code::conflict, "the session ended meanwhile", "session_ended"));
   auto grant = worker->prepare_display(sid);
-  if (!grant.ok()) return problem(grant.error());
+  if (!grant.ok()) {
+    std::fprintf(stderr, "launch %s: the desktop of session %s could not be started: %s\n",
+                 c.session_id.c_str(), sid.c_str(), grant.error().message.c_str());
+    if (sid == c.session_id) worker->end_failed_launch(sid, "launch_failed");
+    std::string reason = grant.error().reason == "vm_start_timeout" ? "vm_start_timeout" : "provisioning_failed";
+    return problem(Error::make(Code::unavailable, "the desktop could not be started; retry later", reason));
+  }
   struct Info {
     std::string pool_name, vm_id, state;
     uint64_t version = 0;

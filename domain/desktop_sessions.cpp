@@ -47,7 +47,10 @@ std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t c
     }
     if (!vm_state.empty()) {
       out.push_back({"deactivate_session", d->id, "vm_" + vm_state});
-    } else if (client_timeout_ms > 0 && now_ms - d->last_seen_ms > client_timeout_ms) {
+    } else if (!d->display_signal && client_timeout_ms > 0 &&
+               now_ms - d->last_seen_ms > client_timeout_ms) {
+      // Only sessions whose display reports nothing: with graphics events the display itself
+      // says whether the client is there.
       out.push_back({"deactivate_session", d->id, "client_timeout"});
     }
   }
@@ -110,6 +113,10 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
       if (!host_up(s, m->host_id)) {
         return refused("no_host_up", "the host of the user's desktop " + m->name + " is not up");
       }
+      if (!m->display_reset.empty() || shutdown_pending(s, *m)) {
+        return refused("desktop_releasing", "the user's desktop " + m->name +
+                                                " is still being cleaned up after the last session");
+      }
       if (needs_port(s, *m) && s.hosts.ports_free(m->host_id) <= 0) {
         return refused("display_ports_exhausted",
                        "the host of the user's desktop " + m->name + " has no free display port");
@@ -120,12 +127,21 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
   if (chosen == nullptr) {
     std::vector<const PoolMember*> free_on, free_off;
     bool free_but_host_down = false, free_but_no_port = false;
+    bool resetting = false, shutting_down = false;
     int active = 0;
     for (const PoolMember* m : s.pools.members_of(p->id)) {
       if (m->state != "removing") ++active;
       bool candidate = m->state == "ready" && m->assigned_user.empty() && m->session_id.empty() &&
                        s.hosts.vm(m->vm_id) != nullptr;
       if (!candidate) continue;
+      if (!m->display_reset.empty()) {  // the last user's clients are still being dropped
+        resetting = true;
+        continue;
+      }
+      if (shutdown_pending(s, *m)) {  // never hand out a VM that is shutting down
+        shutting_down = true;
+        continue;
+      }
       if (!host_up(s, m->host_id)) {
         free_but_host_down = true;
         continue;
@@ -149,6 +165,9 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
                      "free desktops of pool " + p->name + " are on hosts without a free display port");
     } else if (free_but_host_down) {
       return refused("no_host_up", "free desktops of pool " + p->name + " are on hosts that are not up");
+    } else if (resetting || (shutting_down && active >= p->max_size)) {
+      return refused("desktop_releasing",
+                     "pool " + p->name + " has desktops being cleaned up after their last session");
     } else if (active >= p->max_size) {
       return refused("pool_full", "every desktop of pool " + p->name + " is in use (max_size " +
                                       std::to_string(p->max_size) + ")");
@@ -191,17 +210,69 @@ Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx
     return field_error("state", "must be connected or disconnected", "invalid_state");
   }
   if (!d->live()) return refused("session_ended", "session " + c.session_id + " has ended");
+  bool flip = (c.state == "connected" && d->state != "connected") ||
+              (c.state == "disconnected" && d->state != "disconnected");
+  if (flip) {
+    int recent = ctx.now_ms - d->flip_window_start_ms < 60000 ? d->flips_in_window : 0;
+    if (recent >= kMaxSessionFlipsPerMinute) {
+      return Error::make(Code::too_many_requests,
+                         "session " + d->id + " changed state " + std::to_string(recent) +
+                             " times in the last minute; the limit is " +
+                             std::to_string(kMaxSessionFlipsPerMinute),
+                         "too_many_state_changes");
+    }
+  }
   if (c.state == "connected" && d->state != "connected") {
-    return Events{session_event(d->id, "DesktopSessionConnected", Json::object())};
+    return Events{session_event(d->id, "DesktopSessionConnected", Json{{"source", "client"}})};
   }
   if (c.state == "disconnected" && d->state != "disconnected") {
-    return Events{session_event(d->id, "DesktopSessionDisconnected", Json{{"reason", "client"}})};
+    return Events{session_event(d->id, "DesktopSessionDisconnected",
+                                Json{{"reason", "client"}, {"source", "client"}})};
   }
   // A heartbeat is recorded at most every 5 s, enough for the monitor's timeouts.
   if (ctx.now_ms - d->last_seen_ms >= 5000) {
     return Events{session_event(d->id, "DesktopSessionHeartbeat", Json::object())};
   }
   return Events{};
+}
+
+Result<Events> decide(const State& s, const RecordDisplayClients& c, const Context&) {
+  const Vm* v = s.hosts.vm(c.vm_id);
+  if (v == nullptr) return Events{};
+  const Host* h = s.hosts.host(v->host_id);
+  if (h == nullptr || h->epoch != c.epoch) return Events{};  // a late report of another epoch
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr || m->session_id.empty()) return Events{};
+  const DesktopSession* d = s.pools.session(m->session_id);
+  if (d == nullptr || !d->live()) return Events{};
+  if (c.connected) {
+    if (d->state == "connected" && d->display_signal && d->client_address == c.client_address) {
+      return Events{};  // a repeat
+    }
+    Json data{{"source", "display"}};
+    if (!c.client_address.empty()) data["client_address"] = c.client_address;
+    return Events{session_event(d->id, "DesktopSessionConnected", data)};
+  }
+  if (d->state != "connected") return Events{};
+  return Events{session_event(d->id, "DesktopSessionDisconnected",
+                              Json{{"reason", "display_closed"}, {"source", "display"}})};
+}
+
+Result<Events> decide(const State& s, const RetireSessionTicket& c, const Context&) {
+  const DesktopSession* d = s.pools.session(c.session_id);
+  if (d == nullptr) return not_found("session " + c.session_id + " not found");
+  if (!d->live() || d->ticket_retired || d->ticket_expires_at_ms == 0) return Events{};
+  Json data{{"applied", c.applied}};
+  if (!c.note.empty()) data["note"] = c.note;
+  return Events{session_event(d->id, "DesktopSessionTicketRetired", data)};
+}
+
+Result<Events> decide(const State& s, const RecordDisplayReset& c, const Context&) {
+  const PoolMember* m = s.pools.member(c.vm_id);
+  if (m == nullptr || m->display_reset.empty()) return Events{};
+  Json data{{"vm_id", m->vm_id}, {"ok", c.ok}, {"reason", m->display_reset}};
+  if (!c.note.empty()) data["note"] = c.note;
+  return Events{pool_event(m->pool_id, "PoolVmDisplayReset", data)};
 }
 
 Result<Events> decide(const State& s, const DeactivateSession& c, const Context&) {

@@ -507,6 +507,45 @@ Result<Events> decide(const State& s, const AdoptVm& c, const Context&) {
   return Events{vm_event(v->id, "VmAdopted", Json{{"pool_id", c.pool_id}})};
 }
 
+Result<Events> decide(const State& s, const ForgetVm& c, const Context&) {
+  const Vm* v = s.hosts.vm(c.vm_id);
+  if (v == nullptr) return not_found("vm " + c.vm_id + " not found");
+  if (auto st = check_expected(s, vm_stream(c.vm_id), c.expected_version); !st) return st.error();
+  if (const PoolMember* m = s.pools.member(c.vm_id); m != nullptr && !m->session_id.empty()) {
+    return refused("vm_in_use", "vm " + v->name + " has a live desktop session");
+  }
+  if (v->managed() && v->observed != "missing") {
+    return refused("vm_managed", "vm " + v->name + " belongs to pool " + v->pool_id +
+                                     ": remove it through the pool (shrink or delete the pool)");
+  }
+  return Events{vm_event(v->id, "VmForgotten",
+                         Json{{"observed", v->observed}, {"pool_id", v->pool_id}, {"name", v->name}})};
+}
+
+void forget_vm(HostsState& hs, const std::string& vm_id) {
+  auto it = hs.vms.find(vm_id);
+  if (it == hs.vms.end()) return;
+  if (auto h = hs.vm_by_uuid.find(it->second.host_id); h != hs.vm_by_uuid.end()) {
+    h->second.erase(it->second.uuid);
+  }
+  hs.vms.erase(it);
+}
+
+void release_pool_vms(HostsState& hs, const std::string& pool_id) {
+  std::vector<std::string> gone;
+  for (auto& [id, v] : hs.vms) {
+    if (v.pool_id != pool_id) continue;
+    if (v.observed == "missing") {
+      gone.push_back(id);
+    } else {
+      v.pool_id.clear();
+      v.desired = "none";
+      v.drift = false;
+    }
+  }
+  for (const auto& id : gone) forget_vm(hs, id);
+}
+
 Result<Events> decide(const State& s, const AllocateDisplayPort& c, const Context&) {
   const Vm* v = s.hosts.vm(c.vm_id);
   if (v == nullptr) return not_found("vm " + c.vm_id + " not found");
@@ -806,6 +845,7 @@ void register_hosts(EvolveTable& t) {
   t["VmDriftResolved"] = on_drift_resolved;
   t["VmPowerRequested"] = on_power_requested;
   t["VmAdopted"] = on_vm_adopted;
+  t["VmForgotten"] = [](State& st, const Event& e, const Applied&) { forget_vm(st.hosts, e.stream.substr(3)); };
   t["DisplayPortAllocated"] = on_port_allocated;
   t["DisplayPortReleased"] = on_port_released;
   t["OperationStarted"] = on_op_started;

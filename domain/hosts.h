@@ -231,6 +231,15 @@ struct AllocateDisplayPort {
   std::string vm_id;
 };
 
+// An admin forgets a VM the broker should no longer list: one observed missing (its domain is
+// gone), or an unmanaged one (a later relist imports it again if its domain still exists).
+// A pool's VM that still exists is refused (vm_managed: the pool removes its own VMs), and so
+// is one with a live desktop session (vm_in_use).
+struct ForgetVm {
+  std::string vm_id;
+  std::optional<uint64_t> expected_version;
+};
+
 // An operation that cannot be resumed (e.g. after a restart) ends as failed.
 struct FailOperation {
   std::string operation_id;
@@ -254,6 +263,13 @@ Result<Events> decide(const State& s, const CancelOperation& c, const Context& c
 Result<Events> decide(const State& s, const AdoptVm& c, const Context& ctx);
 Result<Events> decide(const State& s, const AllocateDisplayPort& c, const Context& ctx);
 Result<Events> decide(const State& s, const FailOperation& c, const Context& ctx);
+Result<Events> decide(const State& s, const ForgetVm& c, const Context& ctx);
+
+// Fold helpers other modules' events use (pools: a removed member, a deleted pool).
+// Forgets the VM: gone from the views (its operations stay as history).
+void forget_vm(HostsState& hs, const std::string& vm_id);
+// VMs still naming `pool_id`: forgotten when observed missing, else unmanaged (desired none).
+void release_pool_vms(HostsState& hs, const std::string& pool_id);
 
 std::string host_stream(const std::string& id);
 std::string vm_stream(const std::string& id);

@@ -74,6 +74,18 @@ bool powered_on(const State& s, const PoolMember& m) {
   return v->desired == "none" && running_like(v->observed);
 }
 
+bool shutdown_pending(const State& s, const PoolMember& m) {
+  const Vm* v = s.hosts.vm(m.vm_id);
+  if (v == nullptr) return false;
+  if (v->desired == "shut_off" && (running_like(v->observed) || v->observed == "paused" ||
+                                   v->observed == "shutting_down")) {
+    return true;
+  }
+  const Operation* op = s.hosts.operation(v->operation);
+  return op != nullptr && op->active() &&
+         (op->action == "shutdown" || op->action == "destroy" || op->action == "reboot");
+}
+
 bool needs_port(const State& s, const PoolMember& m) {
   const Vm* v = s.hosts.vm(m.vm_id);
   if (v == nullptr) return true;
@@ -158,7 +170,20 @@ using namespace pools_detail;
 
 bool member_free(const State& s, const PoolMember& m) {
   return m.state == "ready" && m.assigned_user.empty() && m.session_id.empty() &&
-         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id);
+         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id) && m.display_reset.empty() &&
+         !shutdown_pending(s, m);
+}
+
+bool member_releasing(const State& s, const PoolMember& m) {
+  return m.state == "ready" && m.assigned_user.empty() && m.session_id.empty() &&
+         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id) &&
+         (!m.display_reset.empty() || shutdown_pending(s, m));
+}
+
+bool display_wave_complete(const DisplayWave& w, int64_t now_ms) {
+  if (w.initialized < 1 || w.connecting > 0) return false;
+  if (now_ms - w.last_event_ms < kDisplaySettleMs) return false;
+  return w.initialized >= 2 || now_ms - w.wave_started_ms >= kDisplaySingleChannelMs;
 }
 
 Result<std::string> choose_host(const State& s, const Pool& pool) {
@@ -215,7 +240,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     return plan;
   }
   std::vector<const PoolMember*> running, standby;
-  int provisioning = 0, active = 0, refreshing = 0;
+  int provisioning = 0, active = 0, refreshing = 0, releasing = 0;
   for (const PoolMember* m : members) {
     if (m->state == "failed") {
       plan.remove.push_back(m->vm_id);
@@ -225,6 +250,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     ++active;
     if (m->state == "provisioning") ++provisioning;
     if (m->state == "refreshing") ++refreshing;  // comes back as a free member
+    if (member_releasing(s, *m)) ++releasing;  // so does one whose last session is cleaned up
     if (!member_free(s, *m)) continue;
     (powered_on(s, *m) ? running : standby).push_back(m);
   }
@@ -257,7 +283,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
   int short_run = need_run - i - old_for_run;
   int standby_left = static_cast<int>(standby.size()) - i + static_cast<int>(standby_old.size()) - old_for_run;
   int need_standby = std::max(0, pool.min_standby - standby_left);
-  int want = short_run + need_standby - provisioning - refreshing;
+  int want = short_run + need_standby - provisioning - refreshing - releasing;
   int capacity = pool.max_size - active;
   plan.provision = std::max(0, std::min(want, capacity));
   // Rolling template update: a few free members at a time, powered-off ones first.
@@ -315,6 +341,8 @@ Json member_to_json(const State& s, const PoolMember& m) {
   j["assigned_user_id"] = m.assigned_user.empty() ? Json(nullptr) : Json(m.assigned_user);
   j["session_id"] = m.session_id.empty() ? Json(nullptr) : Json(m.session_id);
   j["error"] = m.error.empty() ? Json(nullptr) : Json(m.error);
+  j["releasing"] = member_releasing(s, m);
+  j["display_reset_pending"] = m.display_reset.empty() ? Json(nullptr) : Json(m.display_reset);
   if (const Vm* v = s.hosts.vm(m.vm_id)) {
     j["desired_state"] = v->desired;
     j["observed_state"] = shown_observed(s.hosts, *v);
@@ -332,12 +360,15 @@ Json desktop_session_to_json(const DesktopSession& d) {
          {"state", d.state},
          {"ticket_expires_at_ms", d.ticket_expires_at_ms},
          {"ticket_applied", d.ticket_applied},
+         {"ticket_retired", d.ticket_retired},
+         {"display_signal", d.display_signal},
          {"last_seen_ms", d.last_seen_ms},
          {"created_at_ms", d.created_at_ms},
          {"updated_at_ms", d.updated_at_ms},
          {"version", d.version}};
   j["end_reason"] = d.end_reason.empty() ? Json(nullptr) : Json(d.end_reason);
   j["ticket_note"] = d.ticket_note.empty() ? Json(nullptr) : Json(d.ticket_note);
+  j["client_address"] = d.client_address.empty() ? Json(nullptr) : Json(d.client_address);
   return j;
 }
 
@@ -802,6 +833,10 @@ void on_refreshed(State& s, const Event& e, const Applied& at) {
     m->memory_kib = e.data.value("memory_kib", m->memory_kib);
   }
 }
+void on_display_reset(State& s, const Event& e, const Applied& at) {
+  if (PoolMember* m = member_of(s, e)) m->display_reset.clear();
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
 void on_removed(State& s, const Event& e, const Applied& at) {
   s.pools.members.erase(e.data.at("vm_id").get<std::string>());
   if (Pool* p = pool_of(s, e)) touch(*p, at);
@@ -842,13 +877,40 @@ void on_ticket(State& s, const Event& e, const Applied& at) {
     d->ticket_expires_at_ms = e.data.value("expires_at_ms", int64_t{0});
     d->ticket_applied = e.data.value("applied", false);
     d->ticket_note = e.data.value("note", "");
+    d->ticket_issued_at_ms = at.recorded_at_ms;
+    d->ticket_retired = false;
+    // A new ticket was set with connected='disconnect': it resets the display itself.
+    if (auto it = s.pools.members.find(d->vm_id);
+        it != s.pools.members.end() && it->second.session_id == d->id) {
+      it->second.display_reset.clear();
+    }
     touch(*d, at);
   }
 }
+void on_ticket_retired(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->ticket_retired = true;
+    touch(*d, at);
+  }
+}
+// Client-reported flips count toward the per-minute limit (domain::kMaxSessionFlipsPerMinute).
+void count_flip(DesktopSession& d, const Event& e, const Applied& at) {
+  if (e.data.value("source", "client") != "client") return;
+  if (at.recorded_at_ms - d.flip_window_start_ms >= 60000) {
+    d.flip_window_start_ms = at.recorded_at_ms;
+    d.flips_in_window = 0;
+  }
+  ++d.flips_in_window;
+}
 void on_connected(State& s, const Event& e, const Applied& at) {
   if (DesktopSession* d = session_of(s, e)) {
+    if (d->state != "connected") count_flip(*d, e, at);
     d->state = "connected";
     d->last_seen_ms = at.recorded_at_ms;
+    if (e.data.value("source", "") == "display") {
+      d->display_signal = true;
+      d->client_address = e.data.value("client_address", "");
+    }
     touch(*d, at);
   }
 }
@@ -860,9 +922,20 @@ void on_heartbeat(State& s, const Event& e, const Applied& at) {
 }
 void on_disconnected(State& s, const Event& e, const Applied& at) {
   if (DesktopSession* d = session_of(s, e)) {
+    count_flip(*d, e, at);
     d->state = "disconnected";
     d->disconnected_at_ms = at.recorded_at_ms;
-    if (e.data.value("reason", "") == "client") d->last_seen_ms = at.recorded_at_ms;
+    std::string reason = e.data.value("reason", "");
+    if (reason == "client") d->last_seen_ms = at.recorded_at_ms;
+    if (reason == "display_closed") d->display_signal = true;
+    if (reason != "client" && reason != "display_closed") {
+      // Deactivated by the broker (client timeout, VM lost): whatever viewer may still be
+      // attached is dropped and the ticket killed; a reconnect gets a fresh one.
+      if (auto it = s.pools.members.find(d->vm_id);
+          it != s.pools.members.end() && it->second.session_id == d->id) {
+        it->second.display_reset = "deactivated: " + reason;
+      }
+    }
     touch(*d, at);
   }
 }
@@ -873,6 +946,8 @@ void end_session(State& s, DesktopSession& d, const std::string& reason, int64_t
   if (auto it = s.pools.members.find(d.vm_id); it != s.pools.members.end()) {
     if (it->second.session_id == d.id) it->second.session_id.clear();
     it->second.last_session_end_ms = at_ms;
+    // Every client of this session is dropped before the next user gets the VM.
+    it->second.display_reset = "session_ended: " + reason;
   }
   if (auto it = s.pools.live_by_user.find(d.user_id); it != s.pools.live_by_user.end()) {
     it->second.erase(d.id);
@@ -931,7 +1006,17 @@ void drop_vm(State& s, const std::string& vm_id, int64_t at_ms, bool forget) {
 }  // namespace
 
 void pools_after_evolve(State& s, const Event& e, const Applied& at) {
-  if (e.type == "UserDeleted") {
+  if (e.type == "PoolVmRemoved") {
+    // The broker undefined the domain: the hosts module forgets it, so no managed VM of a
+    // pool that no longer has it stays behind (and the host can be removed).
+    forget_vm(s.hosts, e.data.value("vm_id", ""));
+  } else if (e.type == "PoolDeleted") {
+    // Any VM still naming the deleted pool (logs written before PoolVmRemoved forgot VMs) is
+    // released: forgotten when missing, unmanaged otherwise.
+    release_pool_vms(s.hosts, e.stream.substr(5));
+  } else if (e.type == "VmForgotten") {
+    drop_vm(s, e.stream.substr(3), at.recorded_at_ms, true);
+  } else if (e.type == "UserDeleted") {
     drop_user(s, e.stream.substr(5), at.recorded_at_ms);
   } else if (e.type == "VmObserved" && e.data.value("observed", "") == "missing") {
     drop_vm(s, e.stream.substr(3), at.recorded_at_ms, false);
@@ -964,6 +1049,8 @@ void register_pools(EvolveTable& t) {
   t["DesktopUnassigned"] = on_unassigned;
   t["DesktopSessionCreated"] = on_session_created;
   t["DesktopSessionTicketIssued"] = on_ticket;
+  t["DesktopSessionTicketRetired"] = on_ticket_retired;
+  t["PoolVmDisplayReset"] = on_display_reset;
   t["DesktopSessionConnected"] = on_connected;
   t["DesktopSessionHeartbeat"] = on_heartbeat;
   t["DesktopSessionDisconnected"] = on_disconnected;

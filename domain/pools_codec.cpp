@@ -30,13 +30,16 @@ Json pools_to_json(const PoolsState& s) {
                        {"memory_kib", m.memory_kib}, {"state", m.state}, {"error", m.error},
                        {"assigned_user", m.assigned_user}, {"session_id", m.session_id},
                        {"last_session_end_ms", m.last_session_end_ms}, {"since_ms", m.since_ms},
-                       {"template_version", m.template_version}};
+                       {"template_version", m.template_version}, {"display_reset", m.display_reset}};
   }
   for (const auto& [id, d] : s.sessions) {
     Json j = desktop_session_to_json(d);
     j["disconnected_at_ms"] = d.disconnected_at_ms;
     j["end_reason"] = d.end_reason;
     j["ticket_note"] = d.ticket_note;
+    j["ticket_issued_at_ms"] = d.ticket_issued_at_ms;
+    j["flip_window_start_ms"] = d.flip_window_start_ms;
+    j["flips_in_window"] = d.flips_in_window;
     sessions[id] = j;
   }
   Json notices = Json::array();
@@ -88,6 +91,7 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     m.last_session_end_ms = mj.at("last_session_end_ms").get<int64_t>();
     m.since_ms = mj.at("since_ms").get<int64_t>();
     m.template_version = mj.value("template_version", 1);
+    m.display_reset = mj.value("display_reset", "");
     s.members[id] = std::move(m);
   }
   for (const auto& [id, dj] : j.at("sessions").items()) {
@@ -107,6 +111,14 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     d.created_at_ms = dj.at("created_at_ms").get<int64_t>();
     d.updated_at_ms = dj.at("updated_at_ms").get<int64_t>();
     d.version = dj.at("version").get<uint64_t>();
+    d.ticket_issued_at_ms = dj.value("ticket_issued_at_ms", int64_t{0});
+    d.ticket_retired = dj.value("ticket_retired", false);
+    d.display_signal = dj.value("display_signal", false);
+    if (auto it = dj.find("client_address"); it != dj.end() && it->is_string()) {
+      d.client_address = it->get<std::string>();
+    }
+    d.flip_window_start_ms = dj.value("flip_window_start_ms", int64_t{0});
+    d.flips_in_window = dj.value("flips_in_window", 0);
     if (d.live()) s.live_by_user[d.user_id].insert(d.id);
     s.sessions[id] = std::move(d);
   }

@@ -17,6 +17,8 @@ bool running_like(const std::string& observed);
 bool host_up(const State& s, const std::string& host_id);
 // The member's VM runs, or is on its way to running.
 bool powered_on(const State& s, const PoolMember& m);
+// A power change towards shut_off (shutdown, destroy) or a reboot is pending on its VM.
+bool shutdown_pending(const State& s, const PoolMember& m);
 // Starting the member needs a display port allocated first.
 bool needs_port(const State& s, const PoolMember& m);
 uint64_t host_memory_kib(const Host& h);

@@ -198,6 +198,26 @@ uint64_t domain_memory_kib(const std::string& xml) {
   return v;
 }
 
+std::string template_display_listen(const std::string& xml) {
+  auto dev = xml.find("<devices");
+  if (dev == std::string::npos) return {};
+  auto g = xml.find("<graphics", dev);
+  if (g == std::string::npos) return {};
+  auto gt = xml.find('>', g);
+  if (gt == std::string::npos) return {};
+  std::string head = xml.substr(g, gt - g);
+  std::string listen = attr_of(head, "listen");
+  if (!listen.empty() || head.back() == '/') return listen;
+  auto ge = xml.find("</graphics>", gt);
+  if (ge == std::string::npos) return {};
+  for (size_t l = xml.find("<listen", gt); l != std::string::npos && l < ge; l = xml.find("<listen", l + 1)) {
+    auto le = xml.find('>', l);
+    std::string tag = xml.substr(l, le - l);
+    if (attr_of(tag, "type") == "address") return attr_of(tag, "address");
+  }
+  return {};
+}
+
 Result<std::string> member_domain_xml(const std::string& template_xml, const MemberXmlParams& p) {
   std::string xml = template_xml;
   auto dom = xml.find("<domain");
@@ -254,19 +274,32 @@ Result<std::string> member_domain_xml(const std::string& template_xml, const Mem
                            xml_escape(p.overlay_path) + "'/>");
     dev_end = xml.find("</devices>", dev);
   }
-  // One SPICE display with the broker's port and password.
+  // One SPICE display with the broker's port and password. The listen address is the
+  // template's (its first <graphics>: a listen attribute or a <listen type='address'>) unless
+  // the broker is configured with one; with neither, the host's default applies (libvirt's
+  // spice_listen, 127.0.0.1 unless its qemu.conf says otherwise).
+  std::string listen = p.spice_listen;
+  if (listen.empty()) listen = template_display_listen(xml);
   size_t to = dev_end;
   erase_elements(xml, "graphics", dev, to);
   dev_end = xml.find("</devices>", dev);
   std::string g = "  <graphics type='spice'";
-  if (p.spice_port > 0) {
+  if (p.spice_port > 0 && p.spice_tls) {
+    // TLS only: the allocated port is the TLS port and every channel must use it.
+    g += " tlsPort='" + std::to_string(p.spice_port) + "' autoport='no' defaultMode='secure'";
+  } else if (p.spice_port > 0) {
     g += " port='" + std::to_string(p.spice_port) + "' autoport='no'";
   } else {
     g += " autoport='yes'";
+    if (p.spice_tls) g += " defaultMode='secure'";
   }
   if (!p.spice_password.empty()) g += " passwd='" + xml_escape(p.spice_password) + "'";
   if (!p.password_valid_to.empty()) g += " passwdValidTo='" + xml_escape(p.password_valid_to) + "'";
-  g += ">\n      <listen type='address' address='" + xml_escape(p.spice_listen) + "'/>\n    </graphics>\n  ";
+  if (listen.empty()) {
+    g += "/>\n  ";
+  } else {
+    g += ">\n      <listen type='address' address='" + xml_escape(listen) + "'/>\n    </graphics>\n  ";
+  }
   xml.insert(dev_end, g);
   return xml;
 }
