@@ -177,6 +177,38 @@ Result<std::string> PoolWorker::export_domain_xml(const std::string& host_id, co
   return xml;
 }
 
+Status PoolWorker::validate_template(const std::vector<std::string>& host_ids,
+                                     const domain::PoolTemplate& t) {
+  if (hosts_ == nullptr) return Error::make(Code::unavailable, "no host manager runs", "template_host_unavailable");
+  domain::MemberXmlParams params;
+  std::string uuid = new_uuid();
+  params.name = "atrium-validate-" + uuid.substr(0, 8);
+  params.uuid = uuid;
+  params.mac = new_mac();
+  params.spice_listen = opts_.spice_listen;
+  params.spice_password = random_hex(12);
+  if (!t.base_volume.empty()) params.overlay_path = t.base_volume;  // never started: not opened
+  auto xml = domain::member_domain_xml(t.domain_xml, params);
+  if (!xml.ok()) return xml.error();
+  std::string last_unavailable = "no host of the pool is connected";
+  for (const auto& host : host_ids) {
+    Status st = hosts_->with_connection(host, [&](HypervisorConnection& c) -> Status {
+      auto d = c.define(*xml);
+      if (!d.ok()) return d.error();
+      return c.undefine(params.name);
+    });
+    if (st.ok()) return st;
+    if (st.error().code == Code::unavailable) {
+      last_unavailable = st.error().message;
+      continue;  // try the pool's next host
+    }
+    return Error::make(Code::invalid_argument, "libvirt on host " + host + " refuses the template: " + st.error().message,
+                       "invalid_template");
+  }
+  return Error::make(Code::unavailable, "the template cannot be checked: " + last_unavailable,
+                     "template_host_unavailable");
+}
+
 Result<std::string> PoolWorker::provision(const std::string& pool_id) {
   int64_t now = clock_();
   std::string prefix = views_.read([&](const State& s) {

@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "adapters/host_reconciler.h"
+#include "domain/pools.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
 
@@ -88,6 +89,13 @@ class PoolWorker {
   void end_failed_launch(const std::string& session_id, const std::string& reason);
 
   std::chrono::milliseconds launch_wait() const { return opts_.launch_wait; }
+
+  // Asks libvirt on a connected host of the pool whether a member defined from `t` is a valid
+  // domain: a throwaway domain (atrium-validate-<random>, never started) is defined from the
+  // member XML and undefined at once. invalid_argument with libvirt's message (reason
+  // invalid_template) when libvirt refuses it; unavailable (template_host_unavailable) when no
+  // host of the pool is connected.
+  Status validate_template(const std::vector<std::string>& host_ids, const domain::PoolTemplate& t);
 
   // One pass of the loop (tests drive it directly).
   void run_once();

@@ -153,6 +153,15 @@ void register_vms(Api& api) {
     });
   });
 
+  // Forgets a VM the broker should no longer list: observed missing, or unmanaged (a later
+  // relist imports an unmanaged VM again while its domain exists). 204; 409 vm_managed for a
+  // pool's VM that still exists, vm_in_use with a live desktop session.
+  r.add("DELETE", "/v1/vms/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    return api.run(req, command("ForgetVm", domain::ForgetVm{req.param("id"), *expected}, 204));
+  });
+
   r.add("POST", "/v1/vms/{id}/power", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());

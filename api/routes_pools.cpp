@@ -123,6 +123,31 @@ std::optional<HttpResponse> export_named_template(Api& api, adapters::PoolWorker
   return std::nullopt;
 }
 
+// A template libvirt itself refuses is refused here, at creation or update, with libvirt's
+// message (400 invalid_template), not at a user's launch. Only host ids the pool can use are
+// tried; the domain rules check the rest of the template when the command is decided.
+std::optional<HttpResponse> validate_with_libvirt(Api& api, adapters::PoolWorker* worker,
+                                                  const std::vector<std::string>& host_ids,
+                                                  const domain::PoolTemplate& t) {
+  if (worker == nullptr || t.domain_xml.empty()) return std::nullopt;
+  std::vector<std::string> known = api.views().read([&](const State& s) {
+    std::vector<std::string> out;
+    for (const auto& h : host_ids) {
+      const domain::Host* host = s.hosts.host(h);
+      if (host != nullptr && host->state != "removed") out.push_back(h);
+    }
+    return out;
+  });
+  if (known.empty()) return std::nullopt;  // the decider refuses unknown hosts (400)
+  Status st = worker->validate_template(known, t);
+  if (st.ok()) return std::nullopt;
+  if (st.error().reason == "invalid_template") {
+    return problem(Error{Code::invalid_argument, st.error().message, "invalid_template",
+                         {{"template", st.error().message}}});
+  }
+  return problem(st.error());
+}
+
 void register_pools(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
   r.add("POST", "/v1/pools", Access::Admin(), [&api, worker](HttpRequest& req) {
@@ -146,6 +171,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     if (const Json* t = br.object("template", true)) c.tmpl = read_template(br, *t, hosts);
     if (auto st = br.finish(); !st) return problem(st.error());
     if (auto failed = export_named_template(api, worker, c.tmpl)) return *failed;
+    if (auto failed = validate_with_libvirt(api, worker, *hosts, c.tmpl)) return *failed;
     c.name = *name;
     c.kind = *kind;
     c.host_ids = *hosts;
@@ -256,6 +282,11 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     if (auto st = br.finish(); !st) return problem(st.error());
     if (c.tmpl) {
       if (auto failed = export_named_template(api, worker, *c.tmpl)) return *failed;
+      std::vector<std::string> pool_hosts = c.host_ids ? *c.host_ids : api.views().read([&](const State& s) {
+        const domain::Pool* p = s.pools.pool(c.id);
+        return p ? p->host_ids : std::vector<std::string>{};
+      });
+      if (auto failed = validate_with_libvirt(api, worker, pool_hosts, *c.tmpl)) return *failed;
     }
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
