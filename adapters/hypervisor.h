@@ -75,7 +75,8 @@ struct DomainInfo {
   std::string uuid;  // canonical lowercase text form
   DomainState state = DomainState::unknown;
   // The port of the first <graphics type='spice'> (else 'vnc') element of the domain's current
-  // XML: the live port of a running domain, or the fixed port of a shut-off one. -1 when the
+  // XML (its TLS port when it has only that): the live port of a running domain, or the fixed
+  // port of a shut-off one. -1 when the
   // domain has no such display or the port is not allocated yet (autoport while shut off).
   int display_port = -1;
   std::uint64_t memory_kib = 0;  // configured maximum memory (<memory>)

@@ -608,14 +608,17 @@ namespace detail {
 int display_port_from_xml(std::string_view domain_xml) {
   std::optional<Element> el = display_element(domain_xml);
   if (!el) return -1;
-  const Attribute* port = el->find("port");
-  if (port == nullptr) return -1;
-  int value = -1;
-  const char* b = port->value.data();
-  const char* e = b + port->value.size();
-  auto [ptr, ec] = std::from_chars(b, e, value);
-  if (ec != std::errc() || ptr != e || value <= 0) return -1;
-  return value;
+  // The plain port, else (a display on a TLS port only) the TLS port.
+  for (const char* name : {"port", "tlsPort"}) {
+    const Attribute* port = el->find(name);
+    if (port == nullptr) continue;
+    int value = -1;
+    const char* b = port->value.data();
+    const char* e = b + port->value.size();
+    auto [ptr, ec] = std::from_chars(b, e, value);
+    if (ec == std::errc() && ptr == e && value > 0) return value;
+  }
+  return -1;
 }
 
 Result<std::string> graphics_with_password(std::string_view domain_xml, std::string_view password,

@@ -118,6 +118,7 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
     pl.params.spice_port = port;
     pl.params.spice_password = password;
     pl.params.spice_listen = opts_.spice_listen;
+    if (const domain::Host* h = s.hosts.host(m->host_id)) pl.params.spice_tls = h->spice_tls();
     if (expires_ms > 0) pl.params.password_valid_to = utc_iso8601(expires_ms, false);
     pl.overlay = m->overlay;
     pl.storage_pool = p->tmpl.storage_pool.empty() ? "default" : p->tmpl.storage_pool;
@@ -450,7 +451,7 @@ void PoolWorker::run_once() {
 
 Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) {
   struct Look {
-    std::string vm, host, name, address;
+    std::string vm, host, name, address, ca, subject;
     bool found = false;
   };
   auto l = views_.read([&](const State& s) {
@@ -464,12 +465,17 @@ Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) 
     k.host = d->host_id;
     k.name = m->name;
     k.address = h->address;
+    k.ca = h->spice_ca_cert;
+    k.subject = h->spice_host_subject;
     k.found = true;
     return k;
   });
   if (!l.found) return not_found("session " + session_id + " not found or ended");
   DisplayGrant g;
   g.host = l.address;
+  g.tls = !l.ca.empty();
+  g.ca_cert = l.ca;
+  g.host_subject = l.subject;
   g.ticket = random_hex(12);
   g.expires_at_ms = clock_() + opts_.ticket_ttl.count();
   bool booted_with_ticket = false;

@@ -49,7 +49,10 @@ struct PoolWorkerOptions {
 // What a client needs to connect to a desktop.
 struct DisplayGrant {
   std::string host;  // host address for clients
-  int port = -1;
+  int port = -1;     // with tls: the TLS port (the only one)
+  bool tls = false;
+  std::string ca_cert;       // PEM of the host's SPICE CA (tls)
+  std::string host_subject;  // the host certificate's subject (tls)
   std::string ticket;
   int64_t expires_at_ms = 0;
   bool ticket_applied = false;

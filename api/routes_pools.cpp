@@ -45,14 +45,26 @@ std::optional<std::vector<std::string>> read_ids(BodyReader& br, const char* nam
 }
 
 // .vv file for virt-viewer / remote-viewer.
-std::string vv_file(const std::string& title, const std::string& host, int port,
-                    const std::string& ticket) {
+// A virt-viewer connection file. With TLS the port is the TLS port (tls-port=, no plain port)
+// and the client verifies the host: ca= carries the CA certificate (PEM, its lines joined with
+// a literal "\n", as virt-viewer's format wants) and host-subject= the expected subject.
+std::string vv_file(const std::string& title, const adapters::DisplayGrant& g) {
   auto clean = [](std::string v) {
     v.erase(std::remove_if(v.begin(), v.end(), [](char c) { return c == '\n' || c == '\r'; }), v.end());
     return v;
   };
-  return "[virt-viewer]\ntype=spice\nhost=" + clean(host) + "\nport=" + std::to_string(port) +
-         "\npassword=" + clean(ticket) + "\ndelete-this-file=1\ntitle=" + clean(title) +
+  std::string out = "[virt-viewer]\ntype=spice\nhost=" + clean(g.host) + "\n";
+  if (g.tls) {
+    std::string ca;
+    for (char c : g.ca_cert) {
+      if (c == '\n') ca += "\\n";
+      else if (c != '\r') ca += c;
+    }
+    out += "tls-port=" + std::to_string(g.port) + "\nca=" + ca + "\nhost-subject=" + clean(g.host_subject) + "\n";
+  } else {
+    out += "port=" + std::to_string(g.port) + "\n";
+  }
+  return out + "password=" + clean(g.ticket) + "\ndelete-this-file=1\ntitle=" + clean(title) +
          "\nrelease-cursor=shift+f12\nsecure-attention=ctrl+alt+end\n";
 }
 
@@ -426,8 +438,8 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
            {"vm_id", info.vm_id},
            {"state", info.state},
            {"reconnected", reconnect},
-           {"connection_file", vv_file(info.pool_name + " - " + req.principal->name, grant->host,
-                                       grant->port, grant->ticket)}};
+           {"tls", grant->tls},
+           {"connection_file", vv_file(info.pool_name + " - " + req.principal->name, *grant)}};
   if (!grant->note.empty()) out["ticket_note"] = grant->note;
   HttpResponse resp = HttpResponse::json(reconnect ? 200 : 201, out);
   resp.with_header("Location", "/v1/sessions/" + sid);

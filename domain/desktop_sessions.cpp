@@ -1,8 +1,7 @@
 // Desktop launches, sessions, the monitor and the power policy (domain/pools.h).
-#include "domain/pools.h"
-
 #include <algorithm>
 
+#include "domain/pools.h"
 #include "domain/pools_internal.h"
 #include "domain/state.h"
 
@@ -92,9 +91,9 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
   // A live session: reconnect to it (same VM, same session).
   if (const DesktopSession* d = s.pools.live_session(p->id, c.user_id)) {
     if (p->reconnect == "disconnected_only" && d->state == "connected") {
-      return refused("session_connected",
-                     "session " + d->id + " is connected elsewhere; pool " + p->name +
-                         " reconnects only to a disconnected session");
+      return refused("session_connected", "session " + d->id + " is connected elsewhere; pool " +
+                                              p->name +
+                                              " reconnects only to a disconnected session");
     }
     return Events{};
   }
@@ -114,8 +113,9 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
         return refused("no_host_up", "the host of the user's desktop " + m->name + " is not up");
       }
       if (!m->display_reset.empty() || shutdown_pending(s, *m)) {
-        return refused("desktop_releasing", "the user's desktop " + m->name +
-                                                " is still being cleaned up after the last session");
+        return refused(
+            "desktop_releasing",
+            "the user's desktop " + m->name + " is still being cleaned up after the last session");
       }
       if (needs_port(s, *m) && s.hosts.ports_free(m->host_id) <= 0) {
         return refused("display_ports_exhausted",
@@ -156,15 +156,17 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
     auto current = [&](const PoolMember* m) { return m->template_version >= p->template_version; };
     std::stable_partition(free_on.begin(), free_on.end(), current);
     std::stable_partition(free_off.begin(), free_off.end(), current);
-    if (!free_on.empty() && (current(free_on.front()) || free_off.empty() || !current(free_off.front()))) {
+    if (!free_on.empty() &&
+        (current(free_on.front()) || free_off.empty() || !current(free_off.front()))) {
       chosen = free_on.front();
     } else if (!free_off.empty()) {
       chosen = free_off.front();
     } else if (free_but_no_port) {
-      return refused("display_ports_exhausted",
-                     "free desktops of pool " + p->name + " are on hosts without a free display port");
+      return refused("display_ports_exhausted", "free desktops of pool " + p->name +
+                                                    " are on hosts without a free display port");
     } else if (free_but_host_down) {
-      return refused("no_host_up", "free desktops of pool " + p->name + " are on hosts that are not up");
+      return refused("no_host_up",
+                     "free desktops of pool " + p->name + " are on hosts that are not up");
     } else if (resetting || (shutting_down && active >= p->max_size)) {
       return refused("desktop_releasing",
                      "pool " + p->name + " has desktops being cleaned up after their last session");
@@ -172,8 +174,8 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
       return refused("pool_full", "every desktop of pool " + p->name + " is in use (max_size " +
                                       std::to_string(p->max_size) + ")");
     } else {
-      return refused("no_vm_ready", "pool " + p->name +
-                                        " has no desktop ready yet; more are being provisioned");
+      return refused("no_vm_ready",
+                     "pool " + p->name + " has no desktop ready yet; more are being provisioned");
     }
   }
   Events out;
@@ -183,13 +185,15 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
     for (auto& e : *port) out.push_back(std::move(e));
   }
   if (assign) {
-    out.push_back(pool_event(p->id, "DesktopAssigned",
-                             Json{{"vm_id", chosen->vm_id}, {"user_id", c.user_id},
-                                  {"session_id", c.session_id}}));
+    out.push_back(pool_event(
+        p->id, "DesktopAssigned",
+        Json{{"vm_id", chosen->vm_id}, {"user_id", c.user_id}, {"session_id", c.session_id}}));
   }
   out.push_back(session_event(c.session_id, "DesktopSessionCreated",
-                              Json{{"id", c.session_id}, {"pool_id", p->id},
-                                   {"user_id", c.user_id}, {"vm_id", chosen->vm_id},
+                              Json{{"id", c.session_id},
+                                   {"pool_id", p->id},
+                                   {"user_id", c.user_id},
+                                   {"vm_id", chosen->vm_id},
                                    {"host_id", chosen->host_id}}));
   return out;
 }
@@ -310,7 +314,8 @@ Result<Events> decide(const State& s, const SendUserMessage& c, const Context&) 
     return refused("no_live_session", "user " + c.user_id + " has no live desktop session");
   }
   if (c.kind == "message") {
-    if (c.text.empty() || c.text.size() > 2000) return field_error("text", "must be 1 to 2000 characters", "invalid_message");
+    if (c.text.empty() || c.text.size() > 2000)
+      return field_error("text", "must be 1 to 2000 characters", "invalid_message");
     return Events{{messages_stream(c.user_id), "AdminMessageSent", 1,
                    Json{{"user_id", c.user_id}, {"text", c.text}, {"session_ids", sessions}}}};
   }

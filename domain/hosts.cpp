@@ -118,6 +118,8 @@ Json host_to_json(const HostsState& hs, const Host& h) {
          {"updated_at_ms", h.updated_at_ms},
          {"version", h.version}};
   j["connect_operation_id"] = h.connect_operation.empty() ? Json(nullptr) : Json(h.connect_operation);
+  j["spice_tls"] = h.spice_tls() ? Json{{"ca_cert", h.spice_ca_cert}, {"host_subject", h.spice_host_subject}}
+                                 : Json(nullptr);
   auto it = hs.vm_by_uuid.find(h.id);
   j["vm_count"] = it == hs.vm_by_uuid.end() ? 0 : it->second.size();
   return j;
@@ -214,6 +216,21 @@ Result<Events> decide(const State& s, const AddHost& c, const Context&) {
                  "invalid_port_range", {{"display_ports", "need 1 <= first <= last <= 65535"}}};
   }
   if (c.address.size() > 255) return invalid("address must be at most 255 characters", "invalid_address");
+  if (c.spice_ca_cert.empty() != c.spice_host_subject.empty()) {
+    return Error{Code::invalid_argument, "spice_tls needs both ca_cert and host_subject", "invalid_spice_tls",
+                 {{"spice_tls", "give both ca_cert and host_subject"}}};
+  }
+  if (!c.spice_ca_cert.empty() &&
+      (c.spice_ca_cert.find("-----BEGIN CERTIFICATE-----") == std::string::npos ||
+       c.spice_ca_cert.size() > 16384)) {
+    return Error{Code::invalid_argument, "spice_tls.ca_cert must be a PEM certificate of at most 16 KiB",
+                 "invalid_spice_tls", {{"spice_tls.ca_cert", "a PEM certificate"}}};
+  }
+  if (c.spice_host_subject.size() > 512 ||
+      c.spice_host_subject.find_first_of("\r\n") != std::string::npos) {
+    return Error{Code::invalid_argument, "spice_tls.host_subject must be one line of at most 512 characters",
+                 "invalid_spice_tls", {{"spice_tls.host_subject", "one line, e.g. C=XX,O=Org,CN=host"}}};
+  }
   if (s.hosts.host(c.id) != nullptr) {
     return Error::make(Code::already_exists, "host " + c.id + " already exists", "host_exists");
   }
@@ -224,13 +241,16 @@ Result<Events> decide(const State& s, const AddHost& c, const Context&) {
     }
   }
   std::string address = c.address.empty() ? address_from_uri(c.uri) : c.address;
+  Json added{{"id", c.id}, {"name", c.name}, {"uri", c.uri}, {"address", address},
+             {"ports_first", c.ports.first}, {"ports_last", c.ports.last},
+             {"operation_id", c.operation_id}};
+  if (!c.spice_ca_cert.empty()) {
+    added["spice_tls"] = Json{{"ca_cert", c.spice_ca_cert}, {"host_subject", c.spice_host_subject}};
+  }
   return Events{
       op_event(c.operation_id, "OperationStarted",
                Json{{"kind", "connect_host"}, {"target", c.id}, {"host_id", c.id}}),
-      host_event(c.id, "HostAdded",
-                 Json{{"id", c.id}, {"name", c.name}, {"uri", c.uri}, {"address", address},
-                      {"ports_first", c.ports.first}, {"ports_last", c.ports.last},
-                      {"operation_id", c.operation_id}}),
+      host_event(c.id, "HostAdded", added),
   };
 }
 
@@ -623,6 +643,10 @@ void on_host_added(State& s, const Event& e, const Applied& at) {
   h.address = e.data.at("address").get<std::string>();
   h.ports = {e.data.at("ports_first").get<int>(), e.data.at("ports_last").get<int>()};
   h.connect_operation = e.data.value("operation_id", "");
+  if (auto tls = e.data.find("spice_tls"); tls != e.data.end() && tls->is_object()) {
+    h.spice_ca_cert = tls->value("ca_cert", "");
+    h.spice_host_subject = tls->value("host_subject", "");
+  }
   h.created_at_ms = at.recorded_at_ms;
   set_state(h, "connecting", "added", at);
   touch(h, at);

@@ -60,6 +60,12 @@ struct Host {
   std::string uri;
   std::string address;  // what clients connect to for displays
   PortRange ports;
+  // SPICE over TLS (the host's libvirt has spice_tls = 1): the CA that signed the host's SPICE
+  // certificate (PEM) and that certificate's subject; desktops on this host then listen on a
+  // TLS port only and the .vv lets the client verify the host. Empty: plain SPICE.
+  std::string spice_ca_cert;
+  std::string spice_host_subject;
+  bool spice_tls() const { return !spice_ca_cert.empty(); }
   std::string state;    // connecting|up|disconnected|alert|maintenance|removed
   std::string reason;   // why the last transition happened
   bool connected = false;  // an open connection of `epoch` exists (also in maintenance)
@@ -134,6 +140,8 @@ struct AddHost {
   std::string uri;
   std::string address;  // empty: the URI's host name, else 127.0.0.1
   PortRange ports;
+  std::string spice_ca_cert = {};  // SPICE TLS (both or neither), see Host
+  std::string spice_host_subject = {};
 };
 
 struct RecordHostConnected {

@@ -181,3 +181,112 @@ TEST_CASE("remote-viewer on qemu:///system: connected from graphics events, one-
   auto del = b.call("DELETE", "/v1/pools/" + pool);
   CHECK(del.status == 202);
 }
+
+// SPICE over TLS: a host added with spice_tls (the test CA that tools/start_libvirtd.sh made in
+// libvirt's SPICE certificate dir, with spice_tls = 1 in qemu.conf). The member listens on a TLS
+// port only; the .vv carries tls-port=, ca= and host-subject=; remote-viewer verifies the host
+// ("subjects match") and shows the display; a .vv with another subject is refused by the client.
+TEST_CASE("remote-viewer over SPICE TLS on qemu:///system: the .vv lets the client verify the host") {
+  auto q = open_qemu_system_or_skip();
+  if (!q) return;
+  const std::string dir = "/etc/pki/libvirt-spice";
+  std::string ca = shell("cat " + dir + "/ca-cert.pem");
+  std::string subject = shell("openssl x509 -in " + dir + "/server-cert.pem -noout -subject -nameopt RFC2253");
+  bool tls_on = shell("grep -c '^spice_tls = 1' /etc/libvirt/qemu.conf") != "0";
+  if (ca.find("BEGIN CERTIFICATE") == std::string::npos || subject.rfind("subject=", 0) != 0 || !tls_on) {
+    MESSAGE("SKIPPED: no SPICE TLS test CA in " << dir << " or spice_tls is off (tools/start_libvirtd.sh sets both up)");
+    return;
+  }
+  // RFC 2253 lists the most specific part first; virt-viewer wants the certificate's order.
+  std::vector<std::string> parts;
+  std::string rest = subject.substr(8);
+  for (size_t at; (at = rest.find(',')) != std::string::npos; rest = rest.substr(at + 1)) parts.push_back(rest.substr(0, at));
+  parts.push_back(rest);
+  std::string host_subject;
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) host_subject += (host_subject.empty() ? "" : ",") + *it;
+  std::string why;
+  auto screen = VirtualScreen::start(&why);
+  if (!screen) {
+    MESSAGE("SKIPPED: " << why);
+    return;
+  }
+  E2eGuard guard(*q->conn, kFamily);
+  TempDir tmp;
+  const std::string pool_name = guard.prefix() + "tls";
+  TestBroker b(configure_broker);
+  INFO("broker event log (last events):\n" << event_log(b));
+  auto add = b.call("POST", "/v1/hosts",
+                    {{"name", "local-qemu-tls"},
+                     {"uri", "qemu:///system"},
+                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}},
+                     {"spice_tls", {{"ca_cert", ca + "\n"}, {"host_subject", host_subject}}}});
+  REQUIRE_MESSAGE(add.status == 202, add.body);
+  std::string host_id = add.json()["host_id"];
+  json host = poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
+  CHECK(host["spice_tls"]["host_subject"] == host_subject);
+  auto created = b.call("POST", "/v1/pools",
+                        {{"name", pool_name},
+                         {"kind", "floating"},
+                         {"template", {{"domain_xml", diskless_template(pool_name + "-template")}}},
+                         {"host_ids", {host_id}},
+                         {"min_ready", 1},
+                         {"max_size", 1}});
+  REQUIRE_MESSAGE(created.status == 201, created.body);
+  std::string pool = created.json()["id"];
+  auto [uid, tok] = b.user("sess-e2e-tls");
+  REQUIRE(b.call("POST", "/v1/pools/" + pool + "/entitlements", {{"user_id", uid}}).status == 201);
+  poll(b, "/v1/pools/" + pool, [](const json& j) { return j["size"]["ready"] == 1; }, 90s);
+  auto l = b.call("POST", "/v1/launches", {{"pool_id", pool}}, tok);
+  REQUIRE_MESSAGE(l.status == 201, l.body);
+  json launch = l.json();
+  CHECK(launch["tls"] == true);
+  std::string vv = launch["connection_file"];
+  int port = launch["port"];
+  CHECK(vv.find("tls-port=" + std::to_string(port) + "\n") != std::string::npos);
+  CHECK(vv.find("\nport=") == std::string::npos);
+  CHECK(vv.find("ca=-----BEGIN CERTIFICATE-----\\n") != std::string::npos);
+  CHECK(vv.find("host-subject=" + host_subject + "\n") != std::string::npos);
+  std::string vm_name = b.call("GET", "/v1/vms/" + launch["vm_id"].get<std::string>()).json()["name"];
+  std::string xml = virsh("dumpxml " + vm_name);
+  CHECK_MESSAGE(xml.find("tlsPort='" + std::to_string(port) + "'") != std::string::npos, xml);
+  CHECK_MESSAGE(xml.find("defaultMode='secure'") != std::string::npos, xml);
+  // A .vv naming another subject: the client refuses the host (before sending the ticket).
+  std::string forged = vv;
+  forged.replace(forged.find("host-subject="), std::string("host-subject=").size() + host_subject.size(),
+                 "host-subject=C=XX,O=Someone else,CN=127.0.0.1");
+  {
+    RemoteViewer bad(*screen, forged, tmp.str(), "forged");
+    CHECK_MESSAGE(bad.wait_log("verification failed", 15000), bad.log());
+    bad.kill();
+  }
+  RemoteViewer viewer(*screen, vv, tmp.str(), "tls");
+  INFO("viewer log:\n" << viewer.log());
+  CHECK(viewer.wait_log("subjects match", 15000));
+  CHECK(viewer.wait_log("display-2:0", 15000));
+  json s = poll(b, "/v1/sessions/" + launch["session_id"].get<std::string>(),
+                [](const json& j) { return j["state"] == "connected"; }, 30s);
+  CHECK(s["display_signal"] == true);
+  viewer.kill();
+  CHECK(b.call("DELETE", "/v1/pools/" + pool).status == 202);
+}
+
+// QEMU refuses a template at definition ("No PCI buses available": a qxl video card on the
+// ISA-only machine type). The pool is refused at creation with libvirt's message, not at a
+// user's launch.
+TEST_CASE("a template QEMU refuses is a 400 at pool creation, with libvirt's message") {
+  auto q = open_qemu_system_or_skip();
+  if (!q) return;
+  E2eGuard guard(*q->conn, kFamily);
+  TestBroker b(configure_broker);
+  const std::string host_id = add_local_host(b);
+  std::string broken = "<domain type='" + domain_type() + "'><name>" + guard.prefix() + "isa</name>"
+                       "<memory unit='MiB'>64</memory><os><type arch='x86_64' machine='isapc'>hvm</type></os>"
+                       "<devices><video><model type='qxl'/></video></devices></domain>";
+  auto r = b.call("POST", "/v1/pools", {{"name", guard.prefix() + "isa"}, {"kind", "floating"},
+                                        {"template", {{"domain_xml", broken}}}, {"host_ids", {host_id}},
+                                        {"max_size", 1}});
+  CHECK(r.status == 400);
+  CHECK(r.json()["reason"] == "invalid_template");
+  CHECK_MESSAGE(r.json()["detail"].get<std::string>().find("No PCI buses available") != std::string::npos, r.body);
+  CHECK(virsh("list --all --name").find("atrium-validate-") == std::string::npos);
+}

@@ -160,7 +160,8 @@ TEST_CASE("9.4: a deleted pool leaves no managed VM behind; the host can be remo
   REQUIRE(b.call("DELETE", "/v1/pools/" + p).status == 202);
   for (int i = 0; i < 500 && b.call("GET", "/v1/pools/" + p).status == 200; ++i) std::this_thread::sleep_for(20ms);
   REQUIRE(b.call("GET", "/v1/pools/" + p).status == 404);
-  for (const auto& v : b.call("GET", "/v1/vms?limit=1000").json()["items"]) {
+  const json all = b.call("GET", "/v1/vms?limit=1000").json();
+  for (const auto& v : all["items"]) {
     CHECK_MESSAGE(v["pool_id"].is_null(), v.dump());
   }
   // An unmanaged VM of the fixture host can be forgotten (a relist imports it again while it
@@ -193,7 +194,8 @@ TEST_CASE("9.5: a template libvirt refuses is a 400 at creation and update, not 
   CHECK(patch.status == 400);
   CHECK(patch.json()["reason"] == "invalid_template");
   // No throwaway validation domain is left on the host.
-  for (const auto& v : b.call("GET", "/v1/vms?limit=1000").json()["items"]) {
+  const json vms = b.call("GET", "/v1/vms?limit=1000").json();
+  for (const auto& v : vms["items"]) {
     CHECK(v["name"].get<std::string>().rfind("atrium-validate-", 0) != 0);
   }
 }

@@ -249,3 +249,19 @@ TEST_CASE("9.6: members keep the template's SPICE listen address unless one is c
   CHECK(tls->find("defaultMode='secure'") != std::string::npos);
   CHECK(tls->find(" port='5901'") == std::string::npos);
 }
+
+TEST_CASE("9.6: a host's SPICE TLS settings: both or neither, a PEM CA, a one-line subject") {
+  Given g;
+  AddHost ok{"h1", "op1", "kvm", "test:///default", "", {}, "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n",
+             "C=XX,O=Org,CN=kvm"};
+  g.ok(ok);
+  CHECK(g.s.hosts.host("h1")->spice_tls());
+  CHECK(host_to_json(g.s.hosts, *g.s.hosts.host("h1"))["spice_tls"]["host_subject"] == "C=XX,O=Org,CN=kvm");
+  AddHost half{"h2", "op2", "kvm2", "test:///default", "", {}, "-----BEGIN CERTIFICATE-----\n", ""};
+  CHECK(g.err(half).reason == "invalid_spice_tls");
+  AddHost not_pem{"h3", "op3", "kvm3", "test:///default", "", {}, "hello", "CN=x"};
+  CHECK(g.err(not_pem).reason == "invalid_spice_tls");
+  AddHost two_lines{"h4", "op4", "kvm4", "test:///default", "", {}, "-----BEGIN CERTIFICATE-----\n", "CN=x\nCN=y"};
+  CHECK(g.err(two_lines).reason == "invalid_spice_tls");
+  g.check_replay();
+}

@@ -25,12 +25,15 @@ int start_background(const std::string& cmd) {
   }
 }
 
-bool alive(int pid) { return pid > 0 && ::kill(pid, 0) == 0; }
+bool alive(int pid) {
+  return pid > 0 && ::kill(pid, 0) == 0;
+}
 
 void stop(int pid) {
   if (pid <= 0) return;
   ::kill(pid, SIGTERM);
-  for (int i = 0; i < 50 && alive(pid); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (int i = 0; i < 50 && alive(pid); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   if (alive(pid)) ::kill(pid, SIGKILL);
   ::waitpid(pid, nullptr, WNOHANG);
 }
@@ -61,11 +64,14 @@ std::unique_ptr<VirtualScreen> VirtualScreen::start(std::string* why) {
   return nullptr;
 }
 
-VirtualScreen::~VirtualScreen() { stop(pid_); }
+VirtualScreen::~VirtualScreen() {
+  stop(pid_);
+}
 
 bool VirtualScreen::screenshot(const std::string& png) const {
   if (!have_command("import")) return false;
-  return run_command("DISPLAY=" + display_ + " import -window root " + png + " > /dev/null 2>&1") == 0;
+  return run_command("DISPLAY=" + display_ + " import -window root " + png + " > /dev/null 2>&1") ==
+         0;
 }
 
 int VirtualScreen::colours(const std::string& png) {
@@ -77,18 +83,23 @@ int VirtualScreen::colours(const std::string& png) {
   }
 }
 
-RemoteViewer::RemoteViewer(const VirtualScreen& screen, const std::string& vv, const std::string& dir,
-                           const std::string& name) {
+RemoteViewer::RemoteViewer(const VirtualScreen& screen, const std::string& vv,
+                           const std::string& dir, const std::string& name) {
   std::string file = dir + "/" + name + ".vv";
   std::ofstream(file) << vv;
   log_path_ = dir + "/" + name + ".log";
-  pid_ = start_background("DISPLAY=" + screen.display() + " exec remote-viewer --debug --spice-debug " + file +
-                          " > " + log_path_ + " 2>&1");
+  pid_ = start_background("DISPLAY=" + screen.display() +
+                          " exec remote-viewer --debug --spice-debug " + file + " > " + log_path_ +
+                          " 2>&1");
 }
 
-RemoteViewer::~RemoteViewer() { kill(); }
+RemoteViewer::~RemoteViewer() {
+  kill();
+}
 
-bool RemoteViewer::running() const { return alive(pid_); }
+bool RemoteViewer::running() const {
+  return alive(pid_);
+}
 
 std::string RemoteViewer::log() const {
   std::ifstream in(log_path_);
@@ -119,7 +130,8 @@ void RemoteViewer::kill() {
 }
 
 int established_to(int port) {
-  std::string out = shell("ss -Htn state established '( dport = :" + std::to_string(port) + " )' | wc -l");
+  std::string out =
+      shell("ss -Htn state established '( dport = :" + std::to_string(port) + " )' | wc -l");
   try {
     return std::stoi(out);
   } catch (...) {
