@@ -43,7 +43,7 @@ const std::vector<Flag> kFlags = {
     {"launch-wait-s", "ATRIUM_LAUNCH_WAIT_S",
      "a launch waits at most N seconds for its desktop to run (default 60)"},
     {"ticket-ttl-s", "ATRIUM_TICKET_TTL_S", "one-time display passwords expire after N seconds (default 120)"},
-    {"spice-listen", "ATRIUM_SPICE_LISTEN", "address desktops' SPICE displays listen on (default 0.0.0.0)"},
+    {"spice-listen", "ATRIUM_SPICE_LISTEN", "address desktops' SPICE displays listen on (default: the template's)"},
     {"placement-scope", "ATRIUM_PLACEMENT_SCOPE",
      "application launches: prefer_server|prefer_cluster (default prefer_server)"},
     {"placement-policy", "ATRIUM_PLACEMENT_POLICY",

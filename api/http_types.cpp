@@ -22,6 +22,7 @@ int http_status(Code c) {
     case Code::version_mismatch: return 412;
     case Code::too_large: return 413;
     case Code::unprocessable: return 422;
+    case Code::too_many_requests: return 429;
     case Code::unavailable: return 503;
     case Code::internal: return 500;
   }
@@ -40,6 +41,7 @@ static const char* title_of(int status) {
     case 413: return "Content Too Large";
     case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
     case 503: return "Service Unavailable";
     default: return "Internal Server Error";
   }

@@ -78,6 +78,7 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/hosts/{id}/activate", kNone},
       {"GET", "/v1/vms", list({"host_id", "pool_id", "state"})},
       {"GET", "/v1/vms/{id}", kAsOf},
+      {"DELETE", "/v1/vms/{id}", kNone},
       {"POST", "/v1/vms/{id}/power", kNone},
       {"POST", "/v1/vms/{id}/display-port", kNone},
       {"GET", "/v1/operations/{id}", kAsOf},
