@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -170,15 +171,18 @@ TEST_CASE("10.9: wrong passwords from one address are throttled across names") {
 TEST_CASE("10.9: a login storm cannot queue every HTTP worker behind the KDF") {
   // Throttling off (high limits), so every guess reaches the KDF: the gate answers 503
   // login_busy instead of parking the HTTP workers, and healthz stays answered.
-  TestBroker b([](atrium::api::DaemonConfig& cfg) {
-    cfg.api.threads = 16;
+  // More guessers, and HTTP workers, than the KDF has slots and queue places (cores less one,
+  // two waiters each), whatever the machine.
+  const int guessing = std::max(24, 3 * atrium::api::kdf_slots() + 8);
+  TestBroker b([&](atrium::api::DaemonConfig& cfg) {
+    cfg.api.threads = std::min(512, guessing + 8);
     cfg.api.login.failures_per_user = 1'000'000;
     cfg.api.login.failures_per_address = 1'000'000;
   });
   std::atomic<bool> stop{false};
   std::atomic<int> busy{0}, answered{0};
   std::vector<std::thread> guessers;
-  for (int i = 0; i < 24; ++i) {
+  for (int i = 0; i < guessing; ++i) {
     guessers.emplace_back([&, i] {
       while (!stop) {
         auto r = login(b, "nobody" + std::to_string(i), "wrong-password");
