@@ -113,7 +113,12 @@ Result<Events> decide(const State& s, const CreateUser& c, const Context&) {
         "user_name_confusable");
   }
   if (auto st = check_agent_binding(s, c.agent_server_id, c.roles); !st) return st.error();
-  Json data{{"id", c.id}, {"name", c.name}, {"roles", c.roles}, {"password_hash", c.password_hash}};
+  // The skeleton rides in the event, so replay folds users without running ICU.
+  Json data{{"id", c.id},
+            {"name", c.name},
+            {"roles", c.roles},
+            {"password_hash", c.password_hash},
+            {"name_skeleton", user_name_skeleton(c.name)}};
   if (!c.agent_server_id.empty()) data["agent_server_id"] = c.agent_server_id;
   return Events{{user_stream(c.id), "UserCreated", 1, data}};
 }
@@ -221,12 +226,14 @@ void on_created(State& s, const Event& e, const Applied& at) {
   u.roles = e.data.at("roles").get<std::set<std::string>>();
   u.password_hash = e.data.value("password_hash", "");
   u.agent_server_id = e.data.value("agent_server_id", "");
+  u.name_skeleton = e.data.contains("name_skeleton") ? e.data["name_skeleton"].get<std::string>()
+                                                     : user_name_skeleton(u.name);  // older logs
   u.created_at_ms = at.recorded_at_ms;
   u.updated_at_ms = at.recorded_at_ms;
   u.version = at.stream_version;
   if (!u.disabled && u.has_role(kRoleAdmin)) s.users.enabled_admins++;
   s.users.id_by_name[u.name] = u.id;
-  s.users.id_by_skeleton.emplace(user_name_skeleton(u.name), u.id);
+  s.users.id_by_skeleton.emplace(u.name_skeleton, u.id);
   s.users.by_id[u.id] = std::move(u);
 }
 
@@ -266,7 +273,7 @@ void on_deleted(State& s, const Event& e, const Applied&) {
   if (u == nullptr) return;
   std::string id = u->id;
   s.users.id_by_name.erase(u->name);
-  if (auto it = s.users.id_by_skeleton.find(user_name_skeleton(u->name));
+  if (auto it = s.users.id_by_skeleton.find(u->name_skeleton);
       it != s.users.id_by_skeleton.end() && it->second == id) {
     s.users.id_by_skeleton.erase(it);
   }
@@ -312,6 +319,7 @@ Json users_to_json(const UsersState& s) {
   for (const auto& [id, u] : s.by_id) {
     Json j = user_to_json(u);
     j["password_hash"] = u.password_hash;
+    j["name_skeleton"] = u.name_skeleton;
     users[id] = j;
   }
   std::map<std::string, Json> tokens;
@@ -338,11 +346,13 @@ Status users_from_json(UsersState& s, const Json& j) {
     u.disabled = uj.at("disabled").get<bool>();
     u.password_hash = uj.value("password_hash", "");
     u.agent_server_id = uj.value("agent_server_id", "");
+    u.name_skeleton = uj.contains("name_skeleton") ? uj["name_skeleton"].get<std::string>()
+                                                   : user_name_skeleton(u.name);
     u.created_at_ms = uj.at("created_at_ms").get<int64_t>();
     u.updated_at_ms = uj.at("updated_at_ms").get<int64_t>();
     u.version = uj.at("version").get<uint64_t>();
     s.id_by_name[u.name] = u.id;
-    s.id_by_skeleton.emplace(user_name_skeleton(u.name), u.id);
+    s.id_by_skeleton.emplace(u.name_skeleton, u.id);
     s.by_id[id] = std::move(u);
   }
   for (const auto& [hash, tj] : j.at("tokens").items()) {

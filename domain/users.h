@@ -30,6 +30,7 @@ struct User {
   bool disabled = false;
   // For role agent: the one server this agent acts for (set by an admin); empty = none.
   std::string agent_server_id;
+  std::string name_skeleton;  // UTS #39 skeleton of the name (domain/user_names.h)
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
   uint64_t version = 0;
