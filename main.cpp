@@ -29,7 +29,7 @@ const std::vector<Flag> kFlags = {
     {"token-ttl-s", "ATRIUM_TOKEN_TTL_S",
      "login token lifetime in seconds, 60 to 31536000 (default 43200)"},
     {"bootstrap-token-ttl-s", "ATRIUM_BOOTSTRAP_TOKEN_TTL_S",
-     "bootstrap token lifetime from each start, 60 to 31536000 seconds (default 86400)"},
+     "bootstrap token lifetime from the start that registers it, 60 to 31536000 seconds (default 86400)"},
     {"login-failures-per-user", "ATRIUM_LOGIN_FAILURES_PER_USER",
      "failed logins per name and window before 429 (default 10)"},
     {"login-failures-per-address", "ATRIUM_LOGIN_FAILURES_PER_ADDRESS",
