@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "api/daemon.h"
@@ -25,7 +26,20 @@ const std::vector<Flag> kFlags = {
     {"data-dir", "ATRIUM_DATA_DIR", "data directory (default ./data)"},
     {"threads", "ATRIUM_THREADS", "HTTP worker threads (default 16)"},
     {"max-body-bytes", "ATRIUM_MAX_BODY_BYTES", "request body limit (default 1048576)"},
-    {"token-ttl-s", "ATRIUM_TOKEN_TTL_S", "login token lifetime in seconds (default 43200)"},
+    {"token-ttl-s", "ATRIUM_TOKEN_TTL_S",
+     "login token lifetime in seconds, 60 to 31536000 (default 43200)"},
+    {"bootstrap-token-ttl-s", "ATRIUM_BOOTSTRAP_TOKEN_TTL_S",
+     "bootstrap token lifetime from the start that registers it, 60 to 31536000 seconds (default 86400)"},
+    {"login-failures-per-user", "ATRIUM_LOGIN_FAILURES_PER_USER",
+     "failed logins per name and window before 429 (default 10)"},
+    {"login-failures-per-address", "ATRIUM_LOGIN_FAILURES_PER_ADDRESS",
+     "failed logins per source address and window before 429 (default 50)"},
+    {"login-throttle-window-s", "ATRIUM_LOGIN_THROTTLE_WINDOW_S",
+     "login throttle window (default 60)"},
+    {"streams-per-user", "ATRIUM_STREAMS_PER_USER",
+     "event-stream long-polls one user may hold at once (default 2)"},
+    {"stream-budgets", "ATRIUM_STREAM_BUDGETS",
+     "long-polls held at once per role (default admin:2,user:4,agent:2)"},
     {"tls-cert", "ATRIUM_TLS_CERT", "PEM certificate; enables TLS with --tls-key"},
     {"tls-key", "ATRIUM_TLS_KEY", "PEM private key"},
     {"bootstrap-token-file", "ATRIUM_BOOTSTRAP_TOKEN_FILE",
@@ -34,22 +48,28 @@ const std::vector<Flag> kFlags = {
     {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
     {"default-host", "ATRIUM_DEFAULT_HOST",
      "libvirt URI of the host added on first start (default test:///default; none = no host)"},
-    {"host-reconciler", "ATRIUM_HOST_RECONCILER", "on|off: connect to hosts and reconcile VMs (default on)"},
-    {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
+    {"host-reconciler", "ATRIUM_HOST_RECONCILER",
+     "on|off: connect to hosts and reconcile VMs (default on)"},
+    {"host-resync-s", "ATRIUM_HOST_RESYNC_S",
+     "full relist of each host every N seconds (default 30)"},
     {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
      "a host not up after N seconds goes to alert (default 300)"},
     {"client-timeout-s", "ATRIUM_CLIENT_TIMEOUT_S",
      "a desktop session whose client has not reported for N seconds is deactivated (default 90)"},
     {"launch-wait-s", "ATRIUM_LAUNCH_WAIT_S",
      "a launch waits at most N seconds for its desktop to run (default 60)"},
-    {"ticket-ttl-s", "ATRIUM_TICKET_TTL_S", "one-time display passwords expire after N seconds (default 120)"},
-    {"spice-listen", "ATRIUM_SPICE_LISTEN", "address desktops' SPICE displays listen on (default: the template's)"},
+    {"ticket-ttl-s", "ATRIUM_TICKET_TTL_S",
+     "one-time display passwords expire after N seconds (default 120)"},
+    {"spice-listen", "ATRIUM_SPICE_LISTEN",
+     "address desktops' SPICE displays listen on (default: the template's)"},
     {"placement-scope", "ATRIUM_PLACEMENT_SCOPE",
      "application launches: prefer_server|prefer_cluster (default prefer_server)"},
     {"placement-policy", "ATRIUM_PLACEMENT_POLICY",
      "choice between targets: first|least_loaded|round_robin (default least_loaded)"},
-    {"load-stale-s", "ATRIUM_LOAD_STALE_S", "server load reports older than N seconds are stale (default 90)"},
-    {"load-weights", "ATRIUM_LOAD_WEIGHTS", "cpu,memory,sessions weights of a target's load (default 0.3,0.6,0.1)"},
+    {"load-stale-s", "ATRIUM_LOAD_STALE_S",
+     "server load reports older than N seconds are stale (default 90)"},
+    {"load-weights", "ATRIUM_LOAD_WEIGHTS",
+     "cpu,memory,sessions weights of a target's load (default 0.3,0.6,0.1)"},
 };
 
 void usage() {
@@ -166,9 +186,59 @@ int main(int argc, char** argv) {
     if (!to_int(*v, n) || n < 1024) return std::fprintf(stderr, "atriumd: bad --max-body-bytes\n"), 2;
     cfg.api.max_body_bytes = static_cast<size_t>(n);
   }
+  constexpr long long kMaxTokenTtlS = 365LL * 24 * 3600;  // bounded: ms must never overflow
   if (auto v = get("token-ttl-s")) {
-    if (!to_int(*v, n) || n < 60) return std::fprintf(stderr, "atriumd: bad --token-ttl-s\n"), 2;
+    if (!to_int(*v, n) || n < 60 || n > kMaxTokenTtlS) {
+      return std::fprintf(stderr, "atriumd: bad --token-ttl-s (60 to %lld seconds)\n",
+                          kMaxTokenTtlS),
+             2;
+    }
     cfg.api.token_ttl_ms = n * 1000;
+  }
+  if (auto v = get("bootstrap-token-ttl-s")) {
+    if (!to_int(*v, n) || n < 60 || n > kMaxTokenTtlS) {
+      return std::fprintf(stderr, "atriumd: bad --bootstrap-token-ttl-s (60 to %lld seconds)\n",
+                          kMaxTokenTtlS),
+             2;
+    }
+    cfg.bootstrap_token_ttl_ms = n * 1000;
+  }
+  auto count = [&](const char* name, long long min, long long max, auto& out) {
+    auto v = get(name);
+    if (!v) return true;
+    if (!to_int(*v, n) || n < min || n > max) {
+      std::fprintf(stderr, "atriumd: bad --%s (%lld to %lld)\n", name, min, max);
+      return false;
+    }
+    out = static_cast<std::remove_reference_t<decltype(out)>>(n);
+    return true;
+  };
+  long long window_s = cfg.api.login.window_ms / 1000;
+  if (!count("login-failures-per-user", 1, 1000000, cfg.api.login.failures_per_user) ||
+      !count("login-failures-per-address", 1, 1000000, cfg.api.login.failures_per_address) ||
+      !count("login-throttle-window-s", 1, 86400, window_s) ||
+      !count("streams-per-user", 1, 1000, cfg.api.streams_per_user)) {
+    return 2;
+  }
+  cfg.api.login.window_ms = window_s * 1000;
+  if (auto v = get("stream-budgets")) {
+    // role:count,... for the roles admin, user, agent (a role left out keeps its default)
+    std::string rest = *v;
+    while (!rest.empty()) {
+      auto comma = rest.find(',');
+      std::string item = rest.substr(0, comma);
+      rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+      auto colon = item.find(':');
+      std::string role = item.substr(0, colon);
+      if (colon == std::string::npos || !cfg.api.stream_budgets.count(role) ||
+          !to_int(item.substr(colon + 1), n) || n < 0 || n > 1000) {
+        std::fprintf(stderr,
+                     "atriumd: bad --stream-budgets: '%s' (role:count for admin, user, agent)\n",
+                     item.c_str());
+        return 2;
+      }
+      cfg.api.stream_budgets[role] = static_cast<size_t>(n);
+    }
   }
   if (auto v = get("queue-capacity")) {
     if (!to_int(*v, n) || n < 1) return std::fprintf(stderr, "atriumd: bad --queue-capacity\n"), 2;
@@ -245,8 +315,11 @@ int main(int argc, char** argv) {
     }
     cfg.bootstrap_token = tok;
   }
-  if (cfg.bootstrap_token && cfg.bootstrap_token->size() < 16) {
-    std::fprintf(stderr, "atriumd: the bootstrap token must be at least 16 characters\n");
+  if (cfg.bootstrap_token && cfg.bootstrap_token->size() < atrium::api::kMinBootstrapTokenChars) {
+    std::fprintf(stderr,
+                 "atriumd: the bootstrap token (ATRIUM_BOOTSTRAP_TOKEN or "
+                 "--bootstrap-token-file) must be at least %zu characters\n",
+                 atrium::api::kMinBootstrapTokenChars);
     return 2;
   }
 

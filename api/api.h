@@ -6,12 +6,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
 #include "api/access_log.h"
 #include "api/http_types.h"
+#include "api/login_throttle.h"
 #include "api/router.h"
 #include "domain/placement.h"
 #include "eventstore/event_store.h"
@@ -36,7 +38,13 @@ struct ApiConfig {
   bool access_log = true;
   std::chrono::milliseconds sse_wait{15000};
   std::chrono::milliseconds command_timeout{30000};
-  size_t max_sse_streams = 8;
+  // Long-polls (/v1/events/stream, /v1/me/notifications) each hold an HTTP worker for up to
+  // sse_wait: at most streams_per_user per user (then 429), and per role a budget of its own
+  // (then 503), so one user cannot starve the others and admins always have theirs. A
+  // principal counts under admin if it is one, else user, else agent.
+  size_t streams_per_user = 2;
+  std::map<std::string, size_t> stream_budgets{{"admin", 2}, {"user", 4}, {"agent", 2}};
+  LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
 };
 
@@ -113,12 +121,25 @@ class Api {
   bool wait_idle(std::chrono::milliseconds timeout);
   size_t in_flight() const { return in_flight_.load(); }
 
-  // Counts concurrent SSE streams; false when the limit is reached.
-  bool enter_stream();
-  void leave_stream();
+  // Takes a long-poll slot for the principal: nullopt when taken (call leave_stream after),
+  // else the refusal to answer (429 too_many_user_streams, 503 too_many_streams).
+  std::optional<HttpResponse> enter_stream(const Principal& p);
+  void leave_stream(const Principal& p);
+
+  // ---- passwords ------------------------------------------------------------------------
+  // Checks a password for a login or a password change: throttled per (normalised) name and
+  // source address, the KDF always run once (a dummy hash for an unknown user or one without
+  // a password), failures counted in atrium_login_failures_total{reason} and an engaged
+  // throttle recorded as a LoginThrottled event. nullopt when the password matches `hash`,
+  // else the answer to give (401 bad_credentials, 429 login_throttled, 503 login_busy).
+  std::optional<HttpResponse> check_password(const HttpRequest& req, const std::string& name,
+                                             const std::string& user_id,
+                                             const std::optional<std::string>& hash,
+                                             const std::string& password, const Error& on_mismatch);
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
+  static std::string stream_class(const Principal& p);
   void record_metrics(const std::string& route, const std::string& method, int status,
                       double secs);
 
@@ -134,7 +155,12 @@ class Api {
   std::atomic<bool> draining_{false};
   std::atomic<bool> started_{false};
   std::atomic<size_t> in_flight_{0};
-  std::atomic<size_t> streams_{0};
+  std::mutex streams_mu_;
+  std::unordered_map<std::string, size_t> streams_by_user_;
+  std::map<std::string, size_t> streams_by_class_;
+  LoginThrottle throttle_;
+  prometheus::Family<prometheus::Counter>* login_failures_ = nullptr;
+  prometheus::Counter* login_kdf_ = nullptr;
   std::mutex idle_mu_;
   std::condition_variable idle_cv_;
 };

@@ -15,6 +15,12 @@ using domain::State;
 
 Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock clock) {
   if (!crypto_init()) return Error::make(Code::internal, "libsodium failed to initialise");
+  if (cfg.bootstrap_token && cfg.bootstrap_token->size() < kMinBootstrapTokenChars) {
+    return Error::make(Code::invalid_argument,
+                       "the bootstrap token must be at least " +
+                           std::to_string(kMinBootstrapTokenChars) + " characters",
+                       "bootstrap_token_too_short");
+  }
   std::unique_ptr<Daemon> d(new Daemon());
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
@@ -109,10 +115,13 @@ Status write_secret_file(const std::string& path, const std::string& content) {
 
 // First start (no user yet): create the "admin" user. With a bootstrap token, that token
 // is the admin's credential; otherwise a random password and token are written to a 0600
-// file in the data dir. A bootstrap token given on a later start is (re)registered for the
-// first admin if the log does not know it yet, so automation can always get in.
+// file in the data dir. A bootstrap token given on a later start is registered for the first
+// admin if the log does not know it yet. Bootstrap tokens live bootstrap_token_ttl_ms from
+// the start that issued them (a longer-lived one from an older broker is cut to that); an
+// expired or revoked one is not brought back, and a start naming a new one revokes the
+// others, so a replaced token never stays valid.
 Status Daemon::bootstrap(const DaemonConfig& cfg) {
-  constexpr int64_t kBootstrapTtlMs = int64_t{365} * 24 * 3600 * 1000;
+  const int64_t kBootstrapTtlMs = cfg.bootstrap_token_ttl_ms;
   bool empty = views_.read([](const State& s) { return s.users.by_id.empty(); });
   std::string admin_id = views_.read([](const State& s) {
     for (const auto& [id, u] : s.users.by_id) {
@@ -151,9 +160,42 @@ Status Daemon::bootstrap(const DaemonConfig& cfg) {
   }
   if (token.empty() || admin_id.empty()) return Status::Ok();
   std::string hash = sha256_hex(token);
-  bool known = views_.read([&](const State& s) { return s.users.tokens.count(hash) > 0; });
-  if (!known) {
-    domain::IssueToken it{admin_id, hash, api_->now_ms() + kBootstrapTtlMs};
+  int64_t now = api_->now_ms();
+  struct Known {
+    std::optional<domain::Token> current;
+    std::vector<std::string> replaced;  // other live bootstrap tokens
+  };
+  Known k = views_.read([&](const State& s) {
+    Known out;
+    for (const auto& [h, t] : s.users.tokens) {
+      if (h == hash) {
+        out.current = t;
+      } else if (t.bootstrap && !t.revoked && t.expires_at_ms > now) {
+        out.replaced.push_back(h);
+      }
+    }
+    return out;
+  });
+  for (const auto& old : k.replaced) {
+    domain::RevokeToken rt{old};
+    auto r = pipeline_->execute(make("RevokeToken", [rt](const State& s, const domain::Context& c) {
+      return domain::decide(s, rt, c);
+    }));
+    if (!r.ok()) return r.error();
+  }
+  bool issue = !k.current;
+  if (k.current && (k.current->revoked || k.current->expires_at_ms <= now)) {
+    std::fprintf(stderr,
+                 "atriumd: the bootstrap token given has %s; it stays so (set a new one "
+                 "to get in with a bootstrap token)\n",
+                 k.current->revoked ? "been revoked" : "expired");
+  } else if (k.current && k.current->bootstrap &&
+             k.current->expires_at_ms > now + kBootstrapTtlMs) {
+    issue = true;  // from an older broker (365 days) or a longer TTL: shortened to this one
+  }
+  if (issue) {
+    domain::IssueToken it{k.current ? k.current->user_id : admin_id, hash, now + kBootstrapTtlMs,
+                          true};
     auto r = pipeline_->execute(make("IssueToken", [it](const State& s, const domain::Context& c) {
       return domain::decide(s, it, c);
     }));

@@ -14,12 +14,18 @@
 
 namespace atrium::api {
 
+inline constexpr size_t kMinBootstrapTokenChars = 32;
+
 struct DaemonConfig {
   std::string data_dir = "./data";
   // Host added on the very first start (empty log); empty = none.
   std::string default_host_uri = "test:///default";
   ApiConfig api;
-  std::optional<std::string> bootstrap_token;  // ATRIUM_BOOTSTRAP_TOKEN
+  // ATRIUM_BOOTSTRAP_TOKEN: at least kMinBootstrapTokenChars characters. It lives
+  // bootstrap_token_ttl_ms from the start that first registered it; a start that names
+  // another one revokes the previous bootstrap tokens.
+  std::optional<std::string> bootstrap_token;
+  int64_t bootstrap_token_ttl_ms = int64_t{24} * 3600 * 1000;
   bool write_admin_credentials = true;         // first start: data_dir/admin-credentials
   pipeline::PipelineOptions pipeline;
   bool sync = true;

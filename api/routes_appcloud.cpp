@@ -377,8 +377,25 @@ void register_servers(Api& api) {
           return api.run(req, command("RemoveServerApplication", cmd, 204));
         });
 
-  // Load (and optionally inventory) from the server's agent, or an admin.
+  // Load (and optionally inventory) from the server's agent, or an admin. An agent acts only
+  // for the server an admin bound it to (users.agent_server_id); a report may not be dated
+  // more than kMaxReportSkewMs ahead of the broker's clock (it would never go stale).
   r.add("POST", "/v1/servers/{id}/report", Access::Roles({"agent"}), [&api](HttpRequest& req) {
+    constexpr int64_t kMaxReportSkewMs = 60'000;
+    const Principal& who = *req.principal;
+    if (!who.is_admin()) {
+      if (who.agent_server_id.empty()) {
+        return problem(Error::make(Code::permission_denied,
+                                   "this agent is bound to no server; an admin sets its "
+                                   "agent_server_id",
+                                   "agent_not_bound"));
+      }
+      if (who.agent_server_id != req.param("id")) {
+        return problem(Error::make(Code::permission_denied,
+                                   "this agent reports only for its own server",
+                                   "agent_server_mismatch"));
+      }
+    }
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"cpu_load", "memory_load", "sessions", "reported_at_ms", "inventory"});
@@ -399,6 +416,14 @@ void register_servers(Api& api) {
       }
     }
     if (auto st = br.finish(); !st) return problem(st.error());
+    if (at && *at > api.now_ms() + kMaxReportSkewMs) {
+      return problem(Error{Code::invalid_argument,
+                           "reported_at_ms is more than " +
+                               std::to_string(kMaxReportSkewMs / 1000) +
+                               " s ahead of the broker's clock",
+                           "reported_at_in_future",
+                           {{"reported_at_ms", "is in the future"}}});
+    }
     std::string id = req.param("id");
     domain::ReportServerLoad load{id, *cpu, *mem, static_cast<uint32_t>(*sessions),
                                   at.value_or(0)};

@@ -443,7 +443,14 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
            {"reconnected", reconnect},
            {"tls", grant->tls},
            {"connection_file", vv_file(info.pool_name + " - " + req.principal->name, *grant)}};
-  if (!grant->note.empty()) out["ticket_note"] = grant->note;
+  // The hypervisor's own words stay with admins (the DesktopSessionTicketIssued event has
+  // them); the user learns only that the ticket could not be set.
+  if (!grant->note.empty()) {
+    out["ticket_note"] = req.principal->is_admin() ? grant->note
+                         : grant->ticket_applied
+                             ? "the ticket is set in the desktop's definition"
+                             : "the display password could not be set on this host";
+  }
   HttpResponse resp = HttpResponse::json(reconnect ? 200 : 201, out);
   resp.with_header("Location", "/v1/sessions/" + sid);
   resp.with_header("Cache-Control", "no-store");
@@ -619,9 +626,7 @@ void register_channels(Api& api) {
         return problem(invalid("Last-Event-ID must be an event position", "invalid_header"));
       }
     }
-    if (!api.enter_stream()) {
-      return problem(Error::make(Code::unavailable, "too many open event streams", "too_many_streams"));
-    }
+    if (auto refusal = api.enter_stream(*req.principal)) return *refusal;
     std::string me = req.principal->user_id;
     auto collect = [&] {
       return api.views().read([&](const State& s) {
@@ -638,7 +643,7 @@ void register_channels(Api& api) {
       api.store().wait_for(api.store().last_position(), std::chrono::milliseconds(250));
       found = collect();
     }
-    api.leave_stream();
+    api.leave_stream(*req.principal);
     std::string out = "retry: 500\n\n";
     for (const auto& n : found) {
       Json d = n.data;

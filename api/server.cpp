@@ -45,6 +45,7 @@ class PistacheHandler : public Http::Handler {
     req.method = Http::methodString(preq.method());
     req.path = preq.resource();
     req.body = preq.body();
+    req.remote_address = preq.address().host();  // login throttling per source address
     bool query_ok = true;
     for (auto it = preq.query().parameters_begin(); it != preq.query().parameters_end(); ++it) {
       bool ok1, ok2;

@@ -108,7 +108,7 @@ inline const char* code_name(Code c) {
     case Code::version_mismatch: return "version_mismatch";
     case Code::too_large: return "too_large";
     case Code::unprocessable: return "unprocessable";
-    case Code::too_many_requests: return "too_many_requests";
+    case Code::too_many_requests: return "rate_limited";
     case Code::unavailable: return "unavailable";
     case Code::internal: return "internal";
   }

@@ -497,8 +497,10 @@ TEST_CASE("launch refusals: not authorized, disabled service, stale load; why th
   REQUIRE(l4.status == 201);
   CHECK(l4.json()["server"]["id"] == s2);
 
-  // An agent may report; a user may not; an agent may not launch.
+  // An agent may report (for the server it is bound to); a user may not; an agent may not
+  // launch.
   auto [agent, agt] = b.user("agent-1", {"agent"});
+  REQUIRE(b.call("PATCH", "/v1/users/" + agent, {{"agent_server_id", s1}}).status == 200);
   CHECK(b.call("POST", "/v1/servers/" + s1 + "/report",
                {{"cpu_load", 0.1}, {"memory_load", 0.1}, {"sessions", 0}}, agt)
             .status == 200);
