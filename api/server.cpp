@@ -263,7 +263,7 @@ void written(ConnState& st) {
   st.last_written = now_ms();
   if (st.pending_writes > 0 || st.phase != ConnState::Phase::closing || st.shut) return;
   if (!st.linger) {
-    st.owner->drop(st.fd, st.peer_id);  // destroys st
+    st.owner->drop(st.fd, st.peer_id);  // st lives on only in the caller's pointer
     return;
   }
   ::shutdown(st.fd, SHUT_WR);
@@ -603,7 +603,8 @@ AtriumTransport::AtriumTransport(std::shared_ptr<Http::Handler> http,
 void AtriumTransport::check_timers() {
   int64_t now = now_ms();
   const TransportShared& s = *shared_;
-  std::vector<std::pair<std::shared_ptr<Tcp::Peer>, std::shared_ptr<ConnState>>> late, expired;
+  std::vector<std::pair<std::shared_ptr<Tcp::Peer>, std::shared_ptr<ConnState>>> late;
+  std::vector<std::pair<int, size_t>> expired;
   for (const auto& [fd, peer] : peers) {
     auto st = state_of(peer);
     if (!st) continue;
@@ -621,14 +622,15 @@ void AtriumTransport::check_timers() {
       deadline = st->last_written + s.keepalive_timeout_ms;
     }
     if (now < deadline) continue;
-    (answer_408 ? late : expired).emplace_back(peer, st);
+    if (answer_408) {
+      late.emplace_back(peer, st);
+    } else {
+      expired.emplace_back(fd, st->peer_id);
+    }
   }
   for (auto& [peer, st] : late) framer_->time_out(st, peer);
-  for (auto& [peer, st] : expired) {
-    std::shared_ptr<Tcp::Peer> p = peer;
-    st.reset();
-    removePeer(p);
-  }
+  // By descriptor and id: answering the late ones may already have removed some peers.
+  for (const auto& [fd, id] : expired) drop(fd, id);
 }
 
 size_t open_descriptors() {
