@@ -130,6 +130,9 @@ struct ConnState : ConnectionTable::Conn {
   uint64_t discarded = 0;  // bytes read and dropped while closing
   bool shut = false;       // our write side is shut down
   bool linger = true;      // false: removed as soon as the answer is out (refused)
+  // The transport removed (and closed) the connection. The state can outlive its peer for a
+  // moment (the acceptor thread may still hold the peer): never touch fd then.
+  bool gone = false;
 };
 
 std::shared_ptr<ConnState> state_of(const std::shared_ptr<Tcp::Peer>& peer) {
@@ -192,6 +195,7 @@ class AtriumTransport : public Tcp::Transport {
     auto it = peers.find(fd);
     if (it == peers.end() || it->second->getID() != peer_id) return;
     std::shared_ptr<Tcp::Peer> peer = it->second;
+    if (auto st = state_of(peer)) st->gone = true;
     removePeer(peer);
   }
 
@@ -259,6 +263,7 @@ void begin_close(ConnState& st) {
 }
 
 void written(ConnState& st) {
+  if (st.gone) return;
   st.pending_writes--;
   st.last_written = now_ms();
   if (st.pending_writes > 0 || st.phase != ConnState::Phase::closing || st.shut) return;
@@ -382,6 +387,7 @@ class Framer : public Tcp::Handler {
   }
 
   void onDisconnection(const std::shared_ptr<Tcp::Peer>& peer) override {
+    if (auto st = state_of(peer)) st->gone = true;
     pistache()->onDisconnection(peer);
   }
 
