@@ -1,6 +1,7 @@
 // atriumd: the only composition root. Parses configuration (flags, then ATRIUM_* environment
 // fallbacks, then defaults), builds the daemon, and waits for SIGTERM/SIGINT.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -40,6 +41,12 @@ const std::vector<Flag> kFlags = {
      "event-stream long-polls one user may hold at once (default 2)"},
     {"stream-budgets", "ATRIUM_STREAM_BUDGETS",
      "long-polls held at once per role (default admin:2,user:4,agent:2)"},
+    {"keepalive-timeout-s", "ATRIUM_KEEPALIVE_TIMEOUT_S",
+     "an idle persistent HTTP connection closes after N seconds (default 10)"},
+    {"max-connections", "ATRIUM_MAX_CONNECTIONS",
+     "open HTTP connections at most (default: what the descriptor limit leaves after a reserve)"},
+    {"max-connections-per-ip", "ATRIUM_MAX_CONNECTIONS_PER_IP",
+     "open HTTP connections per client address at most (default 512)"},
     {"tls-cert", "ATRIUM_TLS_CERT", "PEM certificate; enables TLS with --tls-key"},
     {"tls-key", "ATRIUM_TLS_KEY", "PEM private key"},
     {"bootstrap-token-file", "ATRIUM_BOOTSTRAP_TOKEN_FILE",
@@ -186,6 +193,18 @@ int main(int argc, char** argv) {
     if (!to_int(*v, n) || n < 1024) return std::fprintf(stderr, "atriumd: bad --max-body-bytes\n"), 2;
     cfg.api.max_body_bytes = static_cast<size_t>(n);
   }
+  if (auto v = get("max-connections")) {
+    if (!to_int(*v, n) || n < 16) {
+      return std::fprintf(stderr, "atriumd: bad --max-connections (at least 16)\n"), 2;
+    }
+    cfg.api.max_connections = static_cast<size_t>(n);
+  }
+  if (auto v = get("max-connections-per-ip")) {
+    if (!to_int(*v, n) || n < 1) {
+      return std::fprintf(stderr, "atriumd: bad --max-connections-per-ip\n"), 2;
+    }
+    cfg.api.max_connections_per_ip = static_cast<size_t>(n);
+  }
   constexpr long long kMaxTokenTtlS = 365LL * 24 * 3600;  // bounded: ms must never overflow
   if (auto v = get("token-ttl-s")) {
     if (!to_int(*v, n) || n < 60 || n > kMaxTokenTtlS) {
@@ -265,7 +284,8 @@ int main(int argc, char** argv) {
     out = std::chrono::seconds(n);
     return true;
   };
-  if (!seconds("client-timeout-s", 5, 86400, cfg.pools.client_timeout) ||
+  if (!seconds("keepalive-timeout-s", 1, 3600, cfg.api.keepalive_timeout) ||
+      !seconds("client-timeout-s", 5, 86400, cfg.pools.client_timeout) ||
       !seconds("launch-wait-s", 1, 3600, cfg.pools.launch_wait) ||
       !seconds("ticket-ttl-s", 10, 86400, cfg.pools.ticket_ttl)) {
     return 2;
@@ -332,6 +352,14 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // Descriptors: the soft limit up to the hard one; the HTTP server derives its connection
+  // cap from it (README, Configuration).
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+
   auto daemon = atrium::api::Daemon::start(cfg);
   if (!daemon.ok()) {
     std::fprintf(stderr, "atriumd: cannot start: %s\n", daemon.error().message.c_str());
@@ -339,6 +367,11 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "atriumd: listening on %s:%u%s, data in %s\n", cfg.api.host.c_str(),
                (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", cfg.data_dir.c_str());
+  std::fprintf(stderr,
+               "atriumd: at most %zu HTTP connections (%zu per address; %llu descriptors)\n",
+               (*daemon)->http_server().max_connections(),
+               (*daemon)->http_server().max_connections_per_ip(),
+               static_cast<unsigned long long>(nofile.rlim_cur));
   int sig = 0;
   sigwait(&set, &sig);
   std::fprintf(stderr, "atriumd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");

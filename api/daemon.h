@@ -47,6 +47,7 @@ class Daemon {
   ~Daemon();
 
   uint16_t port() const { return server_->port(); }
+  const HttpServer& http_server() const { return *server_; }
   Api& api() { return *api_; }
   eventstore::EventStore& store() { return *store_; }
   projections::Views& views() { return views_; }

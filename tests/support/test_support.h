@@ -65,6 +65,28 @@ bool send_all(int fd, const std::string& s);
 // Sends raw bytes and returns whatever the server answered (for malformed-request tests).
 std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms = 10000);
 
+// One client connection kept open across requests (keep-alive, pipelining, attack tests).
+class RawConnection {
+ public:
+  explicit RawConnection(uint16_t port);  // to 127.0.0.1:port; ok() is false when it failed
+  ~RawConnection();
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  bool send(const std::string& bytes);
+  // Reads one response (its head and a Content-Length body); status 0 on EOF or timeout.
+  HttpReply read_reply(int timeout_ms = 5000);
+  // True when the server closed the connection (EOF or reset) within timeout_ms, once any
+  // answer still buffered is read.
+  bool closed_within(int timeout_ms);
+  void close();
+
+ private:
+  int fd_ = -1;
+  std::string buf_;
+};
+
 // The real broker (store, pipeline, API, Pistache) in this process on 127.0.0.1:<any port>,
 // with a known admin token.
 class TestBroker {
