@@ -13,7 +13,9 @@
 //   - logoff drops the open viewer (its SPICE connections go, remote-viewer quits), the old
 //     ticket is refused, and a second user launched right after gets the VM with no earlier
 //     viewer attached, then connects with their own .vv.
-// Domains are named atrium-sess-e2e-<pid>-* and removed at the end (tests/support/qemu_e2e.h).
+// The diskless guest's SeaBIOS would reboot it after 60 s without a bootable device
+// (rebootTimeout='-1' keeps it still). Domains are named atrium-sess-e2e-<pid>-* and removed at
+// the end (tests/support/qemu_e2e.h).
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -61,7 +63,7 @@ std::string diskless_template(const std::string& name) {
   return "<domain type='" + domain_type() + "'><name>" + name + "</name>"
          "<uuid>44444444-4444-4444-8444-444444444444</uuid>"
          "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-         "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+         "<os><type arch='x86_64' machine='pc'>hvm</type><bios rebootTimeout='-1'/></os>"
          "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>"
          "<devices><graphics type='spice' autoport='yes' listen='127.0.0.1'/>"
          "<video><model type='qxl'/></video></devices></domain>";

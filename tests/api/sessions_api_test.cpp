@@ -113,6 +113,21 @@ TEST_CASE("9.1: a viewer attached to the display keeps its session connected pas
   auto hist = b.call("GET", "/v1/streams/desktop-session-" + sid).json()["items"];
   CHECK(hist.back()["type"] == "DesktopSessionDisconnected");
   CHECK(hist.back()["data"]["reason"] == "display_closed");
+  // A VM that stops takes its clients with it (QEMU sends no disconnects then): the display
+  // table forgets them on the lifecycle event.
+  hosts->inject_display_event(h, display_event(vm, "connect", 40010));
+  hosts->inject_display_event(h, display_event(vm, "initialize", 40010));
+  poll(b, "/v1/sessions/" + sid, [](const json& j) { return j["state"] == "connected"; });
+  std::string name = vm["name"];
+  REQUIRE(hosts->with_connection(h, [&](atrium::adapters::HypervisorConnection& c) { return c.destroy(name); }).ok());
+  bool cleared = false;
+  for (int i = 0; i < 200 && !cleared; ++i) {
+    auto w = hosts->display_wave(vm["id"]);
+    cleared = w && w->initialized == 0;
+    if (!cleared) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(cleared);
+  poll(b, "/v1/sessions/" + sid, [](const json& j) { return j["state"] != "connected"; });
 }
 
 TEST_CASE("9.2: the next user never gets a VM still shutting down or with the last viewer on it") {
