@@ -114,11 +114,15 @@ struct StringHash {
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
 };
 
-// Releases a snapshot on scope exit.
+// Releases a snapshot on scope exit. A secondary instance has no snapshots (and changes
+// only when told to catch up, which this store never does): reads see it as it is.
 class SnapshotGuard {
  public:
-  explicit SnapshotGuard(rocksdb::DB* db) : db_(db), snap_(db->GetSnapshot()) {}
-  ~SnapshotGuard() { db_->ReleaseSnapshot(snap_); }
+  SnapshotGuard(rocksdb::DB* db, bool supported)
+      : db_(db), snap_(supported ? db->GetSnapshot() : nullptr) {}
+  ~SnapshotGuard() {
+    if (snap_ != nullptr) db_->ReleaseSnapshot(snap_);
+  }
   SnapshotGuard(const SnapshotGuard&) = delete;
   SnapshotGuard& operator=(const SnapshotGuard&) = delete;
   const rocksdb::Snapshot* get() const { return snap_; }
@@ -613,7 +617,7 @@ class RocksEventStore final : public EventStore {
       auto db_or = acquire();
       if (!db_or) return db_or.error();
       const Db& db = **db_or;
-      SnapshotGuard snap(db.db);
+      SnapshotGuard snap(db.db, opts_.mode != OpenMode::secondary);
       rocksdb::ReadOptions ro;
       ro.snapshot = snap.get();
       const std::string prefix = stream_prefix(stream);
@@ -728,7 +732,7 @@ class RocksEventStore final : public EventStore {
       auto db_or = acquire();
       if (!db_or) return db_or.error();
       const Db& db = **db_or;
-      SnapshotGuard snap(db.db);
+      SnapshotGuard snap(db.db, opts_.mode != OpenMode::secondary);
       rocksdb::ReadOptions ro;
       ro.snapshot = snap.get();
       ro.verify_checksums = true;
