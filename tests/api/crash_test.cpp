@@ -131,7 +131,8 @@ TEST_CASE("configuration flags: pool and placement settings are accepted, bad va
                                          {"--placement-scope=nearest", "--placement-scope"},
                                          {"--placement-policy=random", "--placement-policy"},
                                          {"--load-weights=1,2", "--load-weights"},
-                                         {"--load-weights=0,0,0", "weights"}}) {
+                                         {"--load-weights=0,0,0", "weights"},
+                                         {"--accept-data-loss=maybe", "--accept-data-loss"}}) {
     CAPTURE(row.flag);
     std::string err = dir.str() + "/err.txt";
     std::string cmd = std::string(atriumd()) + " serve --data-dir=" + dir.str() + "/bad " + row.flag +
