@@ -188,7 +188,8 @@ TEST_CASE("10.5: a full disk answers 503 and the daemon recovers by itself, ever
   CHECK(w.other == 0);
   if (w.other != 0) MESSAGE("last other answer: " << w.last_other);
   MESSAGE(rounds_done << " rounds on a 16 MiB tmpfs: " << w.created.load() << " users created, "
-                      << w.unavailable.load() << " answers 503 while full, daemon alive throughout");
+                      << w.unavailable.load() << " answers 503 while full, " << w.no_answer.load()
+                      << " unanswered within 5 s, daemon alive throughout");
   ::kill(c.pid, SIGTERM);
   CHECK(wait_exit(c.pid) == 0);
 

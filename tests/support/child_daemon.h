@@ -175,6 +175,7 @@ inline const std::vector<std::string> kQuiet = {"--default-host=none", "--host-r
 struct Writers {
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> created{0}, unavailable{0}, other{0};
+  std::atomic<uint64_t> no_answer{0};  // connection failed or timed out (status 0)
   std::mutex mu;
   std::set<std::string> acked;
   std::vector<std::thread> threads;
@@ -193,13 +194,16 @@ struct Writers {
           } else if (r.status == 503) {
             ++unavailable;
             std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          } else if (r.status == 0) {
+            ++no_answer;
+            if (stop_when_gone) break;  // the daemon is gone
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
           } else {
             ++other;
             {
               std::lock_guard l(mu);
               last_other = std::to_string(r.status) + " " + r.body;
             }
-            if (r.status == 0 && stop_when_gone) break;  // the daemon is gone
             std::this_thread::sleep_for(std::chrono::milliseconds(5));
           }
         }
