@@ -47,7 +47,7 @@ TEST_CASE(
       verified_hash = e["hash"].get<std::string>();
       if (e["type"] == "UserCreated") pending.erase(e["data"]["name"].get<std::string>());
     }
-    CHECK_MESSAGE(pending.empty(), pending.size() << " acknowledged writes missing, e.g. "
+    REQUIRE_MESSAGE(pending.empty(), pending.size() << " acknowledged writes missing, e.g. "
                                                   << (pending.empty() ? "" : *pending.begin()));
     pending.clear();
   };

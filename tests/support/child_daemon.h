@@ -139,7 +139,7 @@ struct Ran {
 
 inline Ran run(const std::string& args, const std::string& out_file) {
   Ran r;
-  r.rc = atrium::testing::run_command("timeout -s KILL 60 " + std::string(atriumd()) + " " + args +
+  r.rc = atrium::testing::run_command("timeout -s KILL 300 " + std::string(atriumd()) + " " + args +
                                       " > " + out_file + " 2>&1");
   r.out = slurp(out_file);
   return r;
