@@ -1,6 +1,14 @@
 #include "support/test_support.h"
 
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <system_error>
 
@@ -16,6 +24,47 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+TmpfsMount::TmpfsMount(const std::string& size) {
+  const std::string opts = "size=" + size + ",mode=0700";
+  if (::mount("tmpfs", dir_.str().c_str(), "tmpfs", 0, opts.c_str()) == 0) {
+    mounted_ = true;
+  } else {
+    why_ = std::string("cannot mount a tmpfs (") + std::strerror(errno) + "; needs root)";
+  }
+}
+
+TmpfsMount::~TmpfsMount() {
+  if (mounted_) ::umount2(dir_.str().c_str(), MNT_DETACH);
+}
+
+size_t fill_until_full(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return 0;
+  std::string zeros(64 * 1024, '\0');
+  size_t total = 0;
+  for (size_t chunk = zeros.size(); chunk > 0;) {
+    ssize_t n = ::write(fd, zeros.data(), chunk);
+    if (n > 0) {
+      total += static_cast<size_t>(n);
+    } else {
+      chunk /= 2;  // the last pages: smaller writes until not even one byte fits
+    }
+  }
+  ::close(fd);
+  return total;
+}
+
+std::map<std::string, std::string> file_contents(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    out[e.path().string()] =
+        std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  return out;
 }
 
 }  // namespace atrium::testing

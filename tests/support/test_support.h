@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 
 namespace atrium::testing {
@@ -20,6 +21,30 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// A small tmpfs mounted on a fresh directory, unmounted (lazily) when the object dies.
+// Mounting needs root (CAP_SYS_ADMIN): check ok() and skip with why() otherwise.
+class TmpfsMount {
+ public:
+  explicit TmpfsMount(const std::string& size = "8m");
+  ~TmpfsMount();
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  std::string str() const { return dir_.str(); }
+
+ private:
+  TempDir dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
+// Writes zeros to `path` until the file system is full (ENOSPC); returns the bytes written.
+size_t fill_until_full(const std::string& path);
+
+// Every regular file under `dir` with its bytes (for "nothing changed" checks).
+std::map<std::string, std::string> file_contents(const std::string& dir);
 
 }  // namespace atrium::testing
 
