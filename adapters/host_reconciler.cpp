@@ -762,6 +762,10 @@ void HostManager::on_display_event(const std::string& host_id, const DisplayClie
     changed = (after > 0) != t.reported_connected;
   }
   if (!changed) return;
+  wake_display(host_id);
+}
+
+void HostManager::wake_display(const std::string& host_id) {
   std::shared_ptr<Worker> w;
   {
     std::lock_guard lock(mu_);
@@ -786,17 +790,7 @@ void HostManager::on_display_stopped(const std::string& host_id, const std::stri
     it->second.last_event_ms = clock_();
     if (!it->second.reported_connected) return;
   }
-  std::shared_ptr<Worker> w;
-  {
-    std::lock_guard lock(mu_);
-    if (auto it = workers_.find(host_id); it != workers_.end()) w = it->second;
-  }
-  if (!w) return;
-  {
-    std::lock_guard lock(w->mu);
-    w->display_changed = true;
-  }
-  w->cv.notify_all();
+  wake_display(host_id);
 }
 
 void HostManager::report_display(const std::string& host_id, uint64_t epoch) {

@@ -39,24 +39,12 @@ constexpr int kLastPort = 5649;
 constexpr const char* kFamily = "atrium-sess-e2e-";
 
 void configure_broker(api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 1s;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.shutdown_timeout = 3s;
-  cfg.hosts.connect_timeout = 30s;
-  cfg.pools.interval = 100ms;
+  fast_qemu_broker(cfg);
   cfg.pools.client_timeout = 5s;
-  cfg.pools.spice_listen = "127.0.0.1";
 }
 
-std::string add_local_host(TestBroker& b) {
-  auto add = b.call("POST", "/v1/hosts",
-                    {{"name", "local-qemu"},
-                     {"uri", "qemu:///system"},
-                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}}});
-  REQUIRE_MESSAGE(add.status == 202, add.body);
-  std::string host_id = add.json()["host_id"];
-  poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
-  return host_id;
+std::string add_local_host(TestBroker& b, const json& extra = json::object()) {
+  return add_qemu_host(b, kFirstPort, kLastPort, extra)["id"];
 }
 
 std::string diskless_template(const std::string& name) {
@@ -217,14 +205,9 @@ TEST_CASE("remote-viewer over SPICE TLS on qemu:///system: the .vv lets the clie
   const std::string pool_name = guard.prefix() + "tls";
   TestBroker b(configure_broker);
   INFO("broker event log (last events):\n" << event_log(b));
-  auto add = b.call("POST", "/v1/hosts",
-                    {{"name", "local-qemu-tls"},
-                     {"uri", "qemu:///system"},
-                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}},
-                     {"spice_tls", {{"ca_cert", ca + "\n"}, {"host_subject", host_subject}}}});
-  REQUIRE_MESSAGE(add.status == 202, add.body);
-  std::string host_id = add.json()["host_id"];
-  json host = poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
+  std::string host_id =
+      add_local_host(b, {{"spice_tls", {{"ca_cert", ca + "\n"}, {"host_subject", host_subject}}}});
+  json host = b.call("GET", "/v1/hosts/" + host_id).json();
   CHECK(host["spice_tls"]["host_subject"] == host_subject);
   auto created = b.call("POST", "/v1/pools",
                         {{"name", pool_name},
