@@ -16,6 +16,7 @@
 
 #include "api/crypto.h"
 #include "api/daemon.h"
+#include "support/child_daemon.h"
 #include "support/test_support.h"
 
 using atrium::testing::http;
@@ -615,17 +616,7 @@ namespace {
 
 constexpr const char* kToken = "atr_attack_test_token_0123456789abcdef";
 
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using atrium::testing::child::free_port;
 
 // The real atriumd as a child, with RLIMIT_NOFILE set to `nofile` (soft and hard, as `ulimit
 // -n` does), killed when the object goes.
