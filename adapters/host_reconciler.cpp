@@ -76,13 +76,13 @@ void HostMetrics::refresh(const projections::Views& views) {
   struct Snap {
     std::map<std::string, int> by_state;
     std::map<std::pair<std::string, std::string>, int> vm_counts;
-    std::map<std::string, int> free;
+    std::map<std::pair<std::string, std::string>, int> free;  // (host id, name) -> ports
   };
   Snap snap = views.read([](const State& s) {
     Snap out;
     for (const auto& [id, h] : s.hosts.hosts) {
       out.by_state[h.state]++;
-      if (h.state != "removed") out.free[h.id] = s.hosts.ports_free(h.id);
+      if (h.state != "removed") out.free[{h.id, h.name}] = s.hosts.ports_free(h.id);
     }
     for (const auto& [id, v] : s.hosts.vms) {
       out.vm_counts[{v.desired, domain::shown_observed(s.hosts, v)}]++;
@@ -109,7 +109,11 @@ void HostMetrics::refresh(const projections::Views& views) {
   }
   for (const auto& [host, n] : snap.free) {
     auto it = port_gauges_.find(host);
-    if (it == port_gauges_.end()) it = port_gauges_.emplace(host, &ports_free->Add({{"host", host}})).first;
+    if (it == port_gauges_.end()) {
+      it = port_gauges_
+               .emplace(host, &ports_free->Add({{"host", host.first}, {"host_name", host.second}}))
+               .first;
+    }
     it->second->Set(n);
   }
 }
@@ -126,6 +130,7 @@ struct HostManager::Worker {
   bool relist = true;
   bool views_changed = true;
   bool lost = false;
+  bool display_changed = false;  // a VM's display gained its first or lost its last client
   std::string lost_reason;
   std::shared_ptr<HypervisorConnection> conn;  // guarded by mu (the worker also keeps a copy)
   uint64_t epoch = 0;
@@ -400,7 +405,7 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
   auto wait_until = [&](int64_t until_ms, bool wake_on_change) {
     std::unique_lock lock(w->mu);
     while (!w->stop) {
-      if (wake_on_change && (w->relist || w->views_changed || w->lost)) return;
+      if (wake_on_change && (w->relist || w->views_changed || w->lost || w->display_changed)) return;
       int64_t left = until_ms - clock_();
       if (left <= 0) return;
       w->cv.wait_for(lock, Ms(std::min<int64_t>(left, 1000)));
@@ -456,7 +461,12 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
       }
       auto weak = std::weak_ptr<Worker>(w);
       Status sub = conn->subscribe(
-          [weak](const DomainEvent&) {
+          [this, weak, hid](const DomainEvent& ev) {
+            // A domain that stopped has no display clients left, and QEMU, gone, reports no
+            // disconnects for them.
+            if ((ev.state == DomainState::shut_off || ev.state == DomainState::crashed) && !weak.expired()) {
+              on_display_stopped(hid, ev.uuid);
+            }
             if (auto wk = weak.lock()) {
               {
                 std::lock_guard lock(wk->mu);
@@ -474,6 +484,10 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
               }
               wk->cv.notify_all();
             }
+          },
+          [this, weak, hid](const DisplayClientEvent& ev) {
+            if (weak.expired()) return;
+            on_display_event(hid, ev);
           });
       if (!sub.ok()) log("host " + hid + ": no lifecycle events: " + sub.error().message);
       uint64_t epoch = std::max(hs.host.epoch, w->epoch) + 1;
@@ -518,6 +532,13 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
       drop_connection();
       continue;
     }
+    bool display_changed;
+    {
+      std::lock_guard lock(w->mu);
+      display_changed = w->display_changed;
+      w->display_changed = false;
+    }
+    if (display_changed) report_display(hid, w->epoch);
 
     auto pass_start = std::chrono::steady_clock::now();
     // ---- observe ------------------------------------------------------------------------
@@ -716,6 +737,100 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
   w->done = true;
   // Wake the scanner so it reaps this worker soon.
   cv_.notify_all();
+}
+
+// ---- display clients --------------------------------------------------------------------
+void HostManager::on_display_event(const std::string& host_id, const DisplayClientEvent& ev) {
+  if (ev.uuid.empty()) return;
+  std::string vm_id = domain::vm_id_for(host_id, ev.uuid);
+  std::string endpoint = ev.remote_address + "|" + ev.remote_service;
+  bool changed = false;
+  {
+    std::lock_guard lock(display_mu_);
+    DisplayTrack& t = display_[vm_id];
+    t.host_id = host_id;
+    t.last_event_ms = clock_();
+    int before = 0;
+    for (const auto& [k, init] : t.channels) before += init ? 1 : 0;
+    if (ev.phase == "connect") {
+      t.channels.emplace(endpoint, false);
+    } else if (ev.phase == "initialize") {
+      t.channels[endpoint] = true;
+    } else if (ev.phase == "disconnect") {
+      t.channels.erase(endpoint);
+    }
+    int after = 0;
+    for (const auto& [k, init] : t.channels) after += init ? 1 : 0;
+    if (before == 0 && after > 0) {
+      t.wave_started_ms = t.last_event_ms;
+      t.client_address = ev.remote_address;
+    }
+    changed = (after > 0) != t.reported_connected;
+  }
+  if (!changed) return;
+  wake_display(host_id);
+}
+
+void HostManager::wake_display(const std::string& host_id) {
+  std::shared_ptr<Worker> w;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = workers_.find(host_id); it != workers_.end()) w = it->second;
+  }
+  if (!w) return;
+  {
+    std::lock_guard lock(w->mu);
+    w->display_changed = true;
+  }
+  w->cv.notify_all();
+}
+
+void HostManager::on_display_stopped(const std::string& host_id, const std::string& uuid) {
+  if (uuid.empty()) return;
+  std::string vm_id = domain::vm_id_for(host_id, uuid);
+  {
+    std::lock_guard lock(display_mu_);
+    auto it = display_.find(vm_id);
+    if (it == display_.end() || it->second.channels.empty()) return;
+    it->second.channels.clear();
+    it->second.last_event_ms = clock_();
+    if (!it->second.reported_connected) return;
+  }
+  wake_display(host_id);
+}
+
+void HostManager::report_display(const std::string& host_id, uint64_t epoch) {
+  std::vector<domain::RecordDisplayClients> reports;
+  {
+    std::lock_guard lock(display_mu_);
+    for (auto& [vm_id, t] : display_) {
+      if (t.host_id != host_id) continue;
+      bool connected = std::any_of(t.channels.begin(), t.channels.end(),
+                                   [](const auto& c) { return c.second; });
+      if (connected == t.reported_connected) continue;
+      t.reported_connected = connected;
+      reports.push_back({vm_id, epoch, connected, connected ? t.client_address : std::string()});
+    }
+  }
+  for (auto& r : reports) {
+    auto out = pipeline_.execute(cmd("RecordDisplayClients", std::move(r)));
+    if (!out.ok()) log("host " + host_id + ": display clients not recorded: " + out.error().message);
+  }
+}
+
+std::optional<domain::DisplayWave> HostManager::display_wave(const std::string& vm_id) const {
+  std::lock_guard lock(display_mu_);
+  auto it = display_.find(vm_id);
+  if (it == display_.end()) return std::nullopt;
+  domain::DisplayWave w;
+  for (const auto& [k, init] : it->second.channels) (init ? w.initialized : w.connecting)++;
+  w.wave_started_ms = it->second.wave_started_ms;
+  w.last_event_ms = it->second.last_event_ms;
+  return w;
+}
+
+void HostManager::inject_display_event(const std::string& host_id, const DisplayClientEvent& ev) {
+  on_display_event(host_id, ev);
 }
 
 }  // namespace atrium::adapters

@@ -13,7 +13,9 @@
 //
 // Per worker, in a loop:
 //  - not connected: connect (keepalive on), read capabilities, subscribe to lifecycle events
-//    (each one asks for a relist) and the close callback; record HostConnected with epoch =
+//    (each one asks for a relist), display client events (graphics events: kept in memory per
+//    VM, see display_wave(); a VM's display gaining its first authenticated client or losing
+//    its last one is recorded as RecordDisplayClients) and the close callback; record HostConnected with epoch =
 //    the host's epoch + 1. On failure record the attempt and retry with exponential backoff;
 //    once connect_timeout has passed since the host entered connecting/disconnected, record the
 //    final failure (host -> alert, operation failed with libvirt's message) and stop.
@@ -47,12 +49,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "adapters/hypervisor.h"
 #include "adapters/libvirt_hypervisor.h"
 #include "domain/host_uri.h"
+#include "domain/pools.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
 
@@ -84,7 +88,7 @@ struct HostMetrics {
   prometheus::Histogram* reconcile_duration = nullptr;             // one worker pass
   prometheus::Family<prometheus::Histogram>* libvirt_duration = nullptr;  // {call}
   prometheus::Family<prometheus::Counter>* libvirt_errors = nullptr;      // {call}
-  prometheus::Family<prometheus::Gauge>* ports_free = nullptr;     // {host}
+  prometheus::Family<prometheus::Gauge>* ports_free = nullptr;            // {host, host_name}
 
   // For LibvirtOptions::observer.
   LibvirtCallObserver observer();
@@ -96,7 +100,7 @@ struct HostMetrics {
   std::map<std::string, prometheus::Histogram*> call_hist_;
   std::map<std::string, prometheus::Counter*> call_err_;
   std::map<std::pair<std::string, std::string>, prometheus::Gauge*> vm_gauges_;
-  std::map<std::string, prometheus::Gauge*> port_gauges_;
+  std::map<std::pair<std::string, std::string>, prometheus::Gauge*> port_gauges_;  // id, name
 };
 
 class HostManager {
@@ -117,6 +121,13 @@ class HostManager {
 
   size_t worker_count() const;
 
+  // The display clients of a VM as the graphics events of its host showed them since this
+  // broker started (in memory: liveness, not history); nullopt when no display event was ever
+  // seen for it (the test driver sends none; a broker restart forgets clients connected before).
+  std::optional<domain::DisplayWave> display_wave(const std::string& vm_id) const;
+  // For tests: feed a display event as if the host's connection had delivered it.
+  void inject_display_event(const std::string& host_id, const DisplayClientEvent& ev);
+
   // ---- test hooks -----------------------------------------------------------------------
   // Runs `fn` on the worker's open connection to the host, e.g. to change a domain behind
   // the broker's back on a test:/// host (whose state exists only inside that one
@@ -129,6 +140,22 @@ class HostManager {
 
  private:
   struct Worker;
+  // Per VM: its display connections by client endpoint (true once authenticated).
+  struct DisplayTrack {
+    std::string host_id;
+    std::map<std::string, bool> channels;
+    std::string client_address;  // the client of the first authenticated channel
+    int64_t wave_started_ms = 0;
+    int64_t last_event_ms = 0;
+    bool reported_connected = false;  // what RecordDisplayClients last said
+  };
+  void on_display_event(const std::string& host_id, const DisplayClientEvent& ev);
+  // The domain stopped: its display clients are gone (QEMU sends no disconnects then).
+  void on_display_stopped(const std::string& host_id, const std::string& uuid);
+  // Tells the host's worker that a VM's display connectedness changed.
+  void wake_display(const std::string& host_id);
+  // Records the VMs of the host whose display connectedness changed (worker thread).
+  void report_display(const std::string& host_id, uint64_t epoch);
   void scan_loop();
   void scan_once();
   void run_worker(const std::shared_ptr<Worker>& w);
@@ -147,6 +174,9 @@ class HostManager {
   bool stopping_ = false;
   std::thread scanner_;
   std::map<std::string, std::shared_ptr<Worker>> workers_;
+
+  mutable std::mutex display_mu_;
+  std::map<std::string, DisplayTrack> display_;  // by vm id
 };
 
 }  // namespace atrium::adapters

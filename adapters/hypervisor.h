@@ -75,7 +75,8 @@ struct DomainInfo {
   std::string uuid;  // canonical lowercase text form
   DomainState state = DomainState::unknown;
   // The port of the first <graphics type='spice'> (else 'vnc') element of the domain's current
-  // XML: the live port of a running domain, or the fixed port of a shut-off one. -1 when the
+  // XML (its TLS port when it has only that): the live port of a running domain, or the fixed
+  // port of a shut-off one. -1 when the
   // domain has no such display or the port is not allocated yet (autoport while shut off).
   int display_port = -1;
   std::uint64_t memory_kib = 0;  // configured maximum memory (<memory>)
@@ -98,6 +99,33 @@ struct DomainEvent {
 
 // Called for each lifecycle event of any domain on the connection.
 using DomainEventCallback = std::function<void(const DomainEvent&)>;
+
+// A display client event (libvirt's VIR_DOMAIN_EVENT_ID_GRAPHICS): a SPICE or VNC client's
+// connection to a domain's display. SPICE clients open several connections (channels: main,
+// display, inputs, cursor, ...), each authenticated with the same password and each reported on
+// its own; a VNC client has one.
+struct DisplayClientEvent {
+  std::string name;  // domain
+  std::string uuid;
+  // "connect": the TCP connection is accepted (not yet authenticated); "initialize": it
+  // authenticated and is set up; "disconnect": it closed (also after a failed authentication).
+  std::string phase;
+  std::string family;          // "ipv4", "ipv6", "unix"
+  std::string local_address;   // the display's side
+  std::string local_service;   // its port
+  std::string remote_address;  // the client's side
+  std::string remote_service;  // the client's port
+  std::string auth_scheme;     // e.g. "spice", "vnc", "none"
+};
+using DisplayEventCallback = std::function<void(const DisplayClientEvent&)>;
+
+// What a display password change does to clients already connected with the old password
+// (libvirt's <graphics connected='...'>).
+enum class ConnectedClients {
+  hypervisor_default,  // whatever the hypervisor does by default
+  keep,                // they stay connected (the old password only stops new connections)
+  disconnect,          // they are disconnected at once
+};
 // Called once when the connection is lost (not when close() is called); the argument says why:
 // "error", "eof", "keepalive" or "client".
 using ConnectionClosedCallback = std::function<void(std::string reason)>;
@@ -148,13 +176,13 @@ class HypervisorConnection {
 
   // Sets the password of the domain's display (the first spice, else vnc, <graphics>) on the
   // running domain, valid until `expires_at` (Unix seconds, UTC); expires_at <= 0 means no
-  // expiry. Existing display clients are handled as the hypervisor does by default.
+  // expiry. `clients` says what happens to display clients already connected.
   // not_found for an unknown domain, failed_precondition if it has no spice/vnc display, is not
   // running, or the driver cannot change the password (with the hypervisor's own message).
   // Note: QEMU can only change a SPICE password if the domain was started with one (otherwise
   // SPICE runs with ticketing disabled and QEMU answers "Could not set password").
   virtual Status set_display_password(std::string_view name, std::string_view password,
-                                      std::int64_t expires_at) = 0;
+                                      std::int64_t expires_at, ConnectedClients clients) = 0;
 
   // Storage volumes (copy-on-write overlay disks of desktop pools). Paths are the volumes'
   // target paths as the hypervisor reports them (e.g. "/var/lib/libvirt/images/x.qcow2").
@@ -178,12 +206,14 @@ class HypervisorConnection {
   // the hypervisor has a volume with that path.
   virtual Status delete_volume(std::string_view path) = 0;
 
-  // Installs the callbacks for domain lifecycle events and for losing the connection; a later
-  // call replaces both. Either may be empty. Callbacks run on the hypervisor library's event
+  // Installs the callbacks for domain lifecycle events, for losing the connection and (when the
+  // driver has them: QEMU, not the test driver) for display client events; a later call replaces
+  // all three. Any may be empty; a driver without display events is not an error. Callbacks run on the hypervisor library's event
   // thread, one at a time: they must return quickly and must not call back into this
   // connection synchronously (hand work to another thread). After close() returns, no callback
   // runs any more.
-  virtual Status subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed) = 0;
+  virtual Status subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed,
+                           DisplayEventCallback on_display = {}) = 0;
 
   // Whether the connection is open and its transport still up (a cheap local check; a dead peer
   // is noticed by keepalive after interval * count seconds).

@@ -451,28 +451,29 @@ thread_local const EventSink* t_dispatching = nullptr;
 struct EventSink {
   std::mutex mutex;
   std::condition_variable cv;
-  DomainEventCallback on_event;
-  ConnectionClosedCallback on_closed;
+  struct Callbacks {
+    DomainEventCallback on_event;
+    ConnectionClosedCallback on_closed;
+    DisplayEventCallback on_display;
+  };
+  Callbacks callbacks;
   bool active = true;
   int inflight = 0;
 
-  void set(DomainEventCallback e, ConnectionClosedCallback c) {
+  void set(Callbacks c) {
     std::lock_guard lock(mutex);
-    on_event = std::move(e);
-    on_closed = std::move(c);
+    callbacks = std::move(c);
   }
 
   template <typename F>
   void dispatch(F&& f) noexcept {
-    DomainEventCallback ev;
-    ConnectionClosedCallback cl;
+    Callbacks cbs;
     {
       std::lock_guard lock(mutex);
       if (!active) return;
       ++inflight;
       try {
-        ev = on_event;
-        cl = on_closed;
+        cbs = callbacks;
       } catch (...) {
         --inflight;
         return;
@@ -481,7 +482,7 @@ struct EventSink {
     const EventSink* outer = t_dispatching;
     t_dispatching = this;
     try {
-      f(ev, cl);
+      f(cbs);
     } catch (...) {
       // An owner's callback must not unwind through libvirt's C frames.
     }
@@ -522,8 +523,8 @@ int on_lifecycle(virConnectPtr /*conn*/, virDomainPtr dom, int event, int detail
     char uuid[VIR_UUID_STRING_BUFLEN];
     if (virDomainGetUUIDString(dom, uuid) == 0) ev.uuid = uuid;
     map_lifecycle(event, detail, ev);
-    (*sink)->dispatch([&](const DomainEventCallback& cb, const ConnectionClosedCallback&) {
-      if (cb) cb(ev);
+    (*sink)->dispatch([&](const EventSink::Callbacks& cbs) {
+      if (cbs.on_event) cbs.on_event(ev);
     });
   } catch (...) {
   }
@@ -539,9 +540,55 @@ void on_connection_closed(virConnectPtr /*conn*/, int reason, void* opaque) {
   received_from_libvirt(opaque);
   auto* sink = static_cast<EventSink*>(opaque);
   const char* why = close_reason_name(reason);
-  sink->dispatch([&](const DomainEventCallback&, const ConnectionClosedCallback& cb) {
-    if (cb) cb(why);
+  sink->dispatch([&](const EventSink::Callbacks& cbs) {
+    if (cbs.on_closed) cbs.on_closed(why);
   });
+}
+
+const char* graphics_phase_name(int phase) {
+  switch (phase) {
+    case VIR_DOMAIN_EVENT_GRAPHICS_CONNECT: return "connect";
+    case VIR_DOMAIN_EVENT_GRAPHICS_INITIALIZE: return "initialize";
+    case VIR_DOMAIN_EVENT_GRAPHICS_DISCONNECT: return "disconnect";
+    default: return "unknown";
+  }
+}
+
+const char* graphics_family_name(int family) {
+  switch (family) {
+    case VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_IPV4: return "ipv4";
+    case VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_IPV6: return "ipv6";
+    case VIR_DOMAIN_EVENT_GRAPHICS_ADDRESS_UNIX: return "unix";
+    default: return "unknown";
+  }
+}
+
+void on_graphics(virConnectPtr /*conn*/, virDomainPtr dom, int phase,
+                 const virDomainEventGraphicsAddress* local, const virDomainEventGraphicsAddress* remote,
+                 const char* auth_scheme, const virDomainEventGraphicsSubject* /*subject*/,
+                 void* opaque) {
+  auto* sink = static_cast<std::shared_ptr<EventSink>*>(opaque);
+  try {
+    DisplayClientEvent ev;
+    if (const char* n = virDomainGetName(dom)) ev.name = n;
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    if (virDomainGetUUIDString(dom, uuid) == 0) ev.uuid = uuid;
+    ev.phase = graphics_phase_name(phase);
+    if (remote != nullptr) {
+      ev.family = graphics_family_name(remote->family);
+      if (remote->node != nullptr) ev.remote_address = remote->node;
+      if (remote->service != nullptr) ev.remote_service = remote->service;
+    }
+    if (local != nullptr) {
+      if (local->node != nullptr) ev.local_address = local->node;
+      if (local->service != nullptr) ev.local_service = local->service;
+    }
+    if (auth_scheme != nullptr) ev.auth_scheme = auth_scheme;
+    (*sink)->dispatch([&](const EventSink::Callbacks& cbs) {
+      if (cbs.on_display) cbs.on_display(ev);
+    });
+  } catch (...) {
+  }
 }
 
 struct DomainFree {
@@ -636,23 +683,26 @@ namespace detail {
 int display_port_from_xml(std::string_view domain_xml) {
   std::optional<Element> el = display_element(domain_xml);
   if (!el) return -1;
-  const Attribute* port = el->find("port");
-  if (port == nullptr) return -1;
-  int value = -1;
-  const char* b = port->value.data();
-  const char* e = b + port->value.size();
-  auto [ptr, ec] = std::from_chars(b, e, value);
-  if (ec != std::errc() || ptr != e || value <= 0) return -1;
-  return value;
+  // The plain port, else (a display on a TLS port only) the TLS port.
+  for (const char* name : {"port", "tlsPort"}) {
+    const Attribute* port = el->find(name);
+    if (port == nullptr) continue;
+    int value = -1;
+    const char* b = port->value.data();
+    const char* e = b + port->value.size();
+    auto [ptr, ec] = std::from_chars(b, e, value);
+    if (ec == std::errc() && ptr == e && value > 0) return value;
+  }
+  return -1;
 }
 
 Result<std::string> graphics_with_password(std::string_view domain_xml, std::string_view password,
-                                           std::int64_t expires_at) {
+                                           std::int64_t expires_at, ConnectedClients clients) {
   std::optional<Element> el = display_element(domain_xml);
   if (!el) return refused("no_display", "the domain has no spice or vnc <graphics> device");
   std::string out = "<graphics";
   for (const auto& a : el->attributes) {
-    if (a.name == "passwd" || a.name == "passwdValidTo") continue;
+    if (a.name == "passwd" || a.name == "passwdValidTo" || a.name == "connected") continue;
     out += ' ';
     out += a.name;
     out += '=';
@@ -666,6 +716,8 @@ Result<std::string> graphics_with_password(std::string_view domain_xml, std::str
     if (valid_to.empty()) return invalid("expires_at is out of range");
     out += " passwdValidTo='" + valid_to + "'";
   }
+  if (clients == ConnectedClients::keep) out += " connected='keep'";
+  if (clients == ConnectedClients::disconnect) out += " connected='disconnect'";
   if (el->self_closing) {
     out += "/>";
   } else {
@@ -706,6 +758,7 @@ struct LibvirtConnection::State {
   // Event registration, guarded by register_mutex (taken on worker threads only).
   std::mutex register_mutex;
   int lifecycle_id = -1;
+  int graphics_id = -1;
   bool close_registered = false;
   std::shared_ptr<EventSink> sink = std::make_shared<EventSink>();
 
@@ -783,6 +836,12 @@ struct LibvirtConnection::State {
         (void)int_call("virConnectDomainEventDeregisterAny",
                        [&] { return virConnectDomainEventDeregisterAny(c, id); });
         lifecycle_id = -1;
+      }
+      if (graphics_id >= 0) {
+        int id = graphics_id;
+        (void)int_call("virConnectDomainEventDeregisterAny",
+                       [&] { return virConnectDomainEventDeregisterAny(c, id); });
+        graphics_id = -1;
       }
       if (close_registered) {
         (void)int_call("virConnectUnregisterCloseCallback",
@@ -1083,11 +1142,11 @@ Status LibvirtConnection::undefine(std::string_view name) {
 }
 
 Status LibvirtConnection::set_display_password(std::string_view name, std::string_view password,
-                                               std::int64_t expires_at) {
+                                               std::int64_t expires_at, ConnectedClients clients) {
   auto st = state_;
   return call_status("virDomainUpdateDeviceFlags",
-                     [st, name = std::string(name), password = std::string(password),
-                      expires_at](virConnectPtr c) -> Status {
+                     [st, name = std::string(name), password = std::string(password), expires_at,
+                      clients](virConnectPtr c) -> Status {
                        if (c == nullptr) return closed_error(st->uri);
                        auto d = st->lookup(c, name);
                        if (!d) return d.error();
@@ -1096,7 +1155,7 @@ Status LibvirtConnection::set_display_password(std::string_view name, std::strin
                                                       [&] { return virDomainGetXMLDesc(dom, 0); });
                        if (!xml) return xml.error();
                        CString owned(*xml);
-                       auto device = detail::graphics_with_password(owned.get(), password, expires_at);
+                       auto device = detail::graphics_with_password(owned.get(), password, expires_at, clients);
                        if (!device) return device.error();
                        auto r = st->int_call("virDomainUpdateDeviceFlags", [&] {
                          return virDomainUpdateDeviceFlags(dom, device->c_str(), VIR_DOMAIN_AFFECT_LIVE);
@@ -1199,13 +1258,14 @@ Status LibvirtConnection::delete_volume(std::string_view path) {
   });
 }
 
-Status LibvirtConnection::subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed) {
+Status LibvirtConnection::subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed,
+                                    DisplayEventCallback on_display) {
   auto st = state_;
   {
     std::lock_guard lock(st->mutex);
     if (st->closed) return closed_error(st->uri);
   }
-  st->sink->set(std::move(on_event), std::move(on_closed));
+  st->sink->set({std::move(on_event), std::move(on_closed), std::move(on_display)});
   return call_status("virConnectDomainEventRegisterAny", [st](virConnectPtr c) -> Status {
     if (c == nullptr) return closed_error(st->uri);
     std::lock_guard lock(st->register_mutex);
@@ -1223,6 +1283,23 @@ Status LibvirtConnection::subscribe(DomainEventCallback on_event, ConnectionClos
         return id.error();
       }
       st->lifecycle_id = *id;
+    }
+    if (st->graphics_id < 0) {
+      // Display client events; drivers without them (the test driver never emits any) still
+      // accept the registration. A refusal is not an error: the broker then has no display
+      // signal for this host and falls back to client reports and the client timeout.
+      auto* ref = new std::shared_ptr<EventSink>(st->sink);
+      auto cb = reinterpret_cast<virConnectDomainEventGenericCallback>(
+          reinterpret_cast<void (*)()>(&on_graphics));
+      auto id = st->int_call("virConnectDomainEventRegisterAny", [&] {
+        return virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_GRAPHICS, cb, ref,
+                                                free_sink_ref);
+      });
+      if (id) {
+        st->graphics_id = *id;
+      } else {
+        delete ref;
+      }
     }
     if (!st->close_registered) {
       // The sink outlives the registration: State owns it, and teardown unregisters first.

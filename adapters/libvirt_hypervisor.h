@@ -123,7 +123,8 @@ int display_port_from_xml(std::string_view domain_xml);
 // (if expires_at > 0) passwdValidTo="YYYY-MM-DDTHH:MM:SS" (UTC), keeping its other attributes
 // and children; failed_precondition "no_display" if there is no such element.
 Result<std::string> graphics_with_password(std::string_view domain_xml, std::string_view password,
-                                           std::int64_t expires_at);
+                                           std::int64_t expires_at,
+                                           ConnectedClients clients = ConnectedClients::hypervisor_default);
 
 }  // namespace detail
 
@@ -144,12 +145,13 @@ class LibvirtConnection final : public HypervisorConnection {
   Status reboot(std::string_view name) override;
   Status undefine(std::string_view name) override;
   Status set_display_password(std::string_view name, std::string_view password,
-                              std::int64_t expires_at) override;
+                              std::int64_t expires_at, ConnectedClients clients) override;
   Result<std::string> create_overlay_volume(std::string_view pool, std::string_view name,
                                             std::string_view base_path) override;
   Result<std::string> volume_path(std::string_view pool, std::string_view name) override;
   Status delete_volume(std::string_view path) override;
-  Status subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed) override;
+  Status subscribe(DomainEventCallback on_event, ConnectionClosedCallback on_closed,
+                   DisplayEventCallback on_display = {}) override;
   bool is_alive() override;
   Status close() override;
 

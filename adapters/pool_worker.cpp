@@ -118,6 +118,7 @@ Status PoolWorker::define_member(const std::string& vm_id, int port, const std::
     pl.params.spice_port = port;
     pl.params.spice_password = password;
     pl.params.spice_listen = opts_.spice_listen;
+    if (const domain::Host* h = s.hosts.host(m->host_id)) pl.params.spice_tls = h->spice_tls();
     if (expires_ms > 0) pl.params.password_valid_to = utc_iso8601(expires_ms, false);
     pl.overlay = m->overlay;
     pl.storage_pool = p->tmpl.storage_pool.empty() ? "default" : p->tmpl.storage_pool;
@@ -175,6 +176,38 @@ Result<std::string> PoolWorker::export_domain_xml(const std::string& host_id, co
   });
   if (!st.ok()) return st.error();
   return xml;
+}
+
+Status PoolWorker::validate_template(const std::vector<std::string>& host_ids,
+                                     const domain::PoolTemplate& t) {
+  if (hosts_ == nullptr) return Error::make(Code::unavailable, "no host manager runs", "template_host_unavailable");
+  domain::MemberXmlParams params;
+  std::string uuid = new_uuid();
+  params.name = domain::kValidationDomainPrefix + uuid.substr(0, 8);
+  params.uuid = uuid;
+  params.mac = new_mac();
+  params.spice_listen = opts_.spice_listen;
+  params.spice_password = random_hex(12);
+  if (!t.base_volume.empty()) params.overlay_path = t.base_volume;  // never started: not opened
+  auto xml = domain::member_domain_xml(t.domain_xml, params);
+  if (!xml.ok()) return xml.error();
+  std::string last_unavailable = "no host of the pool is connected";
+  for (const auto& host : host_ids) {
+    Status st = hosts_->with_connection(host, [&](HypervisorConnection& c) -> Status {
+      auto d = c.define(*xml);
+      if (!d.ok()) return d.error();
+      return c.undefine(params.name);
+    });
+    if (st.ok()) return st;
+    if (st.error().code == Code::unavailable) {
+      last_unavailable = st.error().message;
+      continue;  // try the pool's next host
+    }
+    return Error::make(Code::invalid_argument, "libvirt on host " + host + " refuses the template: " + st.error().message,
+                       "invalid_template");
+  }
+  return Error::make(Code::unavailable, "the template cannot be checked: " + last_unavailable,
+                     "template_host_unavailable");
 }
 
 Result<std::string> PoolWorker::provision(const std::string& pool_id) {
@@ -361,7 +394,7 @@ void PoolWorker::run_once() {
   int64_t now = clock_();
   struct Work {
     std::vector<std::pair<std::string, domain::SparePlan>> plans;
-    std::vector<std::string> provisioning, removing, refreshing;
+    std::vector<std::string> provisioning, removing, refreshing, resetting;
     std::vector<domain::PowerAction> actions;
   };
   Work w = views_.read([&](const State& s) {
@@ -374,6 +407,7 @@ void PoolWorker::run_once() {
       if (m.state == "provisioning") k.provisioning.push_back(id);
       if (m.state == "removing") k.removing.push_back(id);
       if (m.state == "refreshing") k.refreshing.push_back(id);
+      if (!m.display_reset.empty()) k.resetting.push_back(id);
     }
     k.actions = domain::power_actions(s, now, opts_.client_timeout.count());
     return k;
@@ -411,11 +445,13 @@ void PoolWorker::run_once() {
   }
   for (const auto& id : w.removing) finish_removal(id);
   for (const auto& id : w.refreshing) finish_refresh(id);
+  for (const auto& id : w.resetting) reset_display(id, now);
+  retire_tickets(now);
 }
 
 Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) {
   struct Look {
-    std::string vm, host, name, address;
+    std::string vm, host, name, address, ca, subject;
     bool found = false;
   };
   auto l = views_.read([&](const State& s) {
@@ -429,12 +465,17 @@ Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) 
     k.host = d->host_id;
     k.name = m->name;
     k.address = h->address;
+    k.ca = h->spice_ca_cert;
+    k.subject = h->spice_host_subject;
     k.found = true;
     return k;
   });
   if (!l.found) return not_found("session " + session_id + " not found or ended");
   DisplayGrant g;
   g.host = l.address;
+  g.tls = !l.ca.empty();
+  g.ca_cert = l.ca;
+  g.host_subject = l.subject;
   g.ticket = random_hex(12);
   g.expires_at_ms = clock_() + opts_.ticket_ttl.count();
   bool booted_with_ticket = false;
@@ -460,6 +501,7 @@ Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) 
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  std::lock_guard display(display_mu_);
   if (booted_with_ticket) {
     // Booted with the ticket (and its expiry) in its display definition.
     g.ticket_applied = true;
@@ -467,8 +509,10 @@ Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) 
   } else if (hosts_ == nullptr) {
     g.note = "no host manager runs";
   } else {
+    // A reconnect: whoever is still attached with an older ticket is dropped, so the display
+    // follows the newest launch and no earlier ticket stays usable.
     Status st = hosts_->with_connection(l.host, [&](HypervisorConnection& c) {
-      return c.set_display_password(l.name, g.ticket, g.expires_at_ms / 1000);
+      return c.set_display_password(l.name, g.ticket, g.expires_at_ms / 1000, ConnectedClients::disconnect);
     });
     g.ticket_applied = st.ok();
     if (!st.ok()) g.note = "the hypervisor did not accept the ticket: " + st.error().message;
@@ -476,6 +520,125 @@ Result<DisplayGrant> PoolWorker::prepare_display(const std::string& session_id) 
   (void)submit(command("RecordSessionTicket", domain::RecordSessionTicket{
                                                  session_id, g.expires_at_ms, g.ticket_applied, g.note}));
   return g;
+}
+
+void PoolWorker::end_failed_launch(const std::string& session_id, const std::string& reason) {
+  (void)submit(command("EndDesktopSession",
+                       domain::EndDesktopSession{session_id, reason, "pw-" + random_hex(12)}));
+}
+
+void PoolWorker::retire_tickets(int64_t now) {
+  if (hosts_ == nullptr) return;
+  struct Due {
+    std::string session, vm, host, name;
+    int64_t issued = 0;
+  };
+  auto due = views_.read([&](const State& s) {
+    std::vector<Due> out;
+    for (const auto& [uid, ids] : s.pools.live_by_user) {
+      for (const auto& id : ids) {
+        const domain::DesktopSession* d = s.pools.session(id);
+        if (d == nullptr || !d->ticket_applied || d->ticket_retired || d->ticket_expires_at_ms <= now) continue;
+        const domain::PoolMember* m = s.pools.member(d->vm_id);
+        if (m == nullptr) continue;
+        out.push_back({d->id, d->vm_id, d->host_id, m->name, d->ticket_issued_at_ms});
+      }
+    }
+    return out;
+  });
+  for (const Due& d : due) {
+    auto wave = hosts_->display_wave(d.vm);
+    // The client that authenticated with this ticket, after it was issued, has all its
+    // channels open: the ticket has done its job.
+    if (!wave || wave->wave_started_ms < d.issued || !domain::display_wave_complete(*wave, now)) continue;
+    std::lock_guard display(display_mu_);
+    bool still_due = views_.read([&](const State& s) {
+      const domain::DesktopSession* x = s.pools.session(d.session);
+      return x != nullptr && x->live() && !x->ticket_retired && x->ticket_issued_at_ms == d.issued;
+    });
+    if (!still_due) continue;
+    Status st = hosts_->with_connection(d.host, [&](HypervisorConnection& c) {
+      return c.set_display_password(d.name, random_hex(16), now / 1000 + 1, ConnectedClients::keep);
+    });
+    if (!st.ok() && st.error().code == Code::unavailable) continue;  // host not connected: later
+    (void)submit(command("RetireSessionTicket",
+                         domain::RetireSessionTicket{d.session, st.ok(),
+                                                     st.ok() ? "" : "the hypervisor did not change the password: " +
+                                                                         st.error().message}));
+  }
+}
+
+void PoolWorker::reset_display(const std::string& vm_id, int64_t now) {
+  struct Look {
+    std::string host, name, observed, reset, desired;
+    bool exists = false;
+  };
+  auto look = [&] {
+    return views_.read([&](const State& s) {
+      Look l;
+      const domain::PoolMember* m = s.pools.member(vm_id);
+      const domain::Vm* v = s.hosts.vm(vm_id);
+      if (m == nullptr || v == nullptr || m->display_reset.empty()) return l;
+      l.exists = true;
+      l.host = m->host_id;
+      l.name = m->name;
+      l.reset = m->display_reset;
+      l.observed = v->observed;
+      l.desired = v->desired;
+      return l;
+    });
+  };
+  auto record = [&](const std::string& note) {
+    reset_progress_.erase(vm_id);
+    (void)submit(command("RecordDisplayReset", domain::RecordDisplayReset{vm_id, true, note}));
+  };
+  std::lock_guard display(display_mu_);
+  Look l = look();
+  if (!l.exists) {
+    reset_progress_.erase(vm_id);
+    return;
+  }
+  if (!running_like(l.observed) && l.observed != "paused" && l.observed != "shutting_down") {
+    record("the vm is " + l.observed + ": no display client can be attached");
+    return;
+  }
+  ResetProgress& p = reset_progress_.emplace(vm_id, ResetProgress{now}).first->second;
+  if (p.powered_off) return;  // the fallback below: recorded once the VM is observed off
+  auto attached = [&] {
+    auto w = hosts_ ? hosts_->display_wave(vm_id) : std::nullopt;
+    return w && (w->initialized > 0 || w->connecting > 0);
+  };
+  bool timed_out = now - p.since > opts_.display_reset_timeout.count();
+  if (!p.rotated) {
+    Status st = hosts_ == nullptr ? Status(Error::make(Code::unavailable, "no host manager runs"))
+                                  : hosts_->with_connection(l.host, [&](HypervisorConnection& c) {
+                                      return c.set_display_password(l.name, random_hex(16), now / 1000 + 1,
+                                                                    ConnectedClients::disconnect);
+                                    });
+    if (st.ok()) {
+      p.rotated = true;
+    } else if (st.error().code == Code::unavailable) {
+      return;  // host not connected: nothing can be done from here until it is again
+    } else if (st.error().code != Code::unavailable && !attached()) {
+      // The hypervisor cannot change the password (libvirt's test driver) and no display
+      // client is known to be attached: nothing to drop.
+      record("no display client attached; the hypervisor did not change the password: " +
+             st.error().message);
+      return;
+    }
+  }
+  if (p.rotated) {
+    if (!attached()) {
+      record("display password rotated with connected='disconnect': no client is attached");
+      return;
+    }
+    if (!timed_out) return;  // clients are dropping
+  }
+  // Clients that do not go, or a password that cannot be changed while one is attached: power
+  // the VM off, the only way to be sure the next user sees nobody else's display.
+  p.powered_off = submit(command("RequestVmPower", domain::RequestVmPower{vm_id, "pw-" + random_hex(12),
+                                                                         "destroy", std::nullopt}))
+                      .ok();
 }
 
 }  // namespace atrium::adapters

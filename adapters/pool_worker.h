@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "adapters/host_reconciler.h"
+#include "domain/pools.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
 
@@ -38,13 +39,20 @@ struct PoolWorkerOptions {
   std::chrono::milliseconds provision_timeout{60000}; // define -> observed on the host
   std::chrono::milliseconds ticket_ttl{120000};       // one-time display password
   std::chrono::milliseconds launch_wait{60000};       // bounded wait for a VM to run
-  std::string spice_listen = "0.0.0.0";
+  // Listen address of members' SPICE displays; empty: the template's stands.
+  std::string spice_listen;
+  // After a session ends, how long its display clients may take to drop once the password was
+  // rotated with connected='disconnect'; then the VM is powered off instead.
+  std::chrono::milliseconds display_reset_timeout{10000};
 };
 
 // What a client needs to connect to a desktop.
 struct DisplayGrant {
   std::string host;  // host address for clients
-  int port = -1;
+  int port = -1;     // with tls: the TLS port (the only one)
+  bool tls = false;
+  std::string ca_cert;       // PEM of the host's SPICE CA (tls)
+  std::string host_subject;  // the host certificate's subject (tls)
   std::string ticket;
   int64_t expires_at_ms = 0;
   bool ticket_applied = false;
@@ -80,6 +88,18 @@ class PoolWorker {
   // host is not connected.
   Result<std::string> export_domain_xml(const std::string& host_id, const std::string& name);
 
+  // Ends a session whose launch failed after it was created (no desktop could be started).
+  void end_failed_launch(const std::string& session_id, const std::string& reason);
+
+  std::chrono::milliseconds launch_wait() const { return opts_.launch_wait; }
+
+  // Asks libvirt on a connected host of the pool whether a member defined from `t` is a valid
+  // domain: a throwaway domain (atrium-validate-<random>, never started) is defined from the
+  // member XML and undefined at once. invalid_argument with libvirt's message (reason
+  // invalid_template) when libvirt refuses it; unavailable (template_host_unavailable) when no
+  // host of the pool is connected.
+  Status validate_template(const std::vector<std::string>& host_ids, const domain::PoolTemplate& t);
+
   // One pass of the loop (tests drive it directly).
   void run_once();
 
@@ -102,6 +122,13 @@ class PoolWorker {
   bool finish_provisioning(const std::string& vm_id);
   void finish_removal(const std::string& vm_id);
   void finish_refresh(const std::string& vm_id);
+  // Rotates the one-time ticket of sessions whose client's display channels have all
+  // authenticated (graphics events), keeping that client connected.
+  void retire_tickets(int64_t now);
+  // Drops every display client of members whose session ended or was deactivated, and records
+  // the reset once no client is left (or the VM is off); powers the VM off when clients do not
+  // drop in time or the password cannot be changed while clients are connected.
+  void reset_display(const std::string& vm_id, int64_t now);
 
   pipeline::Pipeline& pipeline_;
   projections::Views& views_;
@@ -117,6 +144,15 @@ class PoolWorker {
   std::mutex pass_mu_;  // one pass at a time
   std::map<std::string, int64_t> provisioning_since_;  // vm id -> when defined (worker only)
   std::map<std::string, int64_t> pool_backoff_until_;   // pool id -> next provisioning try
+  struct ResetProgress {
+    int64_t since = 0;         // first attempt
+    bool rotated = false;      // password rotated with connected='disconnect'
+    bool powered_off = false;  // fallback: destroy requested
+  };
+  std::map<std::string, ResetProgress> reset_progress_;  // vm id -> display reset (worker)
+  // Display password changes of one broker, one at a time: a launch's fresh ticket and the
+  // worker's resets and retirements never interleave (a reset never kills a newer ticket).
+  std::mutex display_mu_;
 };
 
 }  // namespace atrium::adapters

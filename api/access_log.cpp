@@ -2,6 +2,22 @@
 
 namespace atrium::api {
 
+std::string log_escape(std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+      out += "\\x";
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
 AccessLog::AccessLog(bool enabled, FILE* out) : enabled_(enabled), out_(out) {
   if (enabled_) thread_ = std::thread([this] { run(); });
 }

@@ -6,9 +6,15 @@
 #include <cstdio>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace atrium::api {
+
+// A field for a log line: bytes outside printable ASCII (controls, DEL, and every byte of a
+// multi-byte character, so no terminal escape or bidi override survives), `"` and `\` are
+// written as \xNN; the rest as is. A line can then neither forge another line nor paint.
+std::string log_escape(std::string_view s);
 
 class AccessLog {
  public:

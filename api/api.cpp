@@ -1,10 +1,14 @@
 #include "api/api.h"
 
+#include <strings.h>
+
 #include <charconv>
 #include <ctime>
 
 #include "api/crypto.h"
+#include "api/query_params.h"
 #include "common/time_text.h"
+#include "domain/user_names.h"
 
 namespace atrium::api {
 
@@ -21,7 +25,51 @@ bool valid_request_id(const std::string& s) {
   for (unsigned char c : s) {
     if (c < 0x21 || c > 0x7e) return false;
   }
+  // The correlation ids the broker gives its own commands: a client's request must never
+  // look like one of them in the log.
+  static const char* const kReserved[] = {"bootstrap", "reconciler", "pool-worker", "system",
+                                          "anonymous", "bench",      "atrium"};
+  for (const char* r : kReserved) {
+    if (strcasecmp(s.c_str(), r) == 0) return false;
+  }
   return true;
+}
+
+// 400 unknown_query_parameter naming every query parameter the route does not take (one
+// `errors` entry each, names cut to 64 bytes), or nullopt when all are known.
+std::optional<HttpResponse> unknown_query(const HttpRequest& req, const std::string& tmpl) {
+  const std::set<std::string>* allowed = allowed_query(req.method, tmpl);
+  Error e = invalid("", "unknown_query_parameter");
+  for (const auto& [name, value] : req.query) {
+    if (allowed != nullptr && allowed->count(name) > 0) continue;
+    std::string shown = name.substr(0, 64);
+    e.message += (e.message.empty() ? "" : ", ") + shown;
+    e.fields.push_back({shown, "is not a query parameter of " + req.method + " " + tmpl});
+  }
+  if (e.fields.empty()) return std::nullopt;
+  std::string known;
+  if (allowed != nullptr) {
+    for (const auto& n : *allowed) known += (known.empty() ? "" : ", ") + n;
+  }
+  e.message = "unknown query parameter" + std::string(e.fields.size() > 1 ? "s " : " ") +
+              e.message + " on " + req.method + " " + tmpl + " (it takes " +
+              (known.empty() ? "none" : known) + ")";
+  return problem(e);
+}
+
+// "Bearer" in any case (RFC 9110 11.1: the scheme is case-insensitive), one or more spaces,
+// then the token; empty when the header is not of that form.
+std::string_view bearer_token(std::string_view h) {
+  constexpr std::string_view kScheme = "bearer";
+  if (h.size() <= kScheme.size() || strncasecmp(h.data(), kScheme.data(), kScheme.size()) != 0) {
+    return {};
+  }
+  size_t i = kScheme.size();
+  if (h[i] != ' ') return {};
+  while (i < h.size() && h[i] == ' ') ++i;
+  std::string_view t = h.substr(i);
+  while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+  return t;
 }
 
 std::string iso_now() { return utc_iso8601(static_cast<int64_t>(std::time(nullptr)) * 1000); }
@@ -36,20 +84,34 @@ Api::Api(ApiConfig cfg, eventstore::EventStore& store, projections::Views& views
       pipeline_(pipeline),
       metrics_(metrics),
       clock_(std::move(clock)),
-      log_(cfg_.access_log) {}
+      log_(cfg_.access_log),
+      throttle_(cfg_.login) {
+  login_failures_ = &prometheus::BuildCounter()
+                         .Name("atrium_login_failures_total")
+                         .Help(
+                             "Refused password checks (login, password change) by reason: "
+                             "bad_credentials, throttled, busy")
+                         .Register(*metrics_.registry);
+  for (const char* r : {"bad_credentials", "throttled", "busy"})
+    login_failures_->Add({{"reason", r}});
+  login_kdf_ = &prometheus::BuildCounter()
+                    .Name("atrium_login_kdf_total")
+                    .Help("Password checks that ran the KDF (argon2id)")
+                    .Register(*metrics_.registry)
+                    .Add({});
+}
 
 Result<Principal> Api::authenticate(const HttpRequest& req) const {
   auto h = req.header("authorization");
   if (!h) {
     return Error::make(Code::unauthenticated, "missing bearer token", "token_missing");
   }
-  constexpr std::string_view kBearer = "Bearer ";
-  if (h->size() <= kBearer.size() || h->compare(0, kBearer.size(), kBearer) != 0 ||
-      h->size() > 512) {
+  std::string_view token = bearer_token(*h);
+  if (token.empty() || h->size() > 512) {
     return Error::make(Code::unauthenticated, "the Authorization header must be 'Bearer <token>'",
                        "token_malformed");
   }
-  std::string token_hash = sha256_hex(std::string_view(*h).substr(kBearer.size()));
+  std::string token_hash = sha256_hex(token);
   int64_t now = clock_();
   return views_.read([&](const domain::State& s) -> Result<Principal> {
     const domain::User* u = s.users.authenticate(token_hash, now);
@@ -57,7 +119,7 @@ Result<Principal> Api::authenticate(const HttpRequest& req) const {
       return Error::make(Code::unauthenticated, "the token is unknown, expired or revoked",
                          "token_invalid");
     }
-    return Principal{u->id, u->name, u->roles, token_hash};
+    return Principal{u->id, u->name, u->roles, token_hash, u->agent_server_id};
   });
 }
 
@@ -121,6 +183,12 @@ HttpResponse Api::handle(HttpRequest& req) {
       }
     }
     if (allowed) {
+      if (auto bad = unknown_query(req, m.tmpl)) {
+        resp = std::move(*bad);
+        allowed = false;
+      }
+    }
+    if (allowed) {
       try {
         resp = m.route->handler(req);
       } catch (const std::exception& ex) {
@@ -128,23 +196,53 @@ HttpResponse Api::handle(HttpRequest& req) {
       }
     }
   }
-  resp.with_header("X-Request-Id", req.request_id);
-
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  record_metrics(m.tmpl, req.method, resp.status, secs);
-  if (cfg_.access_log) {
-    char dur[32];
-    std::snprintf(dur, sizeof dur, "%.3f", secs * 1000);
-    log_.write(iso_now() + " " + req.method + " " + req.path + " " + std::to_string(resp.status) +
-               " " + dur + "ms rid=" + req.request_id +
-               " user=" + (req.principal ? req.principal->user_id : "-"));
-  }
+  finish(req, m.tmpl, resp, t0);
   {
     std::lock_guard l(idle_mu_);
     in_flight_--;
   }
   idle_cv_.notify_all();
   return resp;
+}
+
+HttpResponse Api::refused(HttpRequest& req, HttpResponse resp) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto rid = req.header("x-request-id");
+  req.request_id = rid && valid_request_id(*rid) ? *rid : new_id();
+  finish(req, router_.match(req.method, req.path).tmpl, resp, t0);
+  return resp;
+}
+
+void Api::finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
+                 std::chrono::steady_clock::time_point t0) {
+  resp.with_header("X-Request-Id", req.request_id);
+  // A 5xx tells the client what failed (status, reason) and where to look, never how: the
+  // detail may hold file paths or a library's text, and goes to the log instead.
+  std::string internal_detail;
+  if (resp.status >= 500 && resp.content_type == "application/problem+json") {
+    Json j = Json::parse(resp.body, nullptr, false);
+    if (j.is_object()) {
+      internal_detail = j.value("detail", "");
+      j["detail"] = "the broker could not complete this request (" + j.value("reason", "error") +
+                    "); its log has the details under request id " + req.request_id;
+      resp.body = j.dump(-1, ' ', false, Json::error_handler_t::replace);
+    }
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  record_metrics(tmpl, req.method, resp.status, secs);
+  if (cfg_.access_log) {
+    char dur[32];
+    std::snprintf(dur, sizeof dur, "%.3f", secs * 1000);
+    std::string line = iso_now() + " " + log_escape(req.method) + " " + log_escape(req.path) + " " +
+                       std::to_string(resp.status) + " " + dur + "ms rid=" + req.request_id +
+                       " user=" + (req.principal ? req.principal->user_id : "-") +
+                       " ip=" + (req.remote_address.empty() ? "-" : log_escape(req.remote_address));
+    if (!internal_detail.empty()) line += " detail=\"" + log_escape(internal_detail) + "\"";
+    log_.write(std::move(line));
+  } else if (!internal_detail.empty()) {
+    std::fprintf(stderr, "atriumd: %d rid=%s %s\n", resp.status, req.request_id.c_str(),
+                 log_escape(internal_detail).c_str());
+  }
 }
 
 // Prometheus families look labels up under a lock; a per-thread cache of the series keeps
@@ -201,6 +299,22 @@ HttpResponse Api::run(const HttpRequest& req, pipeline::Command cmd) {
   }
   if (out->last_position > 0) r.with_header("X-Atrium-Position", std::to_string(out->last_position));
   if (out->replayed) r.with_header("Idempotent-Replayed", "true");
+  return r;
+}
+
+HttpResponse Api::count_launch(const char* kind, std::chrono::steady_clock::time_point started,
+                               HttpResponse r) {
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const char* outcome = r.status == 201   ? "created"
+                        : r.status == 200 ? "reconnected"
+                        : r.status < 500  ? "refused"
+                                          : "failed";
+  std::string reason = "none";
+  if (r.status >= 400) {
+    Json j = Json::parse(r.body, nullptr, false);
+    reason = j.is_object() ? j.value("reason", "unknown") : "unknown";
+  }
+  metrics_.record_launch(kind, outcome, reason, secs);
   return r;
 }
 
@@ -285,14 +399,80 @@ bool Api::wait_idle(std::chrono::milliseconds timeout) {
   return idle_cv_.wait_for(l, timeout, [&] { return in_flight_.load() == 0; });
 }
 
-bool Api::enter_stream() {
-  size_t cur = streams_.load();
-  while (cur < cfg_.max_sse_streams) {
-    if (streams_.compare_exchange_weak(cur, cur + 1)) return true;
-  }
-  return false;
+std::string Api::stream_class(const Principal& p) {
+  if (p.is_admin()) return domain::kRoleAdmin;
+  if (p.has_role(domain::kRoleUser)) return domain::kRoleUser;
+  return domain::kRoleAgent;
 }
 
-void Api::leave_stream() { streams_--; }
+std::optional<HttpResponse> Api::enter_stream(const Principal& p) {
+  std::string cls = stream_class(p);
+  auto budget = cfg_.stream_budgets.find(cls);
+  size_t limit = budget == cfg_.stream_budgets.end() ? 0 : budget->second;
+  std::lock_guard l(streams_mu_);
+  size_t& mine = streams_by_user_[p.user_id];
+  if (mine >= cfg_.streams_per_user) {
+    if (mine == 0) streams_by_user_.erase(p.user_id);
+    return too_many_requests("this user already holds " + std::to_string(cfg_.streams_per_user) +
+                                 " open event streams; close one or retry",
+                             "too_many_user_streams", static_cast<int64_t>(cfg_.sse_wait.count()));
+  }
+  size_t& ours = streams_by_class_[cls];
+  if (ours >= limit) {
+    if (mine == 0) streams_by_user_.erase(p.user_id);
+    return problem(Error::make(Code::unavailable, "too many open event streams for the role " + cls,
+                               "too_many_streams"));
+  }
+  ++mine;
+  ++ours;
+  return std::nullopt;
+}
+
+void Api::leave_stream(const Principal& p) {
+  std::lock_guard l(streams_mu_);
+  auto it = streams_by_user_.find(p.user_id);
+  if (it != streams_by_user_.end() && --it->second == 0) streams_by_user_.erase(it);
+  auto c = streams_by_class_.find(stream_class(p));
+  if (c != streams_by_class_.end() && c->second > 0) --c->second;
+}
+
+std::optional<HttpResponse> Api::check_password(const HttpRequest& req, const std::string& name,
+                                                const std::string& user_id,
+                                                const std::optional<std::string>& hash,
+                                                const std::string& password,
+                                                const Error& on_mismatch) {
+  int64_t now = now_ms();
+  if (int64_t wait = throttle_.blocked_for(name, req.remote_address, now); wait > 0) {
+    login_failures_->Add({{"reason", "throttled"}}).Increment();
+    return too_many_requests(
+        "too many failed logins for this name or from this address; "
+        "retry later",
+        "login_throttled", wait);
+  }
+  // The KDF runs once on every path: a real hash, or the dummy for an unknown user or one
+  // without a password, so the answer's timing tells none of them apart.
+  const std::string& h = hash && !hash->empty() ? *hash : dummy_password_hash();
+  PasswordCheck c = api::check_password(h, password);
+  if (c == PasswordCheck::busy) {
+    login_failures_->Add({{"reason", "busy"}}).Increment();
+    return problem(
+        Error::make(Code::unavailable, "password checks are busy; retry shortly", "login_busy"));
+  }
+  login_kdf_->Increment();
+  if (c == PasswordCheck::match && hash && !hash->empty()) {
+    throttle_.succeeded(name);
+    return std::nullopt;
+  }
+  login_failures_->Add({{"reason", "bad_credentials"}}).Increment();
+  for (const auto& e : throttle_.failed(name, req.remote_address, now)) {
+    domain::RecordLoginThrottled rec{e.scope, e.key, e.scope == "user" ? user_id : "", e.failures,
+                                     e.until_ms};
+    pipeline::Command cmd = command("RecordLoginThrottled", rec, 204);
+    cmd.meta.actor = "system";
+    cmd.meta.correlation_id = req.request_id;
+    (void)pipeline_.execute(std::move(cmd), cfg_.command_timeout);  // an audit record only
+  }
+  return problem(on_mismatch);
+}
 
 }  // namespace atrium::api

@@ -6,12 +6,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 
 #include "api/access_log.h"
 #include "api/http_types.h"
+#include "api/login_throttle.h"
 #include "api/router.h"
 #include "domain/host_uri.h"
 #include "domain/placement.h"
@@ -31,13 +33,26 @@ struct ApiConfig {
   uint16_t port = 8080;  // 0 = any free port (tests)
   int threads = 16;      // Pistache workers; handlers block while the writer commits
   size_t max_body_bytes = size_t{1} << 20;
+  size_t max_header_bytes = 16 << 10;  // request line and headers
+  // Connections: 0 = derived from RLIMIT_NOFILE at start (HttpServer::start).
+  size_t max_connections = 0;
+  size_t max_connections_per_ip = 512;
+  std::chrono::milliseconds keepalive_timeout{10000};  // idle persistent connections
+  std::chrono::milliseconds header_timeout{10000};     // a request's line and headers
+  std::chrono::milliseconds body_timeout{30000};       // a whole request
   std::string tls_cert;
   std::string tls_key;
   int64_t token_ttl_ms = int64_t{12} * 3600 * 1000;
   bool access_log = true;
   std::chrono::milliseconds sse_wait{15000};
   std::chrono::milliseconds command_timeout{30000};
-  size_t max_sse_streams = 8;
+  // Long-polls (/v1/events/stream, /v1/me/notifications) each hold an HTTP worker for up to
+  // sse_wait: at most streams_per_user per user (then 429), and per role a budget of its own
+  // (then 503), so one user cannot starve the others and admins always have theirs. A
+  // principal counts under admin if it is one, else user, else agent.
+  size_t streams_per_user = 2;
+  std::map<std::string, size_t> stream_budgets{{"admin", 2}, {"user", 4}, {"agent", 2}};
+  LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
   domain::HostUriPolicy host_uris;    // POST /v1/hosts: which libvirt URIs may be added
 };
@@ -77,6 +92,11 @@ class Api {
   // check, handler, metrics and access log. Never throws.
   HttpResponse handle(HttpRequest& req);
 
+  // A request the transport refused before it was read to the end (bad framing, a body over
+  // the limit, the connection cap): gives it a request id, counts it in the metrics and
+  // writes its access log line, as handle() does for every other answer.
+  HttpResponse refused(HttpRequest& req, HttpResponse resp);
+
   // ---- for route files ------------------------------------------------------------------
   Router& router() { return router_; }
   const ApiConfig& config() const { return cfg_; }
@@ -89,6 +109,11 @@ class Api {
   // Runs a command through the pipeline with the request's actor, request id and
   // Idempotency-Key, and maps the outcome to a response (JSON body, ETag from `etag_of`).
   HttpResponse run(const HttpRequest& req, pipeline::Command cmd);
+
+  // Counts a launch answer in /metrics (atrium_launches_total, atrium_launch_duration_seconds)
+  // and returns it: kind "desktop" or "application", `started` when the launch began.
+  HttpResponse count_launch(const char* kind, std::chrono::steady_clock::time_point started,
+                            HttpResponse r);
 
   // Runs f on the current view, or on the view as of ?as_of=<position>.
   HttpResponse with_state(const HttpRequest& req,
@@ -110,12 +135,27 @@ class Api {
   bool wait_idle(std::chrono::milliseconds timeout);
   size_t in_flight() const { return in_flight_.load(); }
 
-  // Counts concurrent SSE streams; false when the limit is reached.
-  bool enter_stream();
-  void leave_stream();
+  // Takes a long-poll slot for the principal: nullopt when taken (call leave_stream after),
+  // else the refusal to answer (429 too_many_user_streams, 503 too_many_streams).
+  std::optional<HttpResponse> enter_stream(const Principal& p);
+  void leave_stream(const Principal& p);
+
+  // ---- passwords ------------------------------------------------------------------------
+  // Checks a password for a login or a password change: throttled per (normalised) name and
+  // source address, the KDF always run once (a dummy hash for an unknown user or one without
+  // a password), failures counted in atrium_login_failures_total{reason} and an engaged
+  // throttle recorded as a LoginThrottled event. nullopt when the password matches `hash`,
+  // else the answer to give (401 bad_credentials, 429 login_throttled, 503 login_busy).
+  std::optional<HttpResponse> check_password(const HttpRequest& req, const std::string& name,
+                                             const std::string& user_id,
+                                             const std::optional<std::string>& hash,
+                                             const std::string& password, const Error& on_mismatch);
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
+  static std::string stream_class(const Principal& p);
+  void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
+              std::chrono::steady_clock::time_point t0);
   void record_metrics(const std::string& route, const std::string& method, int status,
                       double secs);
 
@@ -131,7 +171,12 @@ class Api {
   std::atomic<bool> draining_{false};
   std::atomic<bool> started_{false};
   std::atomic<size_t> in_flight_{0};
-  std::atomic<size_t> streams_{0};
+  std::mutex streams_mu_;
+  std::unordered_map<std::string, size_t> streams_by_user_;
+  std::map<std::string, size_t> streams_by_class_;
+  LoginThrottle throttle_;
+  prometheus::Family<prometheus::Counter>* login_failures_ = nullptr;
+  prometheus::Counter* login_kdf_ = nullptr;
   std::mutex idle_mu_;
   std::condition_variable idle_cv_;
 };

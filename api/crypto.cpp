@@ -2,22 +2,35 @@
 
 #include <sodium.h>
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 namespace atrium::api {
 
 namespace {
-constexpr int kHashConcurrency = 2;
 constexpr unsigned long long kOpsLimit = 2;             // argon2id t=2
 constexpr size_t kMemLimit = size_t{19} * 1024 * 1024;  // m=19 MiB (OWASP baseline)
 
+// A counting semaphore with a bounded queue: at most kdf_slots() hashes at once, at most
+// kWaitersPerSlot * slots callers waiting, each at most kMaxWait. A caller beyond that is told
+// "busy" at once, so a storm of logins holds a few HTTP workers, never all of them.
+constexpr int kWaitersPerSlot = 2;
+constexpr auto kMaxWait = std::chrono::milliseconds(1000);
+
 class Gate {
  public:
-  void enter() {
+  bool enter() {
     std::unique_lock l(mu_);
-    cv_.wait(l, [&] { return inside_ < kHashConcurrency; });
+    if (inside_ >= kdf_slots() && waiting_ >= kWaitersPerSlot * kdf_slots()) return false;
+    ++waiting_;
+    bool ok = cv_.wait_for(l, kMaxWait, [&] { return inside_ < kdf_slots(); });
+    --waiting_;
+    if (!ok) return false;
     ++inside_;
+    return true;
   }
   void leave() {
     {
@@ -31,6 +44,7 @@ class Gate {
   std::mutex mu_;
   std::condition_variable cv_;
   int inside_ = 0;
+  int waiting_ = 0;
 };
 
 Gate& gate() {
@@ -39,8 +53,11 @@ Gate& gate() {
 }
 
 struct GateGuard {
-  GateGuard() { gate().enter(); }
-  ~GateGuard() { gate().leave(); }
+  GateGuard() : entered(gate().enter()) {}
+  ~GateGuard() {
+    if (entered) gate().leave();
+  }
+  const bool entered;
 };
 
 std::string to_hex(const unsigned char* p, size_t n) {
@@ -49,6 +66,11 @@ std::string to_hex(const unsigned char* p, size_t n) {
   return out;
 }
 }  // namespace
+
+int kdf_slots() {
+  static const int n = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) - 1);
+  return n;
+}
 
 bool crypto_init() {
   static const bool ok = sodium_init() >= 0;
@@ -82,16 +104,34 @@ std::string new_id() {
 Result<std::string> hash_password(std::string_view password) {
   char out[crypto_pwhash_STRBYTES];
   GateGuard g;
+  if (!g.entered) {
+    return Error::make(Code::unavailable, "password hashing is busy; retry shortly",
+                       "password_hashing_busy");
+  }
   if (crypto_pwhash_str(out, password.data(), password.size(), kOpsLimit, kMemLimit) != 0) {
     return Error::make(Code::unavailable, "out of memory while hashing the password");
   }
   return std::string(out);
 }
 
-bool verify_password(const std::string& hash, std::string_view password) {
-  if (hash.empty()) return false;
+PasswordCheck check_password(const std::string& hash, std::string_view password) {
+  if (hash.empty()) return PasswordCheck::mismatch;
   GateGuard g;
-  return crypto_pwhash_str_verify(hash.c_str(), password.data(), password.size()) == 0;
+  if (!g.entered) return PasswordCheck::busy;
+  return crypto_pwhash_str_verify(hash.c_str(), password.data(), password.size()) == 0
+             ? PasswordCheck::match
+             : PasswordCheck::mismatch;
+}
+
+const std::string& dummy_password_hash() {
+  static const std::string h = [] {
+    char out[crypto_pwhash_STRBYTES];
+    const std::string pw = random_hex(16);
+    if (crypto_pwhash_str(out, pw.data(), pw.size(), kOpsLimit, kMemLimit) != 0)
+      return std::string();
+    return std::string(out);
+  }();
+  return h;
 }
 
 }  // namespace atrium::api

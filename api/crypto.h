@@ -16,9 +16,23 @@ std::string random_hex(size_t bytes);
 std::string new_token();  // "atr_" + 64 hex chars (256 random bits)
 std::string new_id();     // RFC 4122 version 4 UUID
 
-// argon2id with at most `kHashConcurrency` hashes at once, so a login storm cannot exhaust
-// memory (each hash takes kMemLimit bytes).
+// argon2id (t=2, m=19 MiB). At most kdf_slots() hashes run at once (the cores less one, at
+// least one), so a login storm can neither exhaust memory nor take every core, and only a few
+// callers wait (at most a second): the others are told busy at once rather than parking every
+// HTTP worker behind the KDF.
+int kdf_slots();
+
+// unavailable ("password_hashing_busy") when the KDF is saturated.
 Result<std::string> hash_password(std::string_view password);
-bool verify_password(const std::string& hash, std::string_view password);
+
+enum class PasswordCheck { match, mismatch, busy };
+// An empty hash never matches (without running the KDF: callers that must not reveal that
+// pass dummy_password_hash() instead).
+PasswordCheck check_password(const std::string& hash, std::string_view password);
+
+// A hash of a random password with the same parameters as real ones: checking against it
+// costs what a real check costs, so unknown users and users without a password take as long
+// as a wrong password.
+const std::string& dummy_password_hash();
 
 }  // namespace atrium::api

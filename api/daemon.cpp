@@ -13,8 +13,34 @@ namespace atrium::api {
 
 using domain::State;
 
+namespace {
+
+// 0700 directories and 0600 files under `dir` (and `dir` itself), whatever made them.
+void private_tree(const std::string& dir) {
+  namespace fs = std::filesystem;
+  auto fix = [](const fs::path& p) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0 || S_ISLNK(st.st_mode)) return;
+    const mode_t want = S_ISDIR(st.st_mode) ? 0700 : 0600;
+    if ((st.st_mode & 07777) != want) (void)::chmod(p.c_str(), want);
+  };
+  fix(dir);
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    fix(it->path());
+  }
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock clock) {
   if (!crypto_init()) return Error::make(Code::internal, "libsodium failed to initialise");
+  if (cfg.bootstrap_token && cfg.bootstrap_token->size() < kMinBootstrapTokenChars) {
+    return Error::make(Code::invalid_argument,
+                       "the bootstrap token must be at least " +
+                           std::to_string(kMinBootstrapTokenChars) + " characters",
+                       "bootstrap_token_too_short");
+  }
   std::unique_ptr<Daemon> d(new Daemon());
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
@@ -25,11 +51,22 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   cfg.host_uris.exempt_uri = cfg.default_host_uri;
   cfg.api.host_uris = cfg.host_uris;
   cfg.hosts.uri_policy = cfg.host_uris;
+  // The data dir holds password and token hashes: 0700, and nothing in it readable by others
+  // (the store creates its own files 0600 whatever the umask).
+  private_tree(cfg.data_dir);
   d->metrics_ = std::make_unique<pipeline::Metrics>();
   eventstore::RocksOptions ro;
   ro.sync = cfg.sync;
+  ro.accept_data_loss = cfg.accept_data_loss;
+  ro.warn = [](const std::string& line) {
+    std::fprintf(stderr, "atriumd: event store: %s\n", line.c_str());
+  };
   auto store = eventstore::open_rocksdb(cfg.data_dir + "/events", ro);
-  if (!store.ok()) return store.error();
+  if (!store.ok()) {
+    Error e = store.error();
+    if (e.reason == "wal_corrupt") e.message += " (start with --accept-data-loss to do so)";
+    return e;
+  }
   d->store_ = std::move(*store);
   d->pipeline_ = std::make_unique<pipeline::Pipeline>(*d->store_, d->views_, *d->metrics_, clock,
                                                       cfg.pipeline);
@@ -42,6 +79,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   register_host_routes(*d->api_);
   d->host_metrics_ = std::make_unique<adapters::HostMetrics>(*d->metrics_->registry);
   d->metrics_->add_collector([hm = d->host_metrics_.get(), v = &d->views_] { hm->refresh(*v); });
+  d->broker_metrics_ = std::make_unique<BrokerMetrics>(*d->metrics_->registry);
+  d->metrics_->add_collector([bm = d->broker_metrics_.get(), v = &d->views_] { bm->refresh(*v); });
   if (cfg.host_manager) {
     auto hv = cfg.hypervisor;
     if (!hv) {
@@ -110,10 +149,13 @@ Status write_secret_file(const std::string& path, const std::string& content) {
 
 // First start (no user yet): create the "admin" user. With a bootstrap token, that token
 // is the admin's credential; otherwise a random password and token are written to a 0600
-// file in the data dir. A bootstrap token given on a later start is (re)registered for the
-// first admin if the log does not know it yet, so automation can always get in.
+// file in the data dir. A bootstrap token given on a later start is registered for the first
+// admin if the log does not know it yet. Bootstrap tokens live bootstrap_token_ttl_ms from
+// the start that issued them (a longer-lived one from an older broker is cut to that); an
+// expired or revoked one is not brought back, and a start naming a new one revokes the
+// others, so a replaced token never stays valid.
 Status Daemon::bootstrap(const DaemonConfig& cfg) {
-  constexpr int64_t kBootstrapTtlMs = int64_t{365} * 24 * 3600 * 1000;
+  const int64_t kBootstrapTtlMs = cfg.bootstrap_token_ttl_ms;
   bool empty = views_.read([](const State& s) { return s.users.by_id.empty(); });
   std::string admin_id = views_.read([](const State& s) {
     for (const auto& [id, u] : s.users.by_id) {
@@ -152,9 +194,42 @@ Status Daemon::bootstrap(const DaemonConfig& cfg) {
   }
   if (token.empty() || admin_id.empty()) return Status::Ok();
   std::string hash = sha256_hex(token);
-  bool known = views_.read([&](const State& s) { return s.users.tokens.count(hash) > 0; });
-  if (!known) {
-    domain::IssueToken it{admin_id, hash, api_->now_ms() + kBootstrapTtlMs};
+  int64_t now = api_->now_ms();
+  struct Known {
+    std::optional<domain::Token> current;
+    std::vector<std::string> replaced;  // other live bootstrap tokens
+  };
+  Known k = views_.read([&](const State& s) {
+    Known out;
+    for (const auto& [h, t] : s.users.tokens) {
+      if (h == hash) {
+        out.current = t;
+      } else if (t.bootstrap && !t.revoked && t.expires_at_ms > now) {
+        out.replaced.push_back(h);
+      }
+    }
+    return out;
+  });
+  for (const auto& old : k.replaced) {
+    domain::RevokeToken rt{old};
+    auto r = pipeline_->execute(make("RevokeToken", [rt](const State& s, const domain::Context& c) {
+      return domain::decide(s, rt, c);
+    }));
+    if (!r.ok()) return r.error();
+  }
+  bool issue = !k.current;
+  if (k.current && (k.current->revoked || k.current->expires_at_ms <= now)) {
+    std::fprintf(stderr,
+                 "atriumd: the bootstrap token given has %s; it stays so (set a new one "
+                 "to get in with a bootstrap token)\n",
+                 k.current->revoked ? "been revoked" : "expired");
+  } else if (k.current && k.current->bootstrap &&
+             k.current->expires_at_ms > now + kBootstrapTtlMs) {
+    issue = true;  // from an older broker (365 days) or a longer TTL: shortened to this one
+  }
+  if (issue) {
+    domain::IssueToken it{k.current ? k.current->user_id : admin_id, hash, now + kBootstrapTtlMs,
+                          true};
     auto r = pipeline_->execute(make("IssueToken", [it](const State& s, const domain::Context& c) {
       return domain::decide(s, it, c);
     }));

@@ -9,9 +9,12 @@
 #include "adapters/host_reconciler.h"
 #include "adapters/pool_worker.h"
 #include "api/api.h"
+#include "api/broker_metrics.h"
 #include "api/server.h"
 
 namespace atrium::api {
+
+inline constexpr size_t kMinBootstrapTokenChars = 32;
 
 struct DaemonConfig {
   std::string data_dir = "./data";
@@ -21,10 +24,17 @@ struct DaemonConfig {
   // API and the host reconciler. The default host's URI is always allowed.
   domain::HostUriPolicy host_uris;
   ApiConfig api;
-  std::optional<std::string> bootstrap_token;  // ATRIUM_BOOTSTRAP_TOKEN
+  // ATRIUM_BOOTSTRAP_TOKEN: at least kMinBootstrapTokenChars characters. It lives
+  // bootstrap_token_ttl_ms from the start that first registered it; a start that names
+  // another one revokes the previous bootstrap tokens.
+  std::optional<std::string> bootstrap_token;
+  int64_t bootstrap_token_ttl_ms = int64_t{24} * 3600 * 1000;
   bool write_admin_credentials = true;         // first start: data_dir/admin-credentials
   pipeline::PipelineOptions pipeline;
   bool sync = true;
+  // Open the store past damage in the middle of its WAL, dropping what follows it
+  // (--accept-data-loss); recorded in the store and warned about.
+  bool accept_data_loss = false;
   // The host reconciler (adapters/host_reconciler.h): on by default.
   bool host_manager = true;
   adapters::HostManagerOptions hosts;
@@ -43,6 +53,7 @@ class Daemon {
   ~Daemon();
 
   uint16_t port() const { return server_->port(); }
+  const HttpServer& http_server() const { return *server_; }
   Api& api() { return *api_; }
   eventstore::EventStore& store() { return *store_; }
   projections::Views& views() { return views_; }
@@ -65,6 +76,7 @@ class Daemon {
   std::unique_ptr<pipeline::Pipeline> pipeline_;
   std::unique_ptr<Api> api_;
   std::unique_ptr<adapters::HostMetrics> host_metrics_;
+  std::unique_ptr<BrokerMetrics> broker_metrics_;
   std::unique_ptr<adapters::HostManager> hosts_;
   std::unique_ptr<adapters::PoolWorker> pools_;
   std::unique_ptr<HttpServer> server_;

@@ -1,5 +1,7 @@
 #include "api/http_types.h"
 
+#include <algorithm>
+
 namespace atrium::api {
 
 HttpResponse HttpResponse::json(int status, const Json& body) {
@@ -22,6 +24,7 @@ int http_status(Code c) {
     case Code::version_mismatch: return 412;
     case Code::too_large: return 413;
     case Code::unprocessable: return 422;
+    case Code::too_many_requests: return 429;
     case Code::unavailable: return 503;
     case Code::internal: return 500;
   }
@@ -40,6 +43,7 @@ static const char* title_of(int status) {
     case 413: return "Content Too Large";
     case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
     case 503: return "Service Unavailable";
     default: return "Internal Server Error";
   }
@@ -63,12 +67,28 @@ HttpResponse problem(const Error& e, const std::string& instance) {
   HttpResponse r = HttpResponse::json(status, j);
   r.content_type = "application/problem+json";
   if (status == 503) r.with_header("Retry-After", "1");
+  if (status == 429) r.with_header("Retry-After", "10");  // e.g. too_many_state_changes
   if (status == 401) r.with_header("WWW-Authenticate", "Bearer realm=\"atrium\"");
   return r;
 }
 
 HttpResponse problem(Code c, const std::string& detail, const std::string& reason) {
   return problem(Error::make(c, detail, reason));
+}
+
+HttpResponse too_many_requests(const std::string& detail, const std::string& reason,
+                               int64_t retry_after_ms) {
+  int64_t secs = std::max<int64_t>(1, (retry_after_ms + 999) / 1000);
+  Json j{{"type", "https://atrium.dev/problems/" + reason},
+         {"title", title_of(429)},
+         {"status", 429},
+         {"detail", detail},
+         {"code", "rate_limited"},
+         {"reason", reason}};
+  HttpResponse r = HttpResponse::json(429, j);
+  r.content_type = "application/problem+json";
+  r.with_header("Retry-After", std::to_string(secs));
+  return r;
 }
 
 }  // namespace atrium::api

@@ -21,6 +21,7 @@ struct Principal {
   std::string name;
   std::set<std::string> roles;
   std::string token_hash;
+  std::string agent_server_id;  // role agent: the server it acts for ("" = none)
   bool has_role(const std::string& r) const { return roles.count(r) > 0; }
   bool is_admin() const { return has_role("admin"); }
 };
@@ -33,6 +34,7 @@ struct HttpRequest {
   std::unordered_map<std::string, std::string> headers;  // lower-case names
   std::string body;
   std::string request_id;
+  std::string remote_address;  // the peer's IP address, from the transport ("" = unknown)
   std::optional<Principal> principal;
 
   std::optional<std::string> header(const std::string& lower_name) const {
@@ -60,5 +62,8 @@ struct HttpResponse {
 int http_status(Code c);
 HttpResponse problem(const Error& e, const std::string& instance = {});
 HttpResponse problem(Code c, const std::string& detail, const std::string& reason = {});
+// 429 Too Many Requests as problem+json, with Retry-After in whole seconds (at least 1).
+HttpResponse too_many_requests(const std::string& detail, const std::string& reason,
+                               int64_t retry_after_ms);
 
 }  // namespace atrium::api

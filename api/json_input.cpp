@@ -1,6 +1,8 @@
 #include "api/json_input.h"
 
 #include <algorithm>
+#include <set>
+#include <vector>
 
 namespace atrium::api {
 
@@ -74,8 +76,33 @@ Result<Json> parse_object(std::string_view body) {
                        " levels",
                    "json_too_deep");
   }
-  Json j = Json::parse(body, nullptr, /*allow_exceptions=*/false);
+  // Duplicate keys: nlohmann keeps the last value, so `"roles"` twice would let the second
+  // win past a reader that checked the first. Every object, at every depth, is checked.
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  std::string duplicate;
+  bool has_duplicate = false;
+  Json::parser_callback_t cb = [&](int, Json::parse_event_t ev, Json& parsed) {
+    if (ev == Json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (ev == Json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (ev == Json::parse_event_t::key && !keys.empty()) {
+      const auto& k = parsed.get_ref<const std::string&>();
+      if (!keys.back().insert(k).second && !has_duplicate) {
+        has_duplicate = true;
+        duplicate = k.substr(0, 64);
+      }
+    }
+    return true;
+  };
+  Json j = Json::parse(body, cb, /*allow_exceptions=*/false);
   if (j.is_discarded()) return invalid("the request body is not valid JSON", "malformed_json");
+  if (has_duplicate) {
+    return Error{Code::invalid_argument,
+                 "the request body has the key '" + duplicate + "' twice in one object",
+                 "duplicate_key",
+                 {{duplicate, "appears more than once"}}};
+  }
   if (!j.is_object()) return invalid("the request body must be a JSON object", "not_an_object");
   return j;
 }

@@ -48,6 +48,8 @@ class Router {
     std::string tmpl;                  // matched template, or "unmatched"
   };
   Match match(const std::string& method, const std::string& path) const;
+  // Every route, in registration order (the contract test holds them against openapi.yaml).
+  const std::vector<Route>& routes() const { return routes_; }
 
  private:
   std::vector<Route> routes_;

@@ -377,8 +377,25 @@ void register_servers(Api& api) {
           return api.run(req, command("RemoveServerApplication", cmd, 204));
         });
 
-  // Load (and optionally inventory) from the server's agent, or an admin.
+  // Load (and optionally inventory) from the server's agent, or an admin. An agent acts only
+  // for the server an admin bound it to (users.agent_server_id); a report may not be dated
+  // more than kMaxReportSkewMs ahead of the broker's clock (it would never go stale).
   r.add("POST", "/v1/servers/{id}/report", Access::Roles({"agent"}), [&api](HttpRequest& req) {
+    constexpr int64_t kMaxReportSkewMs = 60'000;
+    const Principal& who = *req.principal;
+    if (!who.is_admin()) {
+      if (who.agent_server_id.empty()) {
+        return problem(Error::make(Code::permission_denied,
+                                   "this agent is bound to no server; an admin sets its "
+                                   "agent_server_id",
+                                   "agent_not_bound"));
+      }
+      if (who.agent_server_id != req.param("id")) {
+        return problem(Error::make(Code::permission_denied,
+                                   "this agent reports only for its own server",
+                                   "agent_server_mismatch"));
+      }
+    }
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"cpu_load", "memory_load", "sessions", "reported_at_ms", "inventory"});
@@ -399,6 +416,14 @@ void register_servers(Api& api) {
       }
     }
     if (auto st = br.finish(); !st) return problem(st.error());
+    if (at && *at > api.now_ms() + kMaxReportSkewMs) {
+      return problem(Error{Code::invalid_argument,
+                           "reported_at_ms is more than " +
+                               std::to_string(kMaxReportSkewMs / 1000) +
+                               " s ahead of the broker's clock",
+                           "reported_at_in_future",
+                           {{"reported_at_ms", "is in the future"}}});
+    }
     std::string id = req.param("id");
     domain::ReportServerLoad load{id, *cpu, *mem, static_cast<uint32_t>(*sessions),
                                   at.value_or(0)};
@@ -708,11 +733,12 @@ void register_user_side(Api& api) {
   });
 
   r.add("POST", "/v1/launches", Access::Roles({"user"}), [&api](HttpRequest& req) {
+    auto t0 = std::chrono::steady_clock::now();
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"application_id"});
     auto app = br.str("application_id", true, 128, 1);
-    if (auto st = br.finish(); !st) return problem(st.error());
+    if (auto st = br.finish(); !st) return api.count_launch("application", t0, problem(st.error()));
     domain::LaunchApplication cmd{new_id(), req.principal->user_id, *app,
                                   api.config().placement};
     auto c = command("LaunchApplication", cmd, 201, [id = cmd.session_id](const State& s) {
@@ -730,10 +756,12 @@ void register_user_side(Api& api) {
                   {"host", srv->address},
                   {"port", 3389},
                   {"connection_file", rdp_file(*srv, *app, u ? u->name : a->user_id)},
+                  {"state", a->state},
                   {"decision", decision_summary(a->decision)},
                   {"version", a->version}};
     });
-    return run_created(api, req, std::move(c), "/v1/sessions/");
+    return api.count_launch("application", t0,
+                            run_created(api, req, std::move(c), "/v1/sessions/"));
   });
 
   r.add("GET", "/v1/sessions", Access::Roles({"user"}), [&api](HttpRequest& req) {
@@ -742,11 +770,13 @@ void register_user_side(Api& api) {
     bool admin = req.principal->is_admin();
     std::string me = req.principal->user_id;
     const std::string* user = query(req, "user_id");
+    const std::string* state = query(req, "state");
     return api.with_state(req, [&](const State& s) {
       return page_of(
           s.appcloud.sessions, *pg,
           [&](const domain::AppSession& a) {
             if (!admin && a.user_id != me) return false;
+            if (state != nullptr && a.state != *state) return false;
             return user == nullptr || a.user_id == *user;
           },
           [](const domain::AppSession& a) {
@@ -769,6 +799,13 @@ void register_user_side(Api& api) {
       }
       return with_etag(HttpResponse::json(200, session_view(s.appcloud, *a)), a->version);
     });
+  });
+
+  // Logoff of an application session (desktop sessions: routes_pools.cpp wraps this route).
+  r.add("DELETE", "/v1/sessions/{id}", Access::Roles({"user"}), [&api](HttpRequest& req) {
+    domain::EndApplicationSession cmd{req.param("id"), req.principal->user_id,
+                                      req.principal->is_admin(), "logoff"};
+    return api.run(req, command("EndApplicationSession", cmd, 204));
   });
 }
 

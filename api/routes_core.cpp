@@ -6,6 +6,7 @@
 #include "api/crypto.h"
 #include "api/json_input.h"
 #include "domain/state.h"
+#include "domain/user_names.h"
 
 namespace atrium::api {
 
@@ -20,11 +21,26 @@ bool parse_u64(const std::string& s, uint64_t& out) {
   return ec == std::errc() && p == s.data() + s.size();
 }
 
+// Secrets never leave the broker, even for auditors: password and token hashes are redacted,
+// at any depth.
+void redact(Json& j) {
+  if (j.is_object()) {
+    for (auto& [k, v] : j.items()) {
+      if (k == "password_hash" || k == "token_hash") {
+        v = "[redacted]";
+      } else {
+        redact(v);
+      }
+    }
+  } else if (j.is_array()) {
+    for (auto& v : j) redact(v);
+  }
+}
+
 Json event_to_json(const eventstore::RecordedEvent& e) {
   Json data = Json::parse(e.data, nullptr, false);
   if (data.is_discarded()) data = e.data;
-  // Secrets never leave the broker, even for auditors: password hashes are redacted.
-  if (data.is_object() && data.contains("password_hash")) data["password_hash"] = "[redacted]";
+  redact(data);
   Json j{{"position", e.position},
          {"stream", e.stream},
          {"stream_version", e.stream_version},
@@ -48,6 +64,18 @@ std::optional<std::string> read_password(BodyReader& br, bool required) {
   return br.str("password", required, 1024, 8);
 }
 
+// Reads a user name and returns its NFKC form (the rules themselves are the domain's).
+std::optional<std::string> read_user_name(BodyReader& br) {
+  auto raw = br.str("name", true, 512, 1);
+  if (!raw) return std::nullopt;
+  auto n = domain::normalize_user_name(*raw);
+  if (!n.ok()) {
+    br.fail("name", n.error().message);
+    return std::nullopt;
+  }
+  return *n;
+}
+
 void register_health(Api& api, const std::string& openapi_text) {
   Router& r = api.router();
   r.add("GET", "/healthz", Access::Public(), [](HttpRequest&) {
@@ -56,6 +84,17 @@ void register_health(Api& api, const std::string& openapi_text) {
   r.add("GET", "/readyz", Access::Public(), [&api](HttpRequest&) {
     uint64_t durable = api.store().last_position();
     uint64_t applied = api.views().position();
+    // Details (paths, RocksDB's words) go to the log, not to this public route.
+    if (!api.store().corruption().empty()) {
+      return problem(Error::make(Code::unavailable,
+                                 "the event store read corrupted data; see the broker's log",
+                                 "storage_corrupt"));
+    }
+    if (!api.pipeline().storage_ok()) {
+      return problem(Error::make(Code::unavailable,
+                                 "storage failed; writes are refused until it recovers",
+                                 "storage_unavailable"));
+    }
     if (!api.started() || applied < durable) {
       return problem(Error::make(Code::unavailable,
                                  "projections are at " + std::to_string(applied) + " of " +
@@ -84,24 +123,26 @@ void register_auth(Api& api) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"name", "password"});
-    auto name = br.str("name", true, 128, 1);
+    auto raw_name = br.str("name", true, 512, 1);
     auto password = br.str("password", true, 1024, 1);
     if (auto st = br.finish(); !st) return problem(st.error());
-    auto found = api.views().read([&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
-      const domain::User* u = s.users.find_by_name(*name);
-      if (u == nullptr || u->disabled) return std::nullopt;
-      return std::make_pair(u->id, u->password_hash);
-    });
-    // Same answer for an unknown user and a wrong password; verify even when unknown so
-    // timing does not tell which.
-    static const std::string kDummy = [] {
-      auto h = hash_password("not-a-real-password");
-      return h.ok() ? *h : std::string();
-    }();
-    bool ok = verify_password(found ? found->second : kDummy, *password) && found.has_value();
-    if (!ok) {
-      return problem(Error::make(Code::unauthenticated, "wrong name or password",
-                                 "bad_credentials"));
+    // Names are stored in NFKC: `ａｄｍｉｎ` signs in as `admin`, and throttles count by it.
+    auto norm = domain::normalize_user_name(*raw_name);
+    std::string name = norm.ok() ? *norm : *raw_name;
+    auto found =
+        api.views().read([&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
+          const domain::User* u = s.users.find_by_name(name);
+          if (u == nullptr || u->disabled) return std::nullopt;
+          return std::make_pair(u->id, u->password_hash);
+        });
+    // One answer for an unknown user, a user without a password and a wrong password, in
+    // the same time (Api::check_password runs the KDF on every path).
+    static const Error kBad =
+        Error::make(Code::unauthenticated, "wrong name or password", "bad_credentials");
+    if (auto refusal = api.check_password(req, name, found ? found->first : "",
+                                          found ? std::optional(found->second) : std::nullopt,
+                                          *password, kBad)) {
+      return *refusal;
     }
     std::string token = new_token();
     domain::IssueToken cmd{found->first, sha256_hex(token), api.now_ms() + api.config().token_ttl_ms};
@@ -113,10 +154,12 @@ void register_auth(Api& api) {
                   {"user_id", cmd.user_id},
                   {"roles", u ? u->roles : std::set<std::string>{}}};
     });
-    req.principal = Principal{found->first, *name, {}, ""};
+    req.principal = Principal{found->first, name, {}, "", ""};
     // Login is not idempotent by key: each call issues a fresh token.
     req.headers.erase("idempotency-key");
-    return api.run(req, std::move(c));
+    HttpResponse resp = api.run(req, std::move(c));
+    resp.with_header("Cache-Control", "no-store");  // the answer holds a credential
+    return resp;
   });
   r.add("POST", "/v1/auth/logout", Access::AnyRole(), [&api](HttpRequest& req) {
     // Logout acts on the calling token; a replayed answer for another token of the same
@@ -132,12 +175,14 @@ void register_users(Api& api) {
   r.add("POST", "/v1/users", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"name", "password", "roles"});
-    auto name = br.str("name", true, 128, 1);
+    BodyReader br(*body, {"name", "password", "roles", "agent_server_id"});
+    auto name = read_user_name(br);
     auto password = read_password(br, false);
     auto roles = br.string_set("roles", false);
+    auto agent_server = br.str("agent_server_id", false, 128, 1);
     if (auto st = br.finish(); !st) return problem(st.error());
-    domain::CreateUser cmd{new_id(), *name, roles.value_or(std::set<std::string>{"user"}), ""};
+    domain::CreateUser cmd{new_id(), *name, roles.value_or(std::set<std::string>{"user"}), "",
+                           agent_server.value_or("")};
     if (password) {
       auto h = hash_password(*password);
       if (!h.ok()) return problem(h.error());
@@ -188,19 +233,45 @@ void register_users(Api& api) {
     if (!req.principal->is_admin() && !self) return problem(not_found("user " + id + " not found"));
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"roles", "password", "disabled"});
+    BodyReader br(*body, {"roles", "password", "current_password", "disabled", "agent_server_id"});
     auto roles = br.string_set("roles", false);
     auto password = read_password(br, false);
+    auto current = br.str("current_password", false, 1024, 1);
     auto disabled = br.boolean("disabled", false);
+    auto agent_server = br.str("agent_server_id", false, 128, 0);
     if (auto st = br.finish(); !st) return problem(st.error());
-    if (!req.principal->is_admin() && (roles || disabled)) {
+    if (!req.principal->is_admin() && (roles || disabled || agent_server)) {
       return problem(Error::make(Code::permission_denied,
-                                 "only an admin may change roles or disable a user",
+                                 "only an admin may change roles, disable a user or bind an agent",
                                  "role_required"));
     }
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
-    domain::UpdateUser cmd{id, *expected, roles, std::nullopt, disabled};
+    // Changing one's own password proves the current one (a stolen token alone cannot lock
+    // the owner out); an admin resetting another user's does not. A user who has no password
+    // yet sets the first one with its token alone: there is nothing to prove.
+    if (password && self) {
+      auto own = api.views().read(
+          [&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
+            const domain::User* u = s.users.find(id);
+            if (u == nullptr) return std::nullopt;
+            return std::make_pair(u->name, u->password_hash);
+          });
+      if (own && !own->second.empty()) {
+        if (!current) {
+          return problem(Error{Code::invalid_argument,
+                               "changing your own password needs current_password",
+                               "current_password_required",
+                               {{"current_password", "is required to change your own password"}}});
+        }
+        static const Error kWrong = Error::make(
+            Code::permission_denied, "current_password is wrong", "current_password_wrong");
+        if (auto refusal = api.check_password(req, own->first, id, own->second, *current, kWrong)) {
+          return *refusal;
+        }
+      }
+    }
+    domain::UpdateUser cmd{id, *expected, roles, std::nullopt, disabled, agent_server};
     if (password) {
       auto h = hash_password(*password);
       if (!h.ok()) return problem(h.error());
@@ -282,10 +353,7 @@ void register_audit(Api& api) {
     if (from && !parse_u64(*from, after)) {
       return problem(invalid("Last-Event-ID must be an event position", "invalid_header"));
     }
-    if (!api.enter_stream()) {
-      return problem(Error::make(Code::unavailable, "too many open event streams",
-                                 "too_many_streams"));
-    }
+    if (auto refusal = api.enter_stream(*req.principal)) return *refusal;
     std::string out = "retry: 500\n\n";
     // Wait in short slices so a draining daemon answers waiting streams promptly.
     auto deadline = std::chrono::steady_clock::now() + api.config().sse_wait;
@@ -300,7 +368,7 @@ void register_audit(Api& api) {
       ++n;
       return true;
     });
-    api.leave_stream();
+    api.leave_stream(*req.principal);
     if (!scanned.ok()) return problem(scanned.error());
     if (n == 0) out += ": no new events\n\n";
     HttpResponse resp;

@@ -43,7 +43,7 @@ void register_hosts(Api& api) {
   r.add("POST", "/v1/hosts", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"name", "uri", "address", "display_ports"});
+    BodyReader br(*body, {"name", "uri", "address", "display_ports", "spice_tls"});
     auto name = br.str("name", true, 128, 1);
     auto uri = br.str("uri", true, 1024, 1);
     auto address = br.str("address", false, 255, 1);
@@ -58,12 +58,24 @@ void register_hosts(Api& api) {
         ports = {static_cast<int>(*first), static_cast<int>(*last)};
       }
     }
+    std::string ca, subject;
+    if (const Json* tls = br.object("spice_tls", false)) {
+      BodyReader tr(*tls, {"ca_cert", "host_subject"});
+      auto c = tr.str("ca_cert", true, 16384, 1);
+      auto h = tr.str("host_subject", true, 512, 1);
+      if (auto st = tr.finish(); !st) {
+        for (const auto& f : st.error().fields) br.fail("spice_tls." + f.field, f.message);
+      } else {
+        ca = *c;
+        subject = *h;
+      }
+    }
     if (auto st = br.finish(); !st) return problem(st.error());
     // 10.4: a libvirt URI can run commands and read files here; only allowed ones pass.
     if (auto st = domain::check_host_uri(*uri, api.config().host_uris); !st) {
       return problem(st.error());
     }
-    domain::AddHost c{new_id(), new_id(), *name, *uri, address.value_or(""), ports};
+    domain::AddHost c{new_id(), new_id(), *name, *uri, address.value_or(""), ports, ca, subject};
     Command cmd = command("AddHost", c, 202);
     cmd.render = [op = c.operation_id](const State& s) {
       return domain::operation_to_json(*s.hosts.operation(op));
@@ -156,6 +168,15 @@ void register_vms(Api& api) {
         return domain::vm_to_json(s.hosts, x);
       });
     });
+  });
+
+  // Forgets a VM the broker should no longer list: observed missing, or unmanaged (a later
+  // relist imports an unmanaged VM again while its domain exists). 204; 409 vm_managed for a
+  // pool's VM that still exists, vm_in_use with a live desktop session.
+  r.add("DELETE", "/v1/vms/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    return api.run(req, command("ForgetVm", domain::ForgetVm{req.param("id"), *expected}, 204));
   });
 
   r.add("POST", "/v1/vms/{id}/power", Access::Admin(), [&api](HttpRequest& req) {

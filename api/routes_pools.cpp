@@ -3,9 +3,12 @@
 // launches (routes_appcloud.cpp): a body with pool_id, or a desktop session id, is handled
 // here; anything else goes to the application-cloud handler.
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "adapters/pool_worker.h"
@@ -42,14 +45,26 @@ std::optional<std::vector<std::string>> read_ids(BodyReader& br, const char* nam
 }
 
 // .vv file for virt-viewer / remote-viewer.
-std::string vv_file(const std::string& title, const std::string& host, int port,
-                    const std::string& ticket) {
+// A virt-viewer connection file. With TLS the port is the TLS port (tls-port=, no plain port)
+// and the client verifies the host: ca= carries the CA certificate (PEM, its lines joined with
+// a literal "\n", as virt-viewer's format wants) and host-subject= the expected subject.
+std::string vv_file(const std::string& title, const adapters::DisplayGrant& g) {
   auto clean = [](std::string v) {
     v.erase(std::remove_if(v.begin(), v.end(), [](char c) { return c == '\n' || c == '\r'; }), v.end());
     return v;
   };
-  return "[virt-viewer]\ntype=spice\nhost=" + clean(host) + "\nport=" + std::to_string(port) +
-         "\npassword=" + clean(ticket) + "\ndelete-this-file=1\ntitle=" + clean(title) +
+  std::string out = "[virt-viewer]\ntype=spice\nhost=" + clean(g.host) + "\n";
+  if (g.tls) {
+    std::string ca;
+    for (char c : g.ca_cert) {
+      if (c == '\n') ca += "\\n";
+      else if (c != '\r') ca += c;
+    }
+    out += "tls-port=" + std::to_string(g.port) + "\nca=" + ca + "\nhost-subject=" + clean(g.host_subject) + "\n";
+  } else {
+    out += "port=" + std::to_string(g.port) + "\n";
+  }
+  return out + "password=" + clean(g.ticket) + "\ndelete-this-file=1\ntitle=" + clean(title) +
          "\nrelease-cursor=shift+f12\nsecure-attention=ctrl+alt+end\n";
 }
 
@@ -120,6 +135,34 @@ std::optional<HttpResponse> export_named_template(Api& api, adapters::PoolWorker
   return std::nullopt;
 }
 
+// A template libvirt itself refuses is refused here, at creation or update, with libvirt's
+// message (400 invalid_template), not at a user's launch. Only host ids the pool can use are
+// tried; the domain rules check the rest of the template when the command is decided.
+std::optional<HttpResponse> validate_with_libvirt(Api& api, adapters::PoolWorker* worker,
+                                                  const std::vector<std::string>& host_ids,
+                                                  const domain::PoolTemplate& t) {
+  if (worker == nullptr || t.domain_xml.empty()) return std::nullopt;
+  std::vector<std::string> known = api.views().read([&](const State& s) {
+    std::vector<std::string> out;
+    for (const auto& h : host_ids) {
+      const domain::Host* host = s.hosts.host(h);
+      if (host != nullptr && host->state != "removed") out.push_back(h);
+    }
+    return out;
+  });
+  if (known.empty()) return std::nullopt;  // the decider refuses unknown hosts (400)
+  Status st = worker->validate_template(known, t);
+  if (st.ok()) return std::nullopt;
+  // No pool host connected yet (e.g. added a moment ago): the pool is accepted, and a template
+  // libvirt refuses shows as provisioning failures with libvirt's message (never a user's 4xx).
+  if (st.error().reason == "template_host_unavailable") return std::nullopt;
+  if (st.error().reason == "invalid_template") {
+    return problem(Error{Code::invalid_argument, st.error().message, "invalid_template",
+                         {{"template", st.error().message}}});
+  }
+  return problem(st.error());
+}
+
 void register_pools(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
   r.add("POST", "/v1/pools", Access::Admin(), [&api, worker](HttpRequest& req) {
@@ -143,6 +186,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     if (const Json* t = br.object("template", true)) c.tmpl = read_template(br, *t, hosts);
     if (auto st = br.finish(); !st) return problem(st.error());
     if (auto failed = export_named_template(api, worker, c.tmpl)) return *failed;
+    if (auto failed = validate_with_libvirt(api, worker, *hosts, c.tmpl)) return *failed;
     c.name = *name;
     c.kind = *kind;
     c.host_ids = *hosts;
@@ -253,6 +297,11 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     if (auto st = br.finish(); !st) return problem(st.error());
     if (c.tmpl) {
       if (auto failed = export_named_template(api, worker, *c.tmpl)) return *failed;
+      std::vector<std::string> pool_hosts = c.host_ids ? *c.host_ids : api.views().read([&](const State& s) {
+        const domain::Pool* p = s.pools.pool(c.id);
+        return p ? p->host_ids : std::vector<std::string>{};
+      });
+      if (auto failed = validate_with_libvirt(api, worker, pool_hosts, *c.tmpl)) return *failed;
     }
     auto expected = api.if_match(req);
     if (!expected.ok()) return problem(expected.error());
@@ -326,12 +375,30 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
   };
   // Each launch hands out a fresh ticket: never answered from an idempotency record.
   req.headers.erase("idempotency-key");
+  auto reason_of = [](const HttpResponse& resp) {
+    Json j = resp.status == 409 ? Json::parse(resp.body, nullptr, false) : Json();
+    return j.is_object() ? j.value("reason", "") : std::string();
+  };
+  auto deadline = std::chrono::steady_clock::now() + worker->launch_wait();
   HttpResponse r = launch();
-  Json refusal = r.status == 409 ? Json::parse(r.body, nullptr, false) : Json();
-  if (refusal.is_object() && refusal.value("reason", "") == "no_vm_ready") {
+  // A desktop still being cleaned up after its last session (display reset, shutdown) is
+  // free in a moment: wait for it within the launch wait rather than refuse the user.
+  while (reason_of(r) == "desktop_releasing" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    r = launch();
+  }
+  if (reason_of(r) == "no_vm_ready") {
     // Capacity left but nothing free: grow the pool by one for this user (on demand, within
-    // max_size), then try once more.
-    if (Status st = worker->provision_for_launch(*pool); !st.ok()) return problem(st.error());
+    // max_size), then try once more. The template was validated at pool creation, so a failure
+    // here is the broker's or the host's, never the user's request: 503.
+    if (Status st = worker->provision_for_launch(*pool); !st.ok()) {
+      // The pool's own rules (pool_full, no_host_up, ...) stay what they are.
+      if (st.error().code == Code::failed_precondition) return problem(st.error());
+      std::fprintf(stderr, "launch %s: provisioning for pool %s failed: %s\n", c.session_id.c_str(),
+                   pool->c_str(), st.error().message.c_str());
+      return problem(Error::make(Code::unavailable, "no desktop could be provisioned for this launch; retry later",
+                                 "provisioning_failed"));
+    }
     r = launch();
   }
   if (r.status != 201) return r;
@@ -339,7 +406,13 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
   std::string sid = j.is_object() ? j.value("session_id", "") : "";
   if (sid.empty()) return problem(Error::make(Code::conflict, "the session ended meanwhile", "session_ended"));
   auto grant = worker->prepare_display(sid);
-  if (!grant.ok()) return problem(grant.error());
+  if (!grant.ok()) {
+    std::fprintf(stderr, "launch %s: the desktop of session %s could not be started: %s\n",
+                 c.session_id.c_str(), sid.c_str(), grant.error().message.c_str());
+    if (sid == c.session_id) worker->end_failed_launch(sid, "launch_failed");
+    std::string reason = grant.error().reason == "vm_start_timeout" ? "vm_start_timeout" : "provisioning_failed";
+    return problem(Error::make(Code::unavailable, "the desktop could not be started; retry later", reason));
+  }
   struct Info {
     std::string pool_name, vm_id, state;
     uint64_t version = 0;
@@ -368,9 +441,16 @@ HttpResponse launch_desktop(Api& api, adapters::PoolWorker* worker, HttpRequest&
            {"vm_id", info.vm_id},
            {"state", info.state},
            {"reconnected", reconnect},
-           {"connection_file", vv_file(info.pool_name + " - " + req.principal->name, grant->host,
-                                       grant->port, grant->ticket)}};
-  if (!grant->note.empty()) out["ticket_note"] = grant->note;
+           {"tls", grant->tls},
+           {"connection_file", vv_file(info.pool_name + " - " + req.principal->name, *grant)}};
+  // The hypervisor's own words stay with admins (the DesktopSessionTicketIssued event has
+  // them); the user learns only that the ticket could not be set.
+  if (!grant->note.empty()) {
+    out["ticket_note"] = req.principal->is_admin() ? grant->note
+                         : grant->ticket_applied
+                             ? "the ticket is set in the desktop's definition"
+                             : "the display password could not be set on this host";
+  }
   HttpResponse resp = HttpResponse::json(reconnect ? 200 : 201, out);
   resp.with_header("Location", "/v1/sessions/" + sid);
   resp.with_header("Cache-Control", "no-store");
@@ -385,22 +465,32 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
   r.wrap("POST", "/v1/launches", Access::Roles({"user"}), [&api, worker](Handler prev) -> Handler {
     return [&api, worker, prev](HttpRequest& req) {
+      auto t0 = std::chrono::steady_clock::now();
       auto body = parse_object(req.body);
       if (!body.ok()) return problem(body.error());
       if (!body->contains("pool_id") && prev) return prev(req);
-      return launch_desktop(api, worker, req, *body);
+      return api.count_launch("desktop", t0, launch_desktop(api, worker, req, *body));
     };
   });
 
   // Both kinds of session in one list ordered by id (kind=desktop|application narrows it):
   // application sessions come from the application cloud (routes_appcloud.cpp), desktop
   // sessions from pools. Users see their own; admins all, optionally ?user_id=. ?state= matches
-  // desktop sessions only (application sessions have no connection state).
+  // each kind's own states (desktop: created, connected, disconnected, ended; application:
+  // active, ended).
   r.wrap("GET", "/v1/sessions", Access::Roles({"user"}), [&api](Handler prev) -> Handler {
     return [&api, prev](HttpRequest& req) {
       std::string kind = req.query.count("kind") ? req.query["kind"] : "";
       if (!kind.empty() && kind != "desktop" && kind != "application") {
         return problem(invalid("kind must be desktop or application", "invalid_query"));
+      }
+      if (auto st = req.query.find("state"); st != req.query.end()) {
+        static const std::set<std::string> kStates{"created", "connected", "disconnected", "ended",
+                                                   "active"};
+        if (kStates.count(st->second) == 0) {
+          return problem(invalid("state must be created, connected, disconnected, active or ended",
+                                 "invalid_query"));
+        }
       }
       if (kind == "application" && prev) return prev(req);
       auto pg = api.page(req);
@@ -424,9 +514,10 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
             if (visible(id, d.user_id) && (state.empty() || d.state == state)) all.push_back({&id, &d, nullptr});
           }
         }
-        if (kind != "desktop" && state.empty()) {
+        if (kind != "desktop") {
           for (const auto& [id, a] : s.appcloud.sessions) {
-            if (visible(id, a.user_id)) all.push_back({&id, nullptr, &a});
+            if (visible(id, a.user_id) && (state.empty() || a.state == state))
+              all.push_back({&id, nullptr, &a});
           }
         }
         size_t n = std::min(all.size(), pg->limit);
@@ -535,9 +626,7 @@ void register_channels(Api& api) {
         return problem(invalid("Last-Event-ID must be an event position", "invalid_header"));
       }
     }
-    if (!api.enter_stream()) {
-      return problem(Error::make(Code::unavailable, "too many open event streams", "too_many_streams"));
-    }
+    if (auto refusal = api.enter_stream(*req.principal)) return *refusal;
     std::string me = req.principal->user_id;
     auto collect = [&] {
       return api.views().read([&](const State& s) {
@@ -554,7 +643,7 @@ void register_channels(Api& api) {
       api.store().wait_for(api.store().last_position(), std::chrono::milliseconds(250));
       found = collect();
     }
-    api.leave_stream();
+    api.leave_stream(*req.principal);
     std::string out = "retry: 500\n\n";
     for (const auto& n : found) {
       Json d = n.data;

@@ -23,6 +23,7 @@ enum class Code {
   version_mismatch,     // 412: If-Match did not match
   too_large,            // 413
   unprocessable,        // 422: e.g. idempotency key reused with another body
+  too_many_requests,    // 429: a rate limit (with Retry-After where the API knows it)
   unavailable,          // 503: queue full, store failing, not ready
   internal,             // 500: a bug; never for bad input
 };
@@ -107,6 +108,7 @@ inline const char* code_name(Code c) {
     case Code::version_mismatch: return "version_mismatch";
     case Code::too_large: return "too_large";
     case Code::unprocessable: return "unprocessable";
+    case Code::too_many_requests: return "rate_limited";
     case Code::unavailable: return "unavailable";
     case Code::internal: return "internal";
   }

@@ -988,6 +988,7 @@ Json server_to_json(const Server& s) {
               {"cluster_id", s.standalone() ? Json(nullptr) : Json(s.cluster_id)},
               {"applications", s.applications},
               {"load", load_to_json(s.load)},
+              {"load_position", s.load_position},
               {"launches_since_report", s.launches_since_report},
               {"reported", inventory_to_json(s.reported)},
               {"created_at_ms", s.created_at_ms},
@@ -1024,16 +1025,6 @@ Json authorization_to_json(const Authorization& a) {
               {"target_id", a.target_id},
               {"created_at_ms", a.created_at_ms},
               {"version", a.version}};
-}
-
-Json session_to_json(const AppSession& s) {
-  return Json{{"id", s.id},
-              {"user_id", s.user_id},
-              {"application_id", s.application_id},
-              {"server_id", s.server_id},
-              {"decided_at_ms", s.decided_at_ms},
-              {"decision", s.decision},
-              {"version", s.version}};
 }
 
 Json desired_state_to_json(const DesiredState& d) {
@@ -1217,7 +1208,7 @@ void on_left(State& s, const Event& e, const Applied& at) {
   touch(*v, at);
 }
 
-void on_load(State& s, const Event& e, const Applied&) {
+void on_load(State& s, const Event& e, const Applied& at) {
   Server* v = server_of(s, e);
   if (v == nullptr) return;
   LoadReport l;
@@ -1226,6 +1217,7 @@ void on_load(State& s, const Event& e, const Applied&) {
   l.sessions = e.data.at("sessions").get<uint32_t>();
   l.reported_at_ms = e.data.at("reported_at_ms").get<int64_t>();
   v->load = l;
+  v->load_position = at.position;
   v->launches_since_report = 0;
 }
 
@@ -1294,22 +1286,6 @@ void on_unauthorized(State& s, const Event& e, const Applied&) {
   s.appcloud.authorizations.erase(it);
 }
 
-void on_launch_decided(State& s, const Event& e, const Applied& at) {
-  AppSession a;
-  a.id = str(e, "session_id");
-  a.user_id = str(e, "user_id");
-  a.application_id = str(e, "application_id");
-  a.server_id = str(e, "server_id");
-  a.decided_at_ms = e.data.value("decided_at_ms", int64_t{0});
-  a.decision = e.data.value("decision", Json::object());
-  a.version = at.stream_version;
-  if (Server* v = server_of(s, e)) v->launches_since_report++;
-  if (a.decision.contains("advance")) {
-    for (const auto& key : a.decision["advance"]) s.appcloud.round_robin[key.get<std::string>()]++;
-  }
-  s.appcloud.sessions[a.id] = std::move(a);
-}
-
 }  // namespace
 
 void register_appcloud(EvolveTable& t) {
@@ -1330,7 +1306,6 @@ void register_appcloud(EvolveTable& t) {
   t["ApplicationUnpublished"] = on_unpublished;
   t["ApplicationAuthorized"] = on_authorized;
   t["ApplicationUnauthorized"] = on_unauthorized;
-  t["ApplicationLaunchDecided"] = on_launch_decided;
 }
 
 }  // namespace atrium::domain
@@ -1381,6 +1356,7 @@ void read_all(AppCloudState& s, const Json& j) {
       v.load = LoadReport{get<double>(l, "cpu_load"), get<double>(l, "memory_load"),
                           get<uint32_t>(l, "sessions"), get<int64_t>(l, "reported_at_ms")};
     }
+    v.load_position = get<uint64_t>(vj, "load_position");
     v.launches_since_report = get<uint32_t>(vj, "launches_since_report");
     if (const Json& r = vj.at("reported"); !r.is_null()) {
       v.reported = InventoryReport{get<std::set<std::string>>(r, "apps"),
@@ -1425,17 +1401,7 @@ void read_all(AppCloudState& s, const Json& j) {
     a.version = get<uint64_t>(aj, "version");
     s.authorizations[id] = std::move(a);
   }
-  for (const auto& [id, sj] : j.at("sessions").items()) {
-    AppSession a;
-    a.id = get<std::string>(sj, "id");
-    a.user_id = get<std::string>(sj, "user_id");
-    a.application_id = get<std::string>(sj, "application_id");
-    a.server_id = get<std::string>(sj, "server_id");
-    a.decided_at_ms = get<int64_t>(sj, "decided_at_ms");
-    a.decision = sj.at("decision");
-    a.version = get<uint64_t>(sj, "version");
-    s.sessions[id] = std::move(a);
-  }
+  for (const auto& [id, sj] : j.at("sessions").items()) s.sessions[id] = app_session_from_json(sj);
   s.round_robin = get<std::map<std::string, uint64_t>>(j, "round_robin");
 }
 

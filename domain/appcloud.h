@@ -11,7 +11,8 @@
 //   application-<id>       ApplicationRegistered
 //   publication-<id>       ApplicationPublished, ApplicationUnpublished
 //   authorization-<id>     ApplicationAuthorized, ApplicationUnauthorized
-//   session-<id>           ApplicationLaunchDecided (decided in domain/placement.cpp)
+//   session-<id>           ApplicationLaunchDecided (decided in domain/placement.cpp),
+//                          ApplicationSessionEnded (domain/app_sessions.cpp)
 // Load and inventory reports have streams of their own: they arrive every few seconds, and on
 // "server-<id>" they would move the server's version under every If-Match an admin sends.
 //
@@ -137,8 +138,9 @@ struct Server {
   std::string cluster_id;              // empty: standalone
   std::set<std::string> applications;  // ids of the applications present
   std::optional<LoadReport> load;
-  // Launches decided onto this server since its last load report: added to the reported
-  // session count so that a burst of launches between two reports spreads out.
+  uint64_t load_position = 0;  // log position of the load report kept (0: none)
+  // Launches decided onto this server since its last load report and not ended since: added
+  // to the reported session count so that a burst of launches between two reports spreads out.
   uint32_t launches_since_report = 0;
   std::optional<InventoryReport> reported;
   int64_t created_at_ms = 0;
@@ -178,15 +180,22 @@ struct Authorization {
   uint64_t version = 0;
 };
 
-// A launch decision, kept so that GET /v1/sessions/{id} can answer "why this server".
+// An application session: the launch decision, kept so that GET /v1/sessions/{id} can answer
+// "why this server", and whether it still runs ("active") or has "ended" (logoff).
 struct AppSession {
   std::string id;
   std::string user_id;
   std::string application_id;
   std::string server_id;
   int64_t decided_at_ms = 0;
+  uint64_t decided_position = 0;  // log position of ApplicationLaunchDecided
   Json decision;  // the Decision as recorded (domain/placement.h decision_to_json)
+  std::string state = "active";  // active | ended
+  int64_t ended_at_ms = 0;
+  std::string end_reason;  // logoff
   uint64_t version = 0;
+
+  bool active() const { return state == "active"; }
 };
 
 // ---- query results ----------------------------------------------------------------------
@@ -412,6 +421,18 @@ struct ReportServerInventory {
   int64_t reported_at_ms = 0;
 };
 
+// Ends an application session (DELETE /v1/sessions/{id}): its owner (actor_id) or an admin
+// (as_admin) may; for anyone else the session does not exist (not_found). A session that has
+// ended already changes nothing (no events). Emits ApplicationSessionEnded on "session-<id>"
+// (schema 1): {session_id, user_id, server_id, reason, ended_at_ms}. A launch that is still
+// counted in its server's launches_since_report stops counting.
+struct EndApplicationSession {
+  std::string session_id;
+  std::string actor_id;
+  bool as_admin = false;
+  std::string reason = "logoff";
+};
+
 struct State;
 // Each returns the events to append, or an Error with a stable reason (see the header
 // comment). A command that changes nothing returns no events.
@@ -431,6 +452,7 @@ Result<Events> decide(const State& s, const Authorize& c, const Context& ctx);
 Result<Events> decide(const State& s, const Unauthorize& c, const Context& ctx);
 Result<Events> decide(const State& s, const ReportServerLoad& c, const Context& ctx);
 Result<Events> decide(const State& s, const ReportServerInventory& c, const Context& ctx);
+Result<Events> decide(const State& s, const EndApplicationSession& c, const Context& ctx);
 
 // Validation shared with the API layer.
 Status validate_id(const std::string& field, const std::string& id);

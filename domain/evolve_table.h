@@ -15,6 +15,10 @@ void register_users(EvolveTable& t);
 Json users_to_json(const UsersState& s);
 Status users_from_json(UsersState& s, const Json& j);
 void register_appcloud(EvolveTable& t);
+// Application sessions (domain/app_sessions.cpp): launched, ended.
+void register_app_sessions(EvolveTable& t);
+// Inverse of session_to_json, for snapshots; throws (nlohmann::json) on a wrong shape.
+AppSession app_session_from_json(const Json& j);
 Json appcloud_to_json(const AppCloudState& s);
 // Inverse of appcloud_to_json (derived fields are recomputed), for snapshots.
 Status appcloud_from_json(AppCloudState& s, const Json& j);

@@ -118,6 +118,8 @@ Json host_to_json(const HostsState& hs, const Host& h) {
          {"updated_at_ms", h.updated_at_ms},
          {"version", h.version}};
   j["connect_operation_id"] = h.connect_operation.empty() ? Json(nullptr) : Json(h.connect_operation);
+  j["spice_tls"] = h.spice_tls() ? Json{{"ca_cert", h.spice_ca_cert}, {"host_subject", h.spice_host_subject}}
+                                 : Json(nullptr);
   auto it = hs.vm_by_uuid.find(h.id);
   j["vm_count"] = it == hs.vm_by_uuid.end() ? 0 : it->second.size();
   return j;
@@ -214,6 +216,21 @@ Result<Events> decide(const State& s, const AddHost& c, const Context&) {
                  "invalid_port_range", {{"display_ports", "need 1 <= first <= last <= 65535"}}};
   }
   if (c.address.size() > 255) return invalid("address must be at most 255 characters", "invalid_address");
+  if (c.spice_ca_cert.empty() != c.spice_host_subject.empty()) {
+    return Error{Code::invalid_argument, "spice_tls needs both ca_cert and host_subject", "invalid_spice_tls",
+                 {{"spice_tls", "give both ca_cert and host_subject"}}};
+  }
+  if (!c.spice_ca_cert.empty() &&
+      (c.spice_ca_cert.find("-----BEGIN CERTIFICATE-----") == std::string::npos ||
+       c.spice_ca_cert.size() > 16384)) {
+    return Error{Code::invalid_argument, "spice_tls.ca_cert must be a PEM certificate of at most 16 KiB",
+                 "invalid_spice_tls", {{"spice_tls.ca_cert", "a PEM certificate"}}};
+  }
+  if (c.spice_host_subject.size() > 512 ||
+      c.spice_host_subject.find_first_of("\r\n") != std::string::npos) {
+    return Error{Code::invalid_argument, "spice_tls.host_subject must be one line of at most 512 characters",
+                 "invalid_spice_tls", {{"spice_tls.host_subject", "one line, e.g. C=XX,O=Org,CN=host"}}};
+  }
   if (s.hosts.host(c.id) != nullptr) {
     return Error::make(Code::already_exists, "host " + c.id + " already exists", "host_exists");
   }
@@ -224,13 +241,16 @@ Result<Events> decide(const State& s, const AddHost& c, const Context&) {
     }
   }
   std::string address = c.address.empty() ? address_from_uri(c.uri) : c.address;
+  Json added{{"id", c.id}, {"name", c.name}, {"uri", c.uri}, {"address", address},
+             {"ports_first", c.ports.first}, {"ports_last", c.ports.last},
+             {"operation_id", c.operation_id}};
+  if (!c.spice_ca_cert.empty()) {
+    added["spice_tls"] = Json{{"ca_cert", c.spice_ca_cert}, {"host_subject", c.spice_host_subject}};
+  }
   return Events{
       op_event(c.operation_id, "OperationStarted",
                Json{{"kind", "connect_host"}, {"target", c.id}, {"host_id", c.id}}),
-      host_event(c.id, "HostAdded",
-                 Json{{"id", c.id}, {"name", c.name}, {"uri", c.uri}, {"address", address},
-                      {"ports_first", c.ports.first}, {"ports_last", c.ports.last},
-                      {"operation_id", c.operation_id}}),
+      host_event(c.id, "HostAdded", added),
   };
 }
 
@@ -359,6 +379,7 @@ Result<Events> decide(const State& s, const RecordDomainsObserved& c, const Cont
   std::set<std::string> seen;
   for (const auto& d : c.domains) {
     if (d.uuid.empty() || !seen.insert(d.uuid).second) continue;
+    if (d.name.rfind(kValidationDomainPrefix, 0) == 0) continue;  // a template check, gone in a moment
     std::string id = vm_id_for(c.host_id, d.uuid);
     const Vm* v = s.hosts.vm(id);
     if (v == nullptr) {
@@ -507,6 +528,45 @@ Result<Events> decide(const State& s, const AdoptVm& c, const Context&) {
   return Events{vm_event(v->id, "VmAdopted", Json{{"pool_id", c.pool_id}})};
 }
 
+Result<Events> decide(const State& s, const ForgetVm& c, const Context&) {
+  const Vm* v = s.hosts.vm(c.vm_id);
+  if (v == nullptr) return not_found("vm " + c.vm_id + " not found");
+  if (auto st = check_expected(s, vm_stream(c.vm_id), c.expected_version); !st) return st.error();
+  if (const PoolMember* m = s.pools.member(c.vm_id); m != nullptr && !m->session_id.empty()) {
+    return refused("vm_in_use", "vm " + v->name + " has a live desktop session");
+  }
+  if (v->managed() && v->observed != "missing") {
+    return refused("vm_managed", "vm " + v->name + " belongs to pool " + v->pool_id +
+                                     ": remove it through the pool (shrink or delete the pool)");
+  }
+  return Events{vm_event(v->id, "VmForgotten",
+                         Json{{"observed", v->observed}, {"pool_id", v->pool_id}, {"name", v->name}})};
+}
+
+void forget_vm(HostsState& hs, const std::string& vm_id) {
+  auto it = hs.vms.find(vm_id);
+  if (it == hs.vms.end()) return;
+  if (auto h = hs.vm_by_uuid.find(it->second.host_id); h != hs.vm_by_uuid.end()) {
+    h->second.erase(it->second.uuid);
+  }
+  hs.vms.erase(it);
+}
+
+void release_pool_vms(HostsState& hs, const std::string& pool_id) {
+  std::vector<std::string> gone;
+  for (auto& [id, v] : hs.vms) {
+    if (v.pool_id != pool_id) continue;
+    if (v.observed == "missing") {
+      gone.push_back(id);
+    } else {
+      v.pool_id.clear();
+      v.desired = "none";
+      v.drift = false;
+    }
+  }
+  for (const auto& id : gone) forget_vm(hs, id);
+}
+
 Result<Events> decide(const State& s, const AllocateDisplayPort& c, const Context&) {
   const Vm* v = s.hosts.vm(c.vm_id);
   if (v == nullptr) return not_found("vm " + c.vm_id + " not found");
@@ -584,6 +644,10 @@ void on_host_added(State& s, const Event& e, const Applied& at) {
   h.address = e.data.at("address").get<std::string>();
   h.ports = {e.data.at("ports_first").get<int>(), e.data.at("ports_last").get<int>()};
   h.connect_operation = e.data.value("operation_id", "");
+  if (auto tls = e.data.find("spice_tls"); tls != e.data.end() && tls->is_object()) {
+    h.spice_ca_cert = tls->value("ca_cert", "");
+    h.spice_host_subject = tls->value("host_subject", "");
+  }
   h.created_at_ms = at.recorded_at_ms;
   set_state(h, "connecting", "added", at);
   touch(h, at);
@@ -806,6 +870,7 @@ void register_hosts(EvolveTable& t) {
   t["VmDriftResolved"] = on_drift_resolved;
   t["VmPowerRequested"] = on_power_requested;
   t["VmAdopted"] = on_vm_adopted;
+  t["VmForgotten"] = [](State& st, const Event& e, const Applied&) { forget_vm(st.hosts, e.stream.substr(3)); };
   t["DisplayPortAllocated"] = on_port_allocated;
   t["DisplayPortReleased"] = on_port_released;
   t["OperationStarted"] = on_op_started;

@@ -60,6 +60,12 @@ struct Host {
   std::string uri;
   std::string address;  // what clients connect to for displays
   PortRange ports;
+  // SPICE over TLS (the host's libvirt has spice_tls = 1): the CA that signed the host's SPICE
+  // certificate (PEM) and that certificate's subject; desktops on this host then listen on a
+  // TLS port only and the .vv lets the client verify the host. Empty: plain SPICE.
+  std::string spice_ca_cert;
+  std::string spice_host_subject;
+  bool spice_tls() const { return !spice_ca_cert.empty(); }
   std::string state;    // connecting|up|disconnected|alert|maintenance|removed
   std::string reason;   // why the last transition happened
   bool connected = false;  // an open connection of `epoch` exists (also in maintenance)
@@ -134,6 +140,8 @@ struct AddHost {
   std::string uri;
   std::string address;  // empty: the URI's host name, else 127.0.0.1
   PortRange ports;
+  std::string spice_ca_cert = {};  // SPICE TLS (both or neither), see Host
+  std::string spice_host_subject = {};
 };
 
 struct RecordHostConnected {
@@ -178,6 +186,10 @@ struct ObservedDomain {
   std::string state;  // adapters' DomainState text: running, shut_off, paused, ...
   int display_port = -1;
 };
+
+// Domains the broker defines for a moment only, to have libvirt check a pool template
+// (adapters/pool_worker.h validate_template): never imported as VMs.
+inline constexpr const char* kValidationDomainPrefix = "atrium-validate-";
 
 struct RecordDomainsObserved {
   std::string host_id;
@@ -234,6 +246,15 @@ struct AllocateDisplayPort {
   std::string vm_id;
 };
 
+// An admin forgets a VM the broker should no longer list: one observed missing (its domain is
+// gone), or an unmanaged one (a later relist imports it again if its domain still exists).
+// A pool's VM that still exists is refused (vm_managed: the pool removes its own VMs), and so
+// is one with a live desktop session (vm_in_use).
+struct ForgetVm {
+  std::string vm_id;
+  std::optional<uint64_t> expected_version;
+};
+
 // An operation that cannot be resumed (e.g. after a restart) ends as failed.
 struct FailOperation {
   std::string operation_id;
@@ -257,6 +278,13 @@ Result<Events> decide(const State& s, const CancelOperation& c, const Context& c
 Result<Events> decide(const State& s, const AdoptVm& c, const Context& ctx);
 Result<Events> decide(const State& s, const AllocateDisplayPort& c, const Context& ctx);
 Result<Events> decide(const State& s, const FailOperation& c, const Context& ctx);
+Result<Events> decide(const State& s, const ForgetVm& c, const Context& ctx);
+
+// Fold helpers other modules' events use (pools: a removed member, a deleted pool).
+// Forgets the VM: gone from the views (its operations stay as history).
+void forget_vm(HostsState& hs, const std::string& vm_id);
+// VMs still naming `pool_id`: forgotten when observed missing, else unmanaged (desired none).
+void release_pool_vms(HostsState& hs, const std::string& pool_id);
 
 std::string host_stream(const std::string& id);
 std::string vm_stream(const std::string& id);

@@ -34,6 +34,10 @@ Status hosts_from_json(HostsState& s, const Json& j) {
     h.last_error = hj.at("last_error").get<std::string>();
     h.failed_attempts = hj.at("failed_attempts").get<uint32_t>();
     h.connect_operation = str_or_empty(hj, "connect_operation_id");
+    if (auto tls = hj.find("spice_tls"); tls != hj.end() && tls->is_object()) {
+      h.spice_ca_cert = tls->value("ca_cert", "");
+      h.spice_host_subject = tls->value("host_subject", "");
+    }
     h.state_since_ms = hj.at("state_since_ms").get<int64_t>();
     h.created_at_ms = hj.at("created_at_ms").get<int64_t>();
     h.updated_at_ms = hj.at("updated_at_ms").get<int64_t>();

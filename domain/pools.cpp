@@ -5,6 +5,7 @@
 
 #include "domain/evolve_table.h"
 #include "domain/hosts.h"
+#include "domain/pools_internal.h"
 #include "domain/state.h"
 #include "domain/users.h"
 
@@ -12,7 +13,7 @@ namespace atrium::domain {
 
 std::string pool_stream(const std::string& id) { return "pool-" + id; }
 std::string desktop_session_stream(const std::string& id) { return "desktop-session-" + id; }
-static std::string messages_stream(const std::string& user) { return "user-messages-" + user; }
+
 
 // ---- queries ----------------------------------------------------------------------------
 const Pool* PoolsState::pool(const std::string& id) const {
@@ -53,8 +54,10 @@ const PoolMember* PoolsState::assigned(const std::string& pool_id,
   return nullptr;
 }
 
-// ---- pure rules -------------------------------------------------------------------------
-namespace {
+// ---- shared rules (pools_internal.h) --------------------------------------------------
+namespace pools_detail {
+
+std::string messages_stream(const std::string& user) { return "user-messages-" + user; }
 
 bool running_like(const std::string& o) { return o == "running" || o == "blocked"; }
 
@@ -71,6 +74,18 @@ bool powered_on(const State& s, const PoolMember& m) {
   return v->desired == "none" && running_like(v->observed);
 }
 
+bool shutdown_pending(const State& s, const PoolMember& m) {
+  const Vm* v = s.hosts.vm(m.vm_id);
+  if (v == nullptr) return false;
+  if (v->desired == "shut_off" && (running_like(v->observed) || v->observed == "paused" ||
+                                   v->observed == "shutting_down")) {
+    return true;
+  }
+  const Operation* op = s.hosts.operation(v->operation);
+  return op != nullptr && op->active() &&
+         (op->action == "shutdown" || op->action == "destroy" || op->action == "reboot");
+}
+
 bool needs_port(const State& s, const PoolMember& m) {
   const Vm* v = s.hosts.vm(m.vm_id);
   if (v == nullptr) return true;
@@ -84,11 +99,91 @@ uint64_t host_memory_kib(const Host& h) {
   return it->get<uint64_t>();
 }
 
-}  // namespace
+
+Event pool_event(const std::string& id, const char* type, Json data) {
+  return {pool_stream(id), type, 1, std::move(data)};
+}
+Event session_event(const std::string& id, const char* type, Json data) {
+  return {desktop_session_stream(id), type, 1, std::move(data)};
+}
+Error pool_not_found(const std::string& id) { return not_found("pool " + id + " not found"); }
+
+Error field_error(const std::string& field, const std::string& msg,
+                  const std::string& reason) {
+  return Error{Code::invalid_argument, field + " " + msg, reason, {{field, msg}}};
+}
+
+bool one_of(const std::string& v, std::initializer_list<const char*> options) {
+  for (const char* o : options) {
+    if (v == o) return true;
+  }
+  return false;
+}
+
+
+
+void append(Events& out, Result<Events> r) {
+  if (!r.ok()) return;
+  for (auto& e : *r) out.push_back(std::move(e));
+}
+
+// Starts refreshing a member: back to the pool's current template and a fresh overlay, powered
+// off first (the worker redefines it once it is off).
+void refresh_events(const State& s, const Pool& p, const PoolMember& m, const std::string& reason,
+                    const std::string& op_id, const Context& ctx, Events& out) {
+  out.push_back(pool_event(p.id, "PoolVmRefreshStarted", Json{{"vm_id", m.vm_id}, {"reason", reason}}));
+  const Vm* v = s.hosts.vm(m.vm_id);
+  if (v != nullptr && v->desired != "shut_off" && !op_id.empty()) {
+    append(out, decide(s, RequestVmPower{m.vm_id, op_id, "destroy", std::nullopt}, ctx));
+  }
+}
+
+// Ends a live session: the session event, the floating assignment, the power policy.
+void end_session_events(const State& s, const DesktopSession& d, const std::string& reason,
+                        const std::string& op_id, const Context& ctx, Events& out) {
+  out.push_back(session_event(d.id, "DesktopSessionEnded",
+                              Json{{"reason", reason}, {"vm_id", d.vm_id},
+                                   {"pool_id", d.pool_id}, {"user_id", d.user_id}}));
+  const Pool* p = s.pools.pool(d.pool_id);
+  const PoolMember* m = s.pools.member(d.vm_id);
+  if (p == nullptr || m == nullptr) return;
+  if (p->kind == "floating" && m->assigned_user == d.user_id) {
+    out.push_back(pool_event(p->id, "DesktopUnassigned",
+                             Json{{"vm_id", m->vm_id}, {"user_id", d.user_id},
+                                  {"reason", "session ended: " + reason}}));
+  }
+  if (op_id.empty()) return;
+  const Vm* v = s.hosts.vm(m->vm_id);
+  if (v == nullptr) return;
+  if (p->power_policy == "shutdown_on_logoff" && v->desired != "shut_off") {
+    append(out, decide(s, RequestVmPower{m->vm_id, op_id, "shutdown", std::nullopt}, ctx));
+  } else if (p->power_policy == "refresh_on_logoff" && m->state == "ready") {
+    refresh_events(s, *p, *m, "logoff", op_id, ctx, out);
+  }
+}
+
+}  // namespace pools_detail
+
+using namespace pools_detail;
+
+// ---- pure rules -------------------------------------------------------------------------
 
 bool member_free(const State& s, const PoolMember& m) {
   return m.state == "ready" && m.assigned_user.empty() && m.session_id.empty() &&
-         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id);
+         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id) && m.display_reset.empty() &&
+         !shutdown_pending(s, m);
+}
+
+bool member_releasing(const State& s, const PoolMember& m) {
+  return m.state == "ready" && m.assigned_user.empty() && m.session_id.empty() &&
+         s.hosts.vm(m.vm_id) != nullptr && host_up(s, m.host_id) &&
+         (!m.display_reset.empty() || shutdown_pending(s, m));
+}
+
+bool display_wave_complete(const DisplayWave& w, int64_t now_ms) {
+  if (w.initialized < 1 || w.connecting > 0) return false;
+  if (now_ms - w.last_event_ms < kDisplaySettleMs) return false;
+  return w.initialized >= 2 || now_ms - w.wave_started_ms >= kDisplaySingleChannelMs;
 }
 
 Result<std::string> choose_host(const State& s, const Pool& pool) {
@@ -145,7 +240,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     return plan;
   }
   std::vector<const PoolMember*> running, standby;
-  int provisioning = 0, active = 0, refreshing = 0;
+  int provisioning = 0, active = 0, refreshing = 0, releasing = 0;
   for (const PoolMember* m : members) {
     if (m->state == "failed") {
       plan.remove.push_back(m->vm_id);
@@ -155,6 +250,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     ++active;
     if (m->state == "provisioning") ++provisioning;
     if (m->state == "refreshing") ++refreshing;  // comes back as a free member
+    if (member_releasing(s, *m)) ++releasing;  // so does one whose last session is cleaned up
     if (!member_free(s, *m)) continue;
     (powered_on(s, *m) ? running : standby).push_back(m);
   }
@@ -187,7 +283,7 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
   int short_run = need_run - i - old_for_run;
   int standby_left = static_cast<int>(standby.size()) - i + static_cast<int>(standby_old.size()) - old_for_run;
   int need_standby = std::max(0, pool.min_standby - standby_left);
-  int want = short_run + need_standby - provisioning - refreshing;
+  int want = short_run + need_standby - provisioning - refreshing - releasing;
   int capacity = pool.max_size - active;
   plan.provision = std::max(0, std::min(want, capacity));
   // Rolling template update: a few free members at a time, powered-off ones first.
@@ -201,331 +297,6 @@ SparePlan plan_spares(const State& s, const Pool& pool) {
     }
   }
   return plan;
-}
-
-std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms) {
-  std::vector<PowerAction> out;
-  std::vector<const DesktopSession*> live;
-  for (const auto& [uid, ids] : s.pools.live_by_user) {
-    for (const auto& id : ids) {
-      if (const DesktopSession* d = s.pools.session(id)) live.push_back(d);
-    }
-  }
-  std::sort(live.begin(), live.end(), [](auto* a, auto* b) { return a->id < b->id; });
-  for (const DesktopSession* d : live) {
-    const Pool* p = s.pools.pool(d->pool_id);
-    const Vm* v = s.hosts.vm(d->vm_id);
-    std::string vm_state;
-    if (v == nullptr) {
-      vm_state = "missing";
-    } else if (v->observed == "crashed" || v->observed == "missing" ||
-               (v->observed == "shut_off" && v->desired != "running")) {
-      vm_state = v->observed;
-    }
-    if (d->state == "created" && d->ticket_expires_at_ms == 0 &&
-        (client_timeout_ms <= 0 || now_ms - d->created_at_ms <= client_timeout_ms)) {
-      // The launch is still powering the VM on and issuing the ticket: a VM seen shut off
-      // here is the one being started, not a lost desktop.
-      continue;
-    }
-    if (d->state == "disconnected") {
-      int64_t grace_ms = (p ? p->grace_s : 0) * 1000;
-      if (!vm_state.empty()) {
-        out.push_back({"end_session", d->id, "vm_" + vm_state});
-      } else if (now_ms - d->disconnected_at_ms >= grace_ms) {
-        out.push_back({"end_session", d->id, "grace_expired"});
-      }
-      continue;
-    }
-    if (!vm_state.empty()) {
-      out.push_back({"deactivate_session", d->id, "vm_" + vm_state});
-    } else if (client_timeout_ms > 0 && now_ms - d->last_seen_ms > client_timeout_ms) {
-      out.push_back({"deactivate_session", d->id, "client_timeout"});
-    }
-  }
-  // Idle shutdown: members without a session past idle_timeout; unassigned spares only
-  // beyond min_ready.
-  std::vector<std::string> pool_ids;
-  for (const auto& [id, p] : s.pools.pools) pool_ids.push_back(id);
-  std::sort(pool_ids.begin(), pool_ids.end());
-  for (const auto& pid : pool_ids) {
-    const Pool& p = *s.pools.pool(pid);
-    if (p.power_policy != "shutdown_when_idle") continue;
-    int spares_kept = 0;
-    std::vector<const PoolMember*> idle;
-    for (const PoolMember* m : s.pools.members_of(pid)) {
-      if (m->state != "ready" || !m->session_id.empty() || !powered_on(s, *m)) continue;
-      int64_t since = std::max(m->last_session_end_ms, m->since_ms);
-      bool timed_out = now_ms - since >= p.idle_timeout_s * 1000;
-      if (m->assigned_user.empty() && spares_kept < p.min_ready) {
-        ++spares_kept;
-        continue;
-      }
-      if (timed_out) idle.push_back(m);
-    }
-    for (const PoolMember* m : idle) out.push_back({"shutdown_vm", m->vm_id, "idle_timeout"});
-  }
-  return out;
-}
-
-// ---- domain XML -------------------------------------------------------------------------
-namespace {
-
-std::string xml_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '\'': o += "&apos;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
-    }
-  }
-  return o;
-}
-
-// Replaces the text of the first <tag>...</tag> (or inserts it after the opening of
-// `parent`). Returns false when neither exists.
-bool set_element(std::string& xml, const std::string& tag, const std::string& value,
-                 const std::string& parent_open_end_pos_tag) {
-  std::string open = "<" + tag + ">", close = "</" + tag + ">";
-  auto a = xml.find(open);
-  if (a != std::string::npos) {
-    auto b = xml.find(close, a);
-    if (b == std::string::npos) return false;
-    xml.replace(a + open.size(), b - a - open.size(), xml_escape(value));
-    return true;
-  }
-  auto p = xml.find(parent_open_end_pos_tag);
-  if (p == std::string::npos) return false;
-  auto gt = xml.find('>', p);
-  if (gt == std::string::npos) return false;
-  xml.insert(gt + 1, "\n  " + open + xml_escape(value) + close);
-  return true;
-}
-
-// Removes every element `<tag .../>` or `<tag ...>...</tag>` whose start is inside [from, to).
-void erase_elements(std::string& xml, const std::string& tag, size_t from, size_t& to) {
-  std::string open = "<" + tag;
-  for (;;) {
-    auto a = xml.find(open, from);
-    if (a == std::string::npos || a >= to) return;
-    char after = xml[a + open.size()];
-    if (after != ' ' && after != '>' && after != '/' && after != '\n' && after != '\t') {
-      from = a + 1;
-      continue;
-    }
-    auto gt = xml.find('>', a);
-    if (gt == std::string::npos) return;
-    size_t end;
-    if (xml[gt - 1] == '/') {
-      end = gt + 1;
-    } else {
-      auto c = xml.find("</" + tag + ">", gt);
-      if (c == std::string::npos) return;
-      end = c + tag.size() + 3;
-    }
-    xml.erase(a, end - a);
-    to -= end - a;
-  }
-}
-
-// The value of attribute `name` in an opening tag, or "" when absent.
-std::string attr_of(const std::string& tag, const std::string& name) {
-  for (size_t at = tag.find(name + "="); at != std::string::npos; at = tag.find(name + "=", at + 1)) {
-    if (at == 0 || !std::isspace(static_cast<unsigned char>(tag[at - 1]))) continue;
-    size_t q = at + name.size() + 1;
-    if (q >= tag.size() || (tag[q] != '\'' && tag[q] != '"')) continue;
-    size_t close = tag.find(tag[q], q + 1);
-    if (close == std::string::npos) return "";
-    return tag.substr(q + 1, close - q - 1);
-  }
-  return "";
-}
-
-// The opening tag with attribute `name` set to `value` (replaced, or added).
-std::string set_attr(const std::string& tag, const std::string& name, const std::string& value) {
-  for (size_t at = tag.find(name + "="); at != std::string::npos; at = tag.find(name + "=", at + 1)) {
-    if (at == 0 || !std::isspace(static_cast<unsigned char>(tag[at - 1]))) continue;
-    size_t q = at + name.size() + 1;
-    if (q >= tag.size() || (tag[q] != '\'' && tag[q] != '"')) continue;
-    size_t close = tag.find(tag[q], q + 1);
-    if (close == std::string::npos) break;
-    return tag.substr(0, q + 1) + xml_escape(value) + tag.substr(close);
-  }
-  size_t name_end = tag.find_first_of(" \t\n/>", 1);
-  if (name_end == std::string::npos) name_end = tag.size();
-  return tag.substr(0, name_end) + " " + name + "='" + xml_escape(value) + "'" + tag.substr(name_end);
-}
-
-struct XmlDisk {
-  size_t begin = 0, end = 0;  // [begin, end) of <disk ...>...</disk>
-  bool writable = false;      // device disk, neither readonly nor shareable
-  std::string source_file;
-};
-
-std::vector<XmlDisk> disks_of(const std::string& xml) {
-  std::vector<XmlDisk> out;
-  size_t from = 0;
-  for (;;) {
-    auto a = xml.find("<disk", from);
-    if (a == std::string::npos) return out;
-    char after = a + 5 < xml.size() ? xml[a + 5] : '\0';
-    if (after != ' ' && after != '>' && after != '\n' && after != '\t' && after != '/') {
-      from = a + 1;
-      continue;
-    }
-    auto gt = xml.find('>', a);
-    if (gt == std::string::npos) return out;
-    XmlDisk d;
-    d.begin = a;
-    std::string open = xml.substr(a, gt - a);
-    std::string body;
-    if (xml[gt - 1] == '/') {
-      d.end = gt + 1;
-    } else {
-      auto c = xml.find("</disk>", gt);
-      if (c == std::string::npos) return out;
-      d.end = c + 7;
-      body = xml.substr(gt + 1, c - gt - 1);
-    }
-    std::string device = attr_of(open, "device");
-    d.writable = (device.empty() || device == "disk") && body.find("<readonly") == std::string::npos &&
-                 body.find("<shareable") == std::string::npos;
-    if (auto src = body.find("<source"); src != std::string::npos) {
-      auto sgt = body.find('>', src);
-      if (sgt != std::string::npos) d.source_file = attr_of(body.substr(src, sgt - src), "file");
-    }
-    from = d.end;
-    out.push_back(std::move(d));
-  }
-}
-
-}  // namespace
-
-TemplateDisks template_disks(const std::string& xml) {
-  TemplateDisks t;
-  for (const XmlDisk& d : disks_of(xml)) {
-    if (!d.writable) continue;
-    if (t.writable++ == 0) t.first_file = d.source_file;
-  }
-  return t;
-}
-
-Json template_to_json(const PoolTemplate& t) {
-  Json j{{"domain_xml", t.domain_xml},
-         {"base_volume", t.base_volume},
-         {"storage_pool", t.storage_pool.empty() ? "default" : t.storage_pool},
-         {"memory_kib", t.memory_kib}};
-  if (!t.domain_name.empty()) {
-    j["domain_name"] = t.domain_name;
-    j["host_id"] = t.host_id;
-  }
-  return j;
-}
-
-PoolTemplate template_from_json(const Json& j) {
-  PoolTemplate t;
-  t.domain_xml = j.value("domain_xml", "");
-  t.domain_name = j.value("domain_name", "");
-  t.host_id = j.value("host_id", "");
-  t.base_volume = j.value("base_volume", "");
-  t.storage_pool = j.value("storage_pool", "default");
-  t.memory_kib = j.value("memory_kib", uint64_t{0});
-  return t;
-}
-
-uint64_t domain_memory_kib(const std::string& xml) {
-  auto a = xml.find("<memory");
-  if (a == std::string::npos) return 0;
-  auto gt = xml.find('>', a);
-  auto lt = xml.find('<', gt);
-  if (gt == std::string::npos || lt == std::string::npos) return 0;
-  std::string head = xml.substr(a, gt - a);
-  uint64_t v = 0;
-  for (size_t i = gt + 1; i < lt; ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(xml[i]))) continue;
-    v = v * 10 + static_cast<uint64_t>(xml[i] - '0');
-  }
-  if (head.find("unit='MiB'") != std::string::npos || head.find("unit=\"MiB\"") != std::string::npos) v *= 1024;
-  if (head.find("unit='GiB'") != std::string::npos || head.find("unit=\"GiB\"") != std::string::npos) v *= 1024 * 1024;
-  if (head.find("unit='bytes'") != std::string::npos || head.find("unit='b'") != std::string::npos) v /= 1024;
-  return v;
-}
-
-Result<std::string> member_domain_xml(const std::string& template_xml, const MemberXmlParams& p) {
-  std::string xml = template_xml;
-  auto dom = xml.find("<domain");
-  auto end = xml.rfind("</domain>");
-  if (dom == std::string::npos || end == std::string::npos) {
-    return invalid("template.domain_xml is not a libvirt <domain> document", "invalid_template");
-  }
-  if (!set_element(xml, "name", p.name, "<domain") || !set_element(xml, "uuid", p.uuid, "<domain")) {
-    return invalid("template.domain_xml has no usable <domain> element", "invalid_template");
-  }
-  auto dev = xml.find("<devices>");
-  if (dev == std::string::npos) {
-    end = xml.rfind("</domain>");
-    xml.insert(end, "  <devices>\n  </devices>\n");
-    dev = xml.find("<devices>");
-  }
-  size_t dev_end = xml.find("</devices>", dev);
-  // A new MAC on the first interface; other MACs are dropped so libvirt generates them.
-  size_t from = dev;
-  bool first_mac = true;
-  for (;;) {
-    auto i = xml.find("<interface", from);
-    if (i == std::string::npos || i >= dev_end) break;
-    auto ie = xml.find("</interface>", i);
-    if (ie == std::string::npos) break;
-    size_t to = ie;
-    erase_elements(xml, "mac", i, to);
-    dev_end = xml.find("</devices>", dev);
-    if (first_mac) {
-      auto gt = xml.find('>', i);
-      xml.insert(gt + 1, "\n      <mac address='" + xml_escape(p.mac) + "'/>");
-      first_mac = false;
-      dev_end = xml.find("</devices>", dev);
-    }
-    from = xml.find("</interface>", i) + 1;
-  }
-  // The overlay replaces the source of the first writable disk, as a qcow2 file.
-  if (!p.overlay_path.empty()) {
-    std::vector<XmlDisk> disks = disks_of(xml);
-    auto first = std::find_if(disks.begin(), disks.end(), [](const XmlDisk& d) { return d.writable; });
-    if (first == disks.end()) {
-      return invalid("template has a base volume but no writable <disk> to put the overlay on",
-                     "invalid_template");
-    }
-    size_t d = first->begin;
-    size_t to = first->end;
-    erase_elements(xml, "source", d, to);
-    erase_elements(xml, "driver", d, to);
-    erase_elements(xml, "backingStore", d, to);
-    auto gt = xml.find('>', d);
-    xml.replace(d, gt - d, set_attr(xml.substr(d, gt - d), "type", "file"));
-    gt = xml.find('>', d);
-    xml.insert(gt + 1, "\n      <driver name='qemu' type='qcow2'/>\n      <source file='" +
-                           xml_escape(p.overlay_path) + "'/>");
-    dev_end = xml.find("</devices>", dev);
-  }
-  // One SPICE display with the broker's port and password.
-  size_t to = dev_end;
-  erase_elements(xml, "graphics", dev, to);
-  dev_end = xml.find("</devices>", dev);
-  std::string g = "  <graphics type='spice'";
-  if (p.spice_port > 0) {
-    g += " port='" + std::to_string(p.spice_port) + "' autoport='no'";
-  } else {
-    g += " autoport='yes'";
-  }
-  if (!p.spice_password.empty()) g += " passwd='" + xml_escape(p.spice_password) + "'";
-  if (!p.password_valid_to.empty()) g += " passwdValidTo='" + xml_escape(p.password_valid_to) + "'";
-  g += ">\n      <listen type='address' address='" + xml_escape(p.spice_listen) + "'/>\n    </graphics>\n  ";
-  xml.insert(dev_end, g);
-  return xml;
 }
 
 // ---- views ------------------------------------------------------------------------------
@@ -570,6 +341,8 @@ Json member_to_json(const State& s, const PoolMember& m) {
   j["assigned_user_id"] = m.assigned_user.empty() ? Json(nullptr) : Json(m.assigned_user);
   j["session_id"] = m.session_id.empty() ? Json(nullptr) : Json(m.session_id);
   j["error"] = m.error.empty() ? Json(nullptr) : Json(m.error);
+  j["releasing"] = member_releasing(s, m);
+  j["display_reset_pending"] = m.display_reset.empty() ? Json(nullptr) : Json(m.display_reset);
   if (const Vm* v = s.hosts.vm(m.vm_id)) {
     j["desired_state"] = v->desired;
     j["observed_state"] = shown_observed(s.hosts, *v);
@@ -587,37 +360,20 @@ Json desktop_session_to_json(const DesktopSession& d) {
          {"state", d.state},
          {"ticket_expires_at_ms", d.ticket_expires_at_ms},
          {"ticket_applied", d.ticket_applied},
+         {"ticket_retired", d.ticket_retired},
+         {"display_signal", d.display_signal},
          {"last_seen_ms", d.last_seen_ms},
          {"created_at_ms", d.created_at_ms},
          {"updated_at_ms", d.updated_at_ms},
          {"version", d.version}};
   j["end_reason"] = d.end_reason.empty() ? Json(nullptr) : Json(d.end_reason);
   j["ticket_note"] = d.ticket_note.empty() ? Json(nullptr) : Json(d.ticket_note);
+  j["client_address"] = d.client_address.empty() ? Json(nullptr) : Json(d.client_address);
   return j;
 }
 
 // ---- decide -----------------------------------------------------------------------------
 namespace {
-
-Event pool_event(const std::string& id, const char* type, Json data) {
-  return {pool_stream(id), type, 1, std::move(data)};
-}
-Event session_event(const std::string& id, const char* type, Json data) {
-  return {desktop_session_stream(id), type, 1, std::move(data)};
-}
-Error pool_not_found(const std::string& id) { return not_found("pool " + id + " not found"); }
-
-Error field_error(const std::string& field, const std::string& msg,
-                  const std::string& reason = "invalid_pool") {
-  return Error{Code::invalid_argument, field + " " + msg, reason, {{field, msg}}};
-}
-
-bool one_of(const std::string& v, std::initializer_list<const char*> options) {
-  for (const char* o : options) {
-    if (v == o) return true;
-  }
-  return false;
-}
 
 // Validates the settings a pool would have after a create or update.
 Status validate_pool(const State& s, const Pool& p, const std::string& self_id) {
@@ -676,47 +432,8 @@ Json pool_settings(const Pool& p) {
               {"grace_s", p.grace_s}};
 }
 
-void append(Events& out, Result<Events> r) {
-  if (!r.ok()) return;
-  for (auto& e : *r) out.push_back(std::move(e));
-}
-
-// Starts refreshing a member: back to the pool's current template and a fresh overlay, powered
-// off first (the worker redefines it once it is off).
-void refresh_events(const State& s, const Pool& p, const PoolMember& m, const std::string& reason,
-                    const std::string& op_id, const Context& ctx, Events& out) {
-  out.push_back(pool_event(p.id, "PoolVmRefreshStarted", Json{{"vm_id", m.vm_id}, {"reason", reason}}));
-  const Vm* v = s.hosts.vm(m.vm_id);
-  if (v != nullptr && v->desired != "shut_off" && !op_id.empty()) {
-    append(out, decide(s, RequestVmPower{m.vm_id, op_id, "destroy", std::nullopt}, ctx));
-  }
-}
-
-// Ends a live session: the session event, the floating assignment, the power policy.
-void end_session_events(const State& s, const DesktopSession& d, const std::string& reason,
-                        const std::string& op_id, const Context& ctx, Events& out) {
-  out.push_back(session_event(d.id, "DesktopSessionEnded",
-                              Json{{"reason", reason}, {"vm_id", d.vm_id},
-                                   {"pool_id", d.pool_id}, {"user_id", d.user_id}}));
-  const Pool* p = s.pools.pool(d.pool_id);
-  const PoolMember* m = s.pools.member(d.vm_id);
-  if (p == nullptr || m == nullptr) return;
-  if (p->kind == "floating" && m->assigned_user == d.user_id) {
-    out.push_back(pool_event(p->id, "DesktopUnassigned",
-                             Json{{"vm_id", m->vm_id}, {"user_id", d.user_id},
-                                  {"reason", "session ended: " + reason}}));
-  }
-  if (op_id.empty()) return;
-  const Vm* v = s.hosts.vm(m->vm_id);
-  if (v == nullptr) return;
-  if (p->power_policy == "shutdown_on_logoff" && v->desired != "shut_off") {
-    append(out, decide(s, RequestVmPower{m->vm_id, op_id, "shutdown", std::nullopt}, ctx));
-  } else if (p->power_policy == "refresh_on_logoff" && m->state == "ready") {
-    refresh_events(s, *p, *m, "logoff", op_id, ctx, out);
-  }
-}
-
 }  // namespace
+
 
 // Checks a template (CreatePool, UpdatePool) and completes it: memory, storage pool, and the
 // base volume from the template's own disk when none is given.
@@ -1003,182 +720,6 @@ Result<Events> decide(const State& s, const RefreshPoolVm& c, const Context& ctx
   return out;
 }
 
-Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx) {
-  const Pool* p = s.pools.pool(c.pool_id);
-  if (p == nullptr) return pool_not_found(c.pool_id);
-  if (s.users.find(c.user_id) == nullptr) return not_found("user " + c.user_id + " not found");
-  if (p->entitled.count(c.user_id) == 0) {
-    return Error::make(Code::permission_denied, "user is not entitled to pool " + p->name,
-                       "not_entitled");
-  }
-  if (p->deleting) return refused("pool_deleting", "pool " + p->name + " is being deleted");
-  // A live session: reconnect to it (same VM, same session).
-  if (const DesktopSession* d = s.pools.live_session(p->id, c.user_id)) {
-    if (p->reconnect == "disconnected_only" && d->state == "connected") {
-      return refused("session_connected",
-                     "session " + d->id + " is connected elsewhere; pool " + p->name +
-                         " reconnects only to a disconnected session");
-    }
-    return Events{};
-  }
-  if (c.session_id.empty() || s.pools.session(c.session_id) != nullptr) {
-    return invalid("a new session id is required");
-  }
-  const PoolMember* chosen = nullptr;
-  bool assign = true;
-  std::string refusal, detail;
-  if (p->kind == "dedicated") {
-    if (const PoolMember* m = s.pools.assigned(p->id, c.user_id)) {
-      assign = false;
-      if (m->state != "ready" || s.hosts.vm(m->vm_id) == nullptr) {
-        return refused("vm_unavailable", "the user's desktop " + m->name + " is " + m->state);
-      }
-      if (!host_up(s, m->host_id)) {
-        return refused("no_host_up", "the host of the user's desktop " + m->name + " is not up");
-      }
-      if (needs_port(s, *m) && s.hosts.ports_free(m->host_id) <= 0) {
-        return refused("display_ports_exhausted",
-                       "the host of the user's desktop " + m->name + " has no free display port");
-      }
-      chosen = m;
-    }
-  }
-  if (chosen == nullptr) {
-    std::vector<const PoolMember*> free_on, free_off;
-    bool free_but_host_down = false, free_but_no_port = false;
-    int active = 0;
-    for (const PoolMember* m : s.pools.members_of(p->id)) {
-      if (m->state != "removing") ++active;
-      bool candidate = m->state == "ready" && m->assigned_user.empty() && m->session_id.empty() &&
-                       s.hosts.vm(m->vm_id) != nullptr;
-      if (!candidate) continue;
-      if (!host_up(s, m->host_id)) {
-        free_but_host_down = true;
-        continue;
-      }
-      if (!needs_port(s, *m) || s.hosts.ports_free(m->host_id) > 0) {
-        (powered_on(s, *m) ? free_on : free_off).push_back(m);
-      } else {
-        free_but_no_port = true;
-      }
-    }
-    // Members on the pool's current template first (a rolling update may still be under way).
-    auto current = [&](const PoolMember* m) { return m->template_version >= p->template_version; };
-    std::stable_partition(free_on.begin(), free_on.end(), current);
-    std::stable_partition(free_off.begin(), free_off.end(), current);
-    if (!free_on.empty() && (current(free_on.front()) || free_off.empty() || !current(free_off.front()))) {
-      chosen = free_on.front();
-    } else if (!free_off.empty()) {
-      chosen = free_off.front();
-    } else if (free_but_no_port) {
-      return refused("display_ports_exhausted",
-                     "free desktops of pool " + p->name + " are on hosts without a free display port");
-    } else if (free_but_host_down) {
-      return refused("no_host_up", "free desktops of pool " + p->name + " are on hosts that are not up");
-    } else if (active >= p->max_size) {
-      return refused("pool_full", "every desktop of pool " + p->name + " is in use (max_size " +
-                                      std::to_string(p->max_size) + ")");
-    } else {
-      return refused("no_vm_ready", "pool " + p->name +
-                                        " has no desktop ready yet; more are being provisioned");
-    }
-  }
-  Events out;
-  if (needs_port(s, *chosen)) {
-    auto port = decide(s, AllocateDisplayPort{chosen->vm_id}, ctx);
-    if (!port.ok()) return port.error();
-    for (auto& e : *port) out.push_back(std::move(e));
-  }
-  if (assign) {
-    out.push_back(pool_event(p->id, "DesktopAssigned",
-                             Json{{"vm_id", chosen->vm_id}, {"user_id", c.user_id},
-                                  {"session_id", c.session_id}}));
-  }
-  out.push_back(session_event(c.session_id, "DesktopSessionCreated",
-                              Json{{"id", c.session_id}, {"pool_id", p->id},
-                                   {"user_id", c.user_id}, {"vm_id", chosen->vm_id},
-                                   {"host_id", chosen->host_id}}));
-  return out;
-}
-
-Result<Events> decide(const State& s, const RecordSessionTicket& c, const Context&) {
-  const DesktopSession* d = s.pools.session(c.session_id);
-  if (d == nullptr) return not_found("session " + c.session_id + " not found");
-  if (!d->live()) return refused("session_ended", "session " + c.session_id + " has ended");
-  Json data{{"expires_at_ms", c.expires_at_ms}, {"applied", c.applied}};
-  if (!c.note.empty()) data["note"] = c.note;
-  return Events{session_event(d->id, "DesktopSessionTicketIssued", data)};
-}
-
-Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx) {
-  const DesktopSession* d = s.pools.session(c.session_id);
-  if (d == nullptr) return not_found("session " + c.session_id + " not found");
-  if (c.state != "connected" && c.state != "disconnected") {
-    return field_error("state", "must be connected or disconnected", "invalid_state");
-  }
-  if (!d->live()) return refused("session_ended", "session " + c.session_id + " has ended");
-  if (c.state == "connected" && d->state != "connected") {
-    return Events{session_event(d->id, "DesktopSessionConnected", Json::object())};
-  }
-  if (c.state == "disconnected" && d->state != "disconnected") {
-    return Events{session_event(d->id, "DesktopSessionDisconnected", Json{{"reason", "client"}})};
-  }
-  // A heartbeat is recorded at most every 5 s, enough for the monitor's timeouts.
-  if (ctx.now_ms - d->last_seen_ms >= 5000) {
-    return Events{session_event(d->id, "DesktopSessionHeartbeat", Json::object())};
-  }
-  return Events{};
-}
-
-Result<Events> decide(const State& s, const DeactivateSession& c, const Context&) {
-  const DesktopSession* d = s.pools.session(c.session_id);
-  if (d == nullptr || !d->live() || d->state == "disconnected") return Events{};
-  return Events{session_event(d->id, "DesktopSessionDisconnected", Json{{"reason", c.reason}})};
-}
-
-Result<Events> decide(const State& s, const EndDesktopSession& c, const Context& ctx) {
-  const DesktopSession* d = s.pools.session(c.session_id);
-  if (d == nullptr) return not_found("session " + c.session_id + " not found");
-  if (!d->live()) return Events{};
-  Events out;
-  end_session_events(s, *d, c.reason.empty() ? "logoff" : c.reason, c.power_operation_id, ctx, out);
-  return out;
-}
-
-Result<Events> decide(const State& s, const SetMemberPower& c, const Context& ctx) {
-  const PoolMember* m = s.pools.member(c.vm_id);
-  if (m == nullptr) return not_found("pool vm " + c.vm_id + " not found");
-  if (c.action != "shutdown") return invalid("only shutdown is decided here");
-  if (!m->session_id.empty()) return refused("vm_in_use", "vm " + m->name + " has a live session");
-  const Vm* v = s.hosts.vm(m->vm_id);
-  if (v == nullptr || v->desired == "shut_off") return Events{};
-  return decide(s, RequestVmPower{m->vm_id, c.operation_id, "shutdown", std::nullopt}, ctx);
-}
-
-Result<Events> decide(const State& s, const SendUserMessage& c, const Context&) {
-  if (s.users.find(c.user_id) == nullptr) return not_found("user " + c.user_id + " not found");
-  Json sessions = Json::array();
-  if (auto it = s.pools.live_by_user.find(c.user_id); it != s.pools.live_by_user.end()) {
-    for (const auto& id : it->second) sessions.push_back(id);
-  }
-  if (sessions.empty()) {
-    return refused("no_live_session", "user " + c.user_id + " has no live desktop session");
-  }
-  if (c.kind == "message") {
-    if (c.text.empty() || c.text.size() > 2000) return field_error("text", "must be 1 to 2000 characters", "invalid_message");
-    return Events{{messages_stream(c.user_id), "AdminMessageSent", 1,
-                   Json{{"user_id", c.user_id}, {"text", c.text}, {"session_ids", sessions}}}};
-  }
-  if (c.kind == "command") {
-    if (c.text != "logoff" && c.text != "reconnect") {
-      return field_error("command", "must be logoff or reconnect", "invalid_command");
-    }
-    return Events{{messages_stream(c.user_id), "ClientCommandSent", 1,
-                   Json{{"user_id", c.user_id}, {"command", c.text}, {"session_ids", sessions}}}};
-  }
-  return invalid("kind must be message or command");
-}
-
 // ---- evolve -----------------------------------------------------------------------------
 namespace {
 
@@ -1292,6 +833,10 @@ void on_refreshed(State& s, const Event& e, const Applied& at) {
     m->memory_kib = e.data.value("memory_kib", m->memory_kib);
   }
 }
+void on_display_reset(State& s, const Event& e, const Applied& at) {
+  if (PoolMember* m = member_of(s, e)) m->display_reset.clear();
+  if (Pool* p = pool_of(s, e)) touch(*p, at);
+}
 void on_removed(State& s, const Event& e, const Applied& at) {
   s.pools.members.erase(e.data.at("vm_id").get<std::string>());
   if (Pool* p = pool_of(s, e)) touch(*p, at);
@@ -1332,13 +877,40 @@ void on_ticket(State& s, const Event& e, const Applied& at) {
     d->ticket_expires_at_ms = e.data.value("expires_at_ms", int64_t{0});
     d->ticket_applied = e.data.value("applied", false);
     d->ticket_note = e.data.value("note", "");
+    d->ticket_issued_at_ms = at.recorded_at_ms;
+    d->ticket_retired = false;
+    // A new ticket was set with connected='disconnect': it resets the display itself.
+    if (auto it = s.pools.members.find(d->vm_id);
+        it != s.pools.members.end() && it->second.session_id == d->id) {
+      it->second.display_reset.clear();
+    }
     touch(*d, at);
   }
 }
+void on_ticket_retired(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->ticket_retired = true;
+    touch(*d, at);
+  }
+}
+// Client-reported flips count toward the per-minute limit (domain::kMaxSessionFlipsPerMinute).
+void count_flip(DesktopSession& d, const Event& e, const Applied& at) {
+  if (e.data.value("source", "client") != "client") return;
+  if (at.recorded_at_ms - d.flip_window_start_ms >= 60000) {
+    d.flip_window_start_ms = at.recorded_at_ms;
+    d.flips_in_window = 0;
+  }
+  ++d.flips_in_window;
+}
 void on_connected(State& s, const Event& e, const Applied& at) {
   if (DesktopSession* d = session_of(s, e)) {
+    if (d->state != "connected") count_flip(*d, e, at);
     d->state = "connected";
     d->last_seen_ms = at.recorded_at_ms;
+    if (e.data.value("source", "") == "display") {
+      d->display_signal = true;
+      d->client_address = e.data.value("client_address", "");
+    }
     touch(*d, at);
   }
 }
@@ -1350,9 +922,20 @@ void on_heartbeat(State& s, const Event& e, const Applied& at) {
 }
 void on_disconnected(State& s, const Event& e, const Applied& at) {
   if (DesktopSession* d = session_of(s, e)) {
+    count_flip(*d, e, at);
     d->state = "disconnected";
     d->disconnected_at_ms = at.recorded_at_ms;
-    if (e.data.value("reason", "") == "client") d->last_seen_ms = at.recorded_at_ms;
+    std::string reason = e.data.value("reason", "");
+    if (reason == "client") d->last_seen_ms = at.recorded_at_ms;
+    if (reason == "display_closed") d->display_signal = true;
+    if (reason != "client" && reason != "display_closed") {
+      // Deactivated by the broker (client timeout, VM lost): whatever viewer may still be
+      // attached is dropped and the ticket killed; a reconnect gets a fresh one.
+      if (auto it = s.pools.members.find(d->vm_id);
+          it != s.pools.members.end() && it->second.session_id == d->id) {
+        it->second.display_reset = "deactivated: " + reason;
+      }
+    }
     touch(*d, at);
   }
 }
@@ -1363,6 +946,8 @@ void end_session(State& s, DesktopSession& d, const std::string& reason, int64_t
   if (auto it = s.pools.members.find(d.vm_id); it != s.pools.members.end()) {
     if (it->second.session_id == d.id) it->second.session_id.clear();
     it->second.last_session_end_ms = at_ms;
+    // Every client of this session is dropped before the next user gets the VM.
+    it->second.display_reset = "session_ended: " + reason;
   }
   if (auto it = s.pools.live_by_user.find(d.user_id); it != s.pools.live_by_user.end()) {
     it->second.erase(d.id);
@@ -1421,7 +1006,17 @@ void drop_vm(State& s, const std::string& vm_id, int64_t at_ms, bool forget) {
 }  // namespace
 
 void pools_after_evolve(State& s, const Event& e, const Applied& at) {
-  if (e.type == "UserDeleted") {
+  if (e.type == "PoolVmRemoved") {
+    // The broker undefined the domain: the hosts module forgets it, so no managed VM of a
+    // pool that no longer has it stays behind (and the host can be removed).
+    forget_vm(s.hosts, e.data.value("vm_id", ""));
+  } else if (e.type == "PoolDeleted") {
+    // Any VM still naming the deleted pool (logs written before PoolVmRemoved forgot VMs) is
+    // released: forgotten when missing, unmanaged otherwise.
+    release_pool_vms(s.hosts, e.stream.substr(5));
+  } else if (e.type == "VmForgotten") {
+    drop_vm(s, e.stream.substr(3), at.recorded_at_ms, true);
+  } else if (e.type == "UserDeleted") {
     drop_user(s, e.stream.substr(5), at.recorded_at_ms);
   } else if (e.type == "VmObserved" && e.data.value("observed", "") == "missing") {
     drop_vm(s, e.stream.substr(3), at.recorded_at_ms, false);
@@ -1454,124 +1049,14 @@ void register_pools(EvolveTable& t) {
   t["DesktopUnassigned"] = on_unassigned;
   t["DesktopSessionCreated"] = on_session_created;
   t["DesktopSessionTicketIssued"] = on_ticket;
+  t["DesktopSessionTicketRetired"] = on_ticket_retired;
+  t["PoolVmDisplayReset"] = on_display_reset;
   t["DesktopSessionConnected"] = on_connected;
   t["DesktopSessionHeartbeat"] = on_heartbeat;
   t["DesktopSessionDisconnected"] = on_disconnected;
   t["DesktopSessionEnded"] = on_ended;
   t["AdminMessageSent"] = on_notice;
   t["ClientCommandSent"] = on_notice;
-}
-
-// ---- snapshot codec ---------------------------------------------------------------------
-Json pools_to_json(const PoolsState& s) {
-  std::map<std::string, Json> pools, members, sessions;
-  for (const auto& [id, p] : s.pools) {
-    pools[id] = Json{{"id", p.id}, {"name", p.name}, {"kind", p.kind},
-                     {"template", template_to_json(p.tmpl)},
-                     {"host_ids", p.host_ids}, {"min_ready", p.min_ready}, {"min_standby", p.min_standby},
-                     {"max_size", p.max_size}, {"power_policy", p.power_policy},
-                     {"idle_timeout_s", p.idle_timeout_s}, {"reconnect", p.reconnect},
-                     {"grace_s", p.grace_s}, {"deleting", p.deleting}, {"entitled", p.entitled},
-                     {"template_version", p.template_version},
-                     {"created_at_ms", p.created_at_ms}, {"updated_at_ms", p.updated_at_ms},
-                     {"version", p.version}};
-  }
-  for (const auto& [id, m] : s.members) {
-    members[id] = Json{{"vm_id", m.vm_id}, {"pool_id", m.pool_id}, {"host_id", m.host_id},
-                       {"name", m.name}, {"uuid", m.uuid}, {"mac", m.mac}, {"overlay", m.overlay},
-                       {"memory_kib", m.memory_kib}, {"state", m.state}, {"error", m.error},
-                       {"assigned_user", m.assigned_user}, {"session_id", m.session_id},
-                       {"last_session_end_ms", m.last_session_end_ms}, {"since_ms", m.since_ms},
-                       {"template_version", m.template_version}};
-  }
-  for (const auto& [id, d] : s.sessions) {
-    Json j = desktop_session_to_json(d);
-    j["disconnected_at_ms"] = d.disconnected_at_ms;
-    j["end_reason"] = d.end_reason;
-    j["ticket_note"] = d.ticket_note;
-    sessions[id] = j;
-  }
-  Json notices = Json::array();
-  for (const auto& n : s.notices) {
-    notices.push_back(Json{{"position", n.position}, {"user_id", n.user_id}, {"kind", n.kind},
-                           {"data", n.data}, {"at_ms", n.at_ms}});
-  }
-  return Json{{"pools", pools}, {"members", members}, {"sessions", sessions}, {"notices", notices}};
-}
-
-Status pools_from_json(PoolsState& s, const Json& j) {
-  s = PoolsState{};
-  for (const auto& [id, pj] : j.at("pools").items()) {
-    Pool p;
-    p.id = pj.at("id").get<std::string>();
-    p.name = pj.at("name").get<std::string>();
-    p.kind = pj.at("kind").get<std::string>();
-    p.tmpl = template_from_json(pj.at("template"));
-    p.host_ids = pj.at("host_ids").get<std::vector<std::string>>();
-    p.min_ready = pj.at("min_ready").get<int>();
-    p.min_standby = pj.at("min_standby").get<int>();
-    p.max_size = pj.at("max_size").get<int>();
-    p.power_policy = pj.at("power_policy").get<std::string>();
-    p.idle_timeout_s = pj.at("idle_timeout_s").get<int64_t>();
-    p.reconnect = pj.at("reconnect").get<std::string>();
-    p.grace_s = pj.at("grace_s").get<int64_t>();
-    p.deleting = pj.at("deleting").get<bool>();
-    p.template_version = pj.value("template_version", 1);  // absent in older snapshots
-    p.entitled = pj.at("entitled").get<std::set<std::string>>();
-    p.created_at_ms = pj.at("created_at_ms").get<int64_t>();
-    p.updated_at_ms = pj.at("updated_at_ms").get<int64_t>();
-    p.version = pj.at("version").get<uint64_t>();
-    s.pools[id] = std::move(p);
-  }
-  for (const auto& [id, mj] : j.at("members").items()) {
-    PoolMember m;
-    m.vm_id = mj.at("vm_id").get<std::string>();
-    m.pool_id = mj.at("pool_id").get<std::string>();
-    m.host_id = mj.at("host_id").get<std::string>();
-    m.name = mj.at("name").get<std::string>();
-    m.uuid = mj.at("uuid").get<std::string>();
-    m.mac = mj.at("mac").get<std::string>();
-    m.overlay = mj.at("overlay").get<std::string>();
-    m.memory_kib = mj.at("memory_kib").get<uint64_t>();
-    m.state = mj.at("state").get<std::string>();
-    m.error = mj.at("error").get<std::string>();
-    m.assigned_user = mj.at("assigned_user").get<std::string>();
-    m.session_id = mj.at("session_id").get<std::string>();
-    m.last_session_end_ms = mj.at("last_session_end_ms").get<int64_t>();
-    m.since_ms = mj.at("since_ms").get<int64_t>();
-    m.template_version = mj.value("template_version", 1);
-    s.members[id] = std::move(m);
-  }
-  for (const auto& [id, dj] : j.at("sessions").items()) {
-    DesktopSession d;
-    d.id = dj.at("id").get<std::string>();
-    d.pool_id = dj.at("pool_id").get<std::string>();
-    d.user_id = dj.at("user_id").get<std::string>();
-    d.vm_id = dj.at("vm_id").get<std::string>();
-    d.host_id = dj.at("host_id").get<std::string>();
-    d.state = dj.at("state").get<std::string>();
-    d.end_reason = dj.at("end_reason").get<std::string>();
-    d.ticket_expires_at_ms = dj.at("ticket_expires_at_ms").get<int64_t>();
-    d.ticket_applied = dj.at("ticket_applied").get<bool>();
-    d.ticket_note = dj.at("ticket_note").get<std::string>();
-    d.last_seen_ms = dj.at("last_seen_ms").get<int64_t>();
-    d.disconnected_at_ms = dj.at("disconnected_at_ms").get<int64_t>();
-    d.created_at_ms = dj.at("created_at_ms").get<int64_t>();
-    d.updated_at_ms = dj.at("updated_at_ms").get<int64_t>();
-    d.version = dj.at("version").get<uint64_t>();
-    if (d.live()) s.live_by_user[d.user_id].insert(d.id);
-    s.sessions[id] = std::move(d);
-  }
-  for (const auto& nj : j.at("notices")) {
-    UserNotice n;
-    n.position = nj.at("position").get<uint64_t>();
-    n.user_id = nj.at("user_id").get<std::string>();
-    n.kind = nj.at("kind").get<std::string>();
-    n.data = nj.at("data");
-    n.at_ms = nj.at("at_ms").get<int64_t>();
-    s.notices.push_back(std::move(n));
-  }
-  return Status::Ok();
 }
 
 }  // namespace atrium::domain

@@ -8,8 +8,10 @@
 //                         PoolVmRemovalStarted, PoolVmRemoved, PoolVmRefreshStarted,
 //                         PoolVmRefreshed, DesktopAssigned, DesktopUnassigned
 //   desktop-session-<id>  DesktopSessionCreated, DesktopSessionTicketIssued,
-//                         DesktopSessionConnected, DesktopSessionHeartbeat,
-//                         DesktopSessionDisconnected, DesktopSessionEnded
+//                         DesktopSessionTicketRetired, DesktopSessionConnected,
+//                         DesktopSessionHeartbeat, DesktopSessionDisconnected,
+//                         DesktopSessionEnded
+//   (pool-<id> also: PoolVmDisplayReset)
 //   user-messages-<user>  AdminMessageSent, ClientCommandSent   (admin channels)
 // ("session-<id>" belongs to application launches, domain/appcloud.h.)
 //
@@ -23,7 +25,17 @@
 //   - dedicated: a user's first launch assigns a free member and the assignment is kept
 //     across sessions; floating: the launch assigns a free member for that session only.
 //   - a member is free when it is provisioned, not being removed or refreshed, unassigned,
-//     has no live session and its host is up; running free members are preferred.
+//     has no live session, its host is up, its display was reset after the last session
+//     (every client of the previous user dropped) and no power change is pending towards
+//     shut_off (a launch never gets a VM that is shutting down); running free members are
+//     preferred. A member that is only waiting for its reset or shutdown is "releasing": a
+//     launch that could only get such a member is refused with desktop_releasing (transient:
+//     the API waits for it within the launch wait).
+// Display signal: the host reconciler watches libvirt's graphics events and reports when a
+// VM's display gains its first authenticated client or loses its last one
+// (RecordDisplayClients); a live session on that VM then becomes connected or disconnected
+// (source "display", with the client address). Sessions with that signal are never
+// deactivated by the client timeout; it acts only for sessions without one.
 //   - refusals (409, reason): not_entitled, pool_deleting, pool_full (every member busy and
 //     max_size reached), no_vm_ready (capacity left but nothing provisioned yet: retry),
 //     no_host_up (free members exist only on hosts that are not up),
@@ -104,6 +116,11 @@ struct PoolMember {
   std::string session_id;      // the live session on it, if any
   int64_t last_session_end_ms = 0;  // for shutdown_when_idle
   int64_t since_ms = 0;
+  // Why the display must be reset (password rotated with connected='disconnect', so every
+  // client of the last session is dropped and its ticket is dead) before the member is free
+  // again; empty: nothing pending. Set when a session on it ends or is deactivated, cleared by
+  // PoolVmDisplayReset (or a new ticket for the same session).
+  std::string display_reset;
 };
 
 struct DesktopSession {
@@ -119,6 +136,17 @@ struct DesktopSession {
   std::string ticket_note;
   int64_t last_seen_ms = 0;     // last client report (or creation)
   int64_t disconnected_at_ms = 0;
+  int64_t ticket_issued_at_ms = 0;
+  // The one-time ticket was retired (password rotated with connected='keep') once the
+  // client's display channels had authenticated: the .vv cannot be used again.
+  bool ticket_retired = false;
+  // The display itself reports this session's clients (graphics events): the client timeout
+  // does not apply. client_address: the remote address of the display client.
+  bool display_signal = false;
+  std::string client_address;
+  // Client-reported state flips in the current minute (rate limit).
+  int64_t flip_window_start_ms = 0;
+  int flips_in_window = 0;
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
   uint64_t version = 0;
@@ -257,6 +285,35 @@ struct ReportSession {
   std::string state;
 };
 
+// The host reconciler saw a VM's display gain its first authenticated client
+// (connected = true) or lose its last one, on the host connection of `epoch`.
+struct RecordDisplayClients {
+  std::string vm_id;
+  uint64_t epoch = 0;
+  bool connected = false;
+  std::string client_address;
+};
+
+// The worker rotated (or could not rotate) the session's display password after its client's
+// channels had authenticated, retiring the one-time ticket.
+struct RetireSessionTicket {
+  std::string session_id;
+  bool applied = false;
+  std::string note;
+};
+
+// The worker reset a member's display after a session (password rotated, clients dropped; or
+// nothing to reset because the VM is off).
+struct RecordDisplayReset {
+  std::string vm_id;
+  bool ok = true;
+  std::string note;
+};
+
+// Client reports that flip a session between connected and disconnected: at most this many
+// per session and minute (more: 429 too_many_state_changes).
+inline constexpr int kMaxSessionFlipsPerMinute = 10;
+
 // Monitor and VM manager: a session whose client went silent, or whose VM stopped.
 struct DeactivateSession {
   std::string session_id;
@@ -300,6 +357,9 @@ Result<Events> decide(const State& s, const RefreshPoolVm& c, const Context& ctx
 Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx);
 Result<Events> decide(const State& s, const RecordSessionTicket& c, const Context& ctx);
 Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx);
+Result<Events> decide(const State& s, const RecordDisplayClients& c, const Context& ctx);
+Result<Events> decide(const State& s, const RetireSessionTicket& c, const Context& ctx);
+Result<Events> decide(const State& s, const RecordDisplayReset& c, const Context& ctx);
 Result<Events> decide(const State& s, const DeactivateSession& c, const Context& ctx);
 Result<Events> decide(const State& s, const EndDesktopSession& c, const Context& ctx);
 Result<Events> decide(const State& s, const SetMemberPower& c, const Context& ctx);
@@ -312,6 +372,28 @@ Result<std::string> choose_host(const State& s, const Pool& pool);
 
 // Is this member free for a launch (see the header comment)?
 bool member_free(const State& s, const PoolMember& m);
+// Is it only waiting for its display reset or a pending shutdown before it is free again?
+bool member_releasing(const State& s, const PoolMember& m);
+
+// The display channels of a client, as the host reconciler tracks them in memory from
+// graphics events (liveness, not history).
+struct DisplayWave {
+  int connecting = 0;               // connections accepted, not yet authenticated
+  int initialized = 0;              // authenticated connections (SPICE channels, a VNC client)
+  int64_t wave_started_ms = 0;      // when the first of them authenticated (0 -> 1)
+  int64_t last_event_ms = 0;        // the latest connect/initialize/disconnect
+};
+// How long the display must be quiet (nothing connecting, no new channel) before the client's
+// channels count as all open, and how long a client with only one channel is given.
+inline constexpr int64_t kDisplaySettleMs = 1000;
+inline constexpr int64_t kDisplaySingleChannelMs = 10000;
+// Have the client's display channels all authenticated, so that the one-time ticket can be
+// retired without cutting a channel still opening? A SPICE client authenticates its main
+// channel, receives the channel list and then opens the others (display, inputs, cursor, ...)
+// at once: the wave is complete when at least two channels authenticated, none is still
+// authenticating, and no event came for kDisplaySettleMs (a lone channel: after
+// kDisplaySingleChannelMs).
+bool display_wave_complete(const DisplayWave& w, int64_t now_ms);
 
 struct SparePlan {
   int provision = 0;                 // new members to provision now
@@ -345,17 +427,22 @@ Json member_to_json(const State& s, const PoolMember& m);
 Json desktop_session_to_json(const DesktopSession& d);
 
 // The libvirt domain XML of a member, from the pool's template XML: a new name, UUID and MAC,
-// the overlay disk when given, and a SPICE display (port, initial password) when given.
+// the overlay disk when given, and one SPICE display (port or, with spice_tls, TLS port;
+// initial password) listening where the template's display did unless spice_listen is set.
 // Pure text transformation; invalid_argument when the template is not a domain XML.
 struct MemberXmlParams {
   std::string name, uuid, mac;
   std::string overlay_path;  // replaces the first disk's source; empty: no change
   int spice_port = -1;       // -1: autoport
   std::string spice_password;
-  std::string spice_listen = "0.0.0.0";
-  std::string password_valid_to;  // ISO 8601 UTC, optional
+  std::string spice_listen;          // empty: the template's listen address stands
+  std::string password_valid_to;     // ISO 8601 UTC, optional
+  bool spice_tls = false;            // the port is a TLS port (tlsPort, defaultMode='secure')
 };
 Result<std::string> member_domain_xml(const std::string& template_xml, const MemberXmlParams& p);
+// The listen address of a template's first <graphics> (attribute or <listen type='address'>);
+// empty when it names none.
+std::string template_display_listen(const std::string& xml);
 // The writable disks of a template (device disk, neither <readonly/> nor <shareable/>), and the
 // source file of the first one (empty when it has none or its source is not a file).
 struct TemplateDisks {

@@ -10,6 +10,7 @@ const EvolveTable& table() {
     EvolveTable t;
     register_users(t);
     register_appcloud(t);
+    register_app_sessions(t);
     register_hosts(t);
     register_pools(t);
     return t;

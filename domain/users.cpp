@@ -4,6 +4,7 @@
 
 #include "domain/evolve_table.h"
 #include "domain/state.h"
+#include "domain/user_names.h"
 
 namespace atrium::domain {
 
@@ -16,6 +17,11 @@ const User* UsersState::find(const std::string& id) const {
 const User* UsersState::find_by_name(const std::string& name) const {
   auto it = id_by_name.find(name);
   return it == id_by_name.end() ? nullptr : find(it->second);
+}
+
+const User* UsersState::find_confusable(const std::string& name) const {
+  auto it = id_by_skeleton.find(user_name_skeleton(name));
+  return it == id_by_skeleton.end() ? nullptr : find(it->second);
 }
 
 const User* UsersState::authenticate(const std::string& token_hash, int64_t now_ms) const {
@@ -60,19 +66,36 @@ Status validate_roles(const std::set<std::string>& roles) {
 }
 
 Json user_to_json(const User& u) {
-  return Json{{"id", u.id},
-              {"name", u.name},
-              {"roles", u.roles},
-              {"disabled", u.disabled},
-              {"has_password", !u.password_hash.empty()},
-              {"created_at_ms", u.created_at_ms},
-              {"updated_at_ms", u.updated_at_ms},
-              {"version", u.version}};
+  Json j{{"id", u.id},
+         {"name", u.name},
+         {"roles", u.roles},
+         {"disabled", u.disabled},
+         {"has_password", !u.password_hash.empty()},
+         {"created_at_ms", u.created_at_ms},
+         {"updated_at_ms", u.updated_at_ms},
+         {"version", u.version}};
+  if (!u.agent_server_id.empty()) j["agent_server_id"] = u.agent_server_id;
+  return j;
+}
+
+// An agent binding names an existing server, and only users with the role agent have one.
+static Status check_agent_binding(const State& s, const std::string& server_id,
+                                  const std::set<std::string>& roles) {
+  if (server_id.empty()) return Status::Ok();
+  if (roles.count(kRoleAgent) == 0) {
+    return Error{Code::invalid_argument,
+                 "only a user with the role agent is bound to a server",
+                 "agent_binding_needs_agent_role",
+                 {{"agent_server_id", "needs the role agent"}}};
+  }
+  if (s.appcloud.server(server_id) == nullptr)
+    return not_found("server " + server_id + " not found");
+  return Status::Ok();
 }
 
 // ---- decide -----------------------------------------------------------------------------
 Result<Events> decide(const State& s, const CreateUser& c, const Context&) {
-  if (auto st = validate_name("name", c.name); !st) return st.error();
+  if (auto st = validate_user_name("name", c.name); !st) return st.error();
   if (auto st = validate_roles(c.roles); !st) return st.error();
   if (c.id.empty()) return invalid("user id must not be empty");
   if (s.users.find(c.id) != nullptr) {
@@ -83,11 +106,21 @@ Result<Events> decide(const State& s, const CreateUser& c, const Context&) {
     return Error::make(Code::already_exists, "a user named '" + c.name + "' already exists",
                        "user_name_taken");
   }
-  return Events{{user_stream(c.id), "UserCreated", 1,
-                 Json{{"id", c.id},
-                      {"name", c.name},
-                      {"roles", c.roles},
-                      {"password_hash", c.password_hash}}}};
+  if (const User* other = s.users.find_confusable(c.name)) {
+    return Error::make(
+        Code::already_exists,
+        "the name '" + c.name + "' looks like the existing user '" + other->name + "'",
+        "user_name_confusable");
+  }
+  if (auto st = check_agent_binding(s, c.agent_server_id, c.roles); !st) return st.error();
+  // The skeleton rides in the event, so replay folds users without running ICU.
+  Json data{{"id", c.id},
+            {"name", c.name},
+            {"roles", c.roles},
+            {"password_hash", c.password_hash},
+            {"name_skeleton", user_name_skeleton(c.name)}};
+  if (!c.agent_server_id.empty()) data["agent_server_id"] = c.agent_server_id;
+  return Events{{user_stream(c.id), "UserCreated", 1, data}};
 }
 
 // Would this change leave the system without an enabled admin?
@@ -107,6 +140,12 @@ Result<Events> decide(const State& s, const UpdateUser& c, const Context&) {
     changes["roles"] = *c.roles;
   }
   if (c.disabled && *c.disabled != u->disabled) changes["disabled"] = *c.disabled;
+  if (c.agent_server_id && *c.agent_server_id != u->agent_server_id) {
+    if (auto st = check_agent_binding(s, *c.agent_server_id, c.roles.value_or(u->roles)); !st) {
+      return st.error();
+    }
+    changes["agent_server_id"] = *c.agent_server_id;
+  }
   bool will_be_enabled = !changes.value("disabled", u->disabled);
   bool will_be_admin = changes.contains("roles") ? c.roles->count(kRoleAdmin) > 0
                                                  : u->has_role(kRoleAdmin);
@@ -138,13 +177,15 @@ Result<Events> decide(const State& s, const IssueToken& c, const Context& ctx) {
   if (u->disabled) return refused("user_disabled", "user " + c.user_id + " is disabled");
   if (c.token_hash.size() != 64) return invalid("token hash must be 64 hex characters");
   if (c.expires_at_ms <= ctx.now_ms) return invalid("token expiry must be in the future");
-  if (s.users.tokens.count(c.token_hash) != 0) {
-    return Error::make(Code::already_exists, "token already issued", "token_exists");
+  if (auto it = s.users.tokens.find(c.token_hash); it != s.users.tokens.end()) {
+    const Token& t = it->second;
+    bool renewal = c.bootstrap && t.bootstrap && !t.revoked && t.user_id == c.user_id;
+    if (!renewal) return Error::make(Code::already_exists, "token already issued", "token_exists");
   }
-  return Events{{tokens_stream(c.user_id), "TokenIssued", 1,
-                 Json{{"token_hash", c.token_hash},
-                      {"user_id", c.user_id},
-                      {"expires_at_ms", c.expires_at_ms}}}};
+  Json data{
+      {"token_hash", c.token_hash}, {"user_id", c.user_id}, {"expires_at_ms", c.expires_at_ms}};
+  if (c.bootstrap) data["bootstrap"] = true;
+  return Events{{tokens_stream(c.user_id), "TokenIssued", 1, data}};
 }
 
 Result<Events> decide(const State& s, const RevokeToken& c, const Context&) {
@@ -155,8 +196,22 @@ Result<Events> decide(const State& s, const RevokeToken& c, const Context&) {
                  Json{{"token_hash", c.token_hash}}}};
 }
 
+Result<Events> decide(const State&, const RecordLoginThrottled& c, const Context&) {
+  if (c.scope != "user" && c.scope != "address") return invalid("scope must be user or address");
+  Json data{{"scope", c.scope}, {"failures", c.failures}, {"until_ms", c.until_ms}};
+  data[c.scope == "user" ? "name" : "address"] = c.key;
+  if (!c.user_id.empty()) data["user_id"] = c.user_id;
+  return Events{{kLoginThrottleStream, "LoginThrottled", 1, data}};
+}
+
 // ---- evolve -----------------------------------------------------------------------------
 namespace {
+
+void revoke_tokens_of(UsersState& us, const std::string& user_id) {
+  for (auto& [h, t] : us.tokens) {
+    if (t.user_id == user_id) t.revoked = true;
+  }
+}
 
 void recount_admins(UsersState& us) {
   us.enabled_admins = static_cast<size_t>(std::count_if(
@@ -170,11 +225,15 @@ void on_created(State& s, const Event& e, const Applied& at) {
   u.name = e.data.at("name").get<std::string>();
   u.roles = e.data.at("roles").get<std::set<std::string>>();
   u.password_hash = e.data.value("password_hash", "");
+  u.agent_server_id = e.data.value("agent_server_id", "");
+  u.name_skeleton = e.data.contains("name_skeleton") ? e.data["name_skeleton"].get<std::string>()
+                                                     : user_name_skeleton(u.name);  // older logs
   u.created_at_ms = at.recorded_at_ms;
   u.updated_at_ms = at.recorded_at_ms;
   u.version = at.stream_version;
   if (!u.disabled && u.has_role(kRoleAdmin)) s.users.enabled_admins++;
   s.users.id_by_name[u.name] = u.id;
+  s.users.id_by_skeleton.emplace(u.name_skeleton, u.id);
   s.users.by_id[u.id] = std::move(u);
 }
 
@@ -189,6 +248,11 @@ void on_updated(State& s, const Event& e, const Applied& at) {
   if (u == nullptr) return;
   if (e.data.contains("roles")) u->roles = e.data["roles"].get<std::set<std::string>>();
   if (e.data.contains("disabled")) u->disabled = e.data["disabled"].get<bool>();
+  if (e.data.contains("agent_server_id")) {
+    u->agent_server_id = e.data["agent_server_id"].get<std::string>();
+  }
+  // Disabling ends every token: enabling the user again does not bring them back.
+  if (e.data.value("disabled", false)) revoke_tokens_of(s.users, u->id);
   u->updated_at_ms = at.recorded_at_ms;
   u->version = at.stream_version;
   recount_admins(s.users);
@@ -201,9 +265,7 @@ void on_password(State& s, const Event& e, const Applied& at) {
   u->updated_at_ms = at.recorded_at_ms;
   u->version = at.stream_version;
   // A password change ends every session that proved the old password.
-  for (auto& [h, t] : s.users.tokens) {
-    if (t.user_id == u->id) t.revoked = true;
-  }
+  revoke_tokens_of(s.users, u->id);
 }
 
 void on_deleted(State& s, const Event& e, const Applied&) {
@@ -211,6 +273,10 @@ void on_deleted(State& s, const Event& e, const Applied&) {
   if (u == nullptr) return;
   std::string id = u->id;
   s.users.id_by_name.erase(u->name);
+  if (auto it = s.users.id_by_skeleton.find(u->name_skeleton);
+      it != s.users.id_by_skeleton.end() && it->second == id) {
+    s.users.id_by_skeleton.erase(it);
+  }
   s.users.by_id.erase(id);
   for (auto it = s.users.tokens.begin(); it != s.users.tokens.end();) {
     it = it->second.user_id == id ? s.users.tokens.erase(it) : std::next(it);
@@ -218,11 +284,17 @@ void on_deleted(State& s, const Event& e, const Applied&) {
   recount_admins(s.users);
 }
 
-void on_token_issued(State& s, const Event& e, const Applied&) {
+void on_token_issued(State& s, const Event& e, const Applied& at) {
   Token t;
   t.hash = e.data.at("token_hash").get<std::string>();
   t.user_id = e.data.at("user_id").get<std::string>();
   t.expires_at_ms = e.data.at("expires_at_ms").get<int64_t>();
+  // Logs from before the flag existed: the bootstrap token was the one token issued for
+  // 365 days (logins were bounded by --token-ttl-s); treat such a token as the bootstrap one.
+  constexpr int64_t kLegacyBootstrapMs = int64_t{360} * 24 * 3600 * 1000;
+  t.bootstrap = e.data.contains("bootstrap")
+                    ? e.data["bootstrap"].get<bool>()
+                    : t.expires_at_ms - at.recorded_at_ms > kLegacyBootstrapMs;
   s.users.tokens[t.hash] = t;
 }
 
@@ -247,12 +319,15 @@ Json users_to_json(const UsersState& s) {
   for (const auto& [id, u] : s.by_id) {
     Json j = user_to_json(u);
     j["password_hash"] = u.password_hash;
+    j["name_skeleton"] = u.name_skeleton;
     users[id] = j;
   }
   std::map<std::string, Json> tokens;
   for (const auto& [h, t] : s.tokens) {
-    tokens[h] = Json{{"user_id", t.user_id}, {"expires_at_ms", t.expires_at_ms},
-                     {"revoked", t.revoked}};
+    tokens[h] = Json{{"user_id", t.user_id},
+                     {"expires_at_ms", t.expires_at_ms},
+                     {"revoked", t.revoked},
+                     {"bootstrap", t.bootstrap}};
   }
   return Json{{"users", users}, {"tokens", tokens}, {"enabled_admins", s.enabled_admins}};
 }
@@ -270,10 +345,14 @@ Status users_from_json(UsersState& s, const Json& j) {
     u.roles = uj.at("roles").get<std::set<std::string>>();
     u.disabled = uj.at("disabled").get<bool>();
     u.password_hash = uj.value("password_hash", "");
+    u.agent_server_id = uj.value("agent_server_id", "");
+    u.name_skeleton = uj.contains("name_skeleton") ? uj["name_skeleton"].get<std::string>()
+                                                   : user_name_skeleton(u.name);
     u.created_at_ms = uj.at("created_at_ms").get<int64_t>();
     u.updated_at_ms = uj.at("updated_at_ms").get<int64_t>();
     u.version = uj.at("version").get<uint64_t>();
     s.id_by_name[u.name] = u.id;
+    s.id_by_skeleton.emplace(u.name_skeleton, u.id);
     s.by_id[id] = std::move(u);
   }
   for (const auto& [hash, tj] : j.at("tokens").items()) {
@@ -282,6 +361,7 @@ Status users_from_json(UsersState& s, const Json& j) {
     t.user_id = tj.at("user_id").get<std::string>();
     t.expires_at_ms = tj.at("expires_at_ms").get<int64_t>();
     t.revoked = tj.at("revoked").get<bool>();
+    t.bootstrap = tj.value("bootstrap", false);
     s.tokens[hash] = std::move(t);
   }
   recount_admins(s);

@@ -79,6 +79,15 @@ Metrics::Metrics() : registry(std::make_shared<prometheus::Registry>()), serial(
                        .Name("atrium_http_request_duration_seconds")
                        .Help("HTTP request duration by route template and method")
                        .Register(r);
+  launches =
+      &BuildCounter()
+           .Name("atrium_launches_total")
+           .Help("Launches by kind, outcome (created, reconnected, refused, failed) and reason")
+           .Register(r);
+  launch_duration = &BuildHistogram()
+                         .Name("atrium_launch_duration_seconds")
+                         .Help("Time to answer a launch (with any VM start), by kind and outcome")
+                         .Register(r);
   resident_memory = &BuildGauge()
                          .Name("atrium_process_resident_memory_bytes")
                          .Help("Resident set size of the daemon")
@@ -106,6 +115,16 @@ void Metrics::refresh_process() {
     ::closedir(d);
     open_fds->Set(n - 1);  // minus the directory stream itself
   }
+}
+
+void Metrics::record_launch(const std::string& kind, const std::string& outcome,
+                            const std::string& reason, double seconds) {
+  launches->Add({{"kind", kind}, {"outcome", outcome}, {"reason", reason}}).Increment();
+  launch_duration
+      ->Add({{"kind", kind}, {"outcome", outcome}},
+            prometheus::Histogram::BucketBoundaries{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                    2.5, 5, 10, 30, 60, 120})
+      .Observe(seconds);
 }
 
 void Metrics::add_collector(std::function<void()> f) {

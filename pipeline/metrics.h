@@ -36,6 +36,13 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>* http_requests = nullptr;  // {route, method, status}
   prometheus::Family<prometheus::Histogram>* http_duration = nullptr;  // {route, method}
 
+  // Launches (POST /v1/launches) by kind (desktop, application), outcome (created,
+  // reconnected, refused, failed) and reason (the refusal's, "none" for a session).
+  prometheus::Family<prometheus::Counter>* launches = nullptr;           // {kind, outcome, reason}
+  prometheus::Family<prometheus::Histogram>* launch_duration = nullptr;  // {kind, outcome}
+  void record_launch(const std::string& kind, const std::string& outcome, const std::string& reason,
+                     double seconds);
+
   // Process.
   prometheus::Gauge* resident_memory = nullptr;
   prometheus::Gauge* open_fds = nullptr;

@@ -46,11 +46,44 @@ fi
 
 mkdir -p /run/libvirt /var/lib/libvirt/qemu /var/cache/libvirt/qemu /var/log/libvirt/qemu
 
+# SPICE over TLS for the end-to-end tests: a test CA and a server certificate for 127.0.0.1 in
+# libvirt's default SPICE certificate directory, and spice_tls = 1 in qemu.conf. Made once; the
+# tests read the CA from there. (Plain SPICE ports keep working: TLS is only offered.)
+spice_dir=/etc/pki/libvirt-spice
+if [[ ! -s $spice_dir/server-cert.pem ]] && command -v openssl >/dev/null 2>&1; then
+  log "making a test CA for SPICE TLS in $spice_dir"
+  mkdir -p "$spice_dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/O=Atrium test CA/CN=Atrium SPICE test CA" \
+    -keyout "$spice_dir/ca-key.pem" -out "$spice_dir/ca-cert.pem" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/C=XX/O=Atrium test/CN=127.0.0.1" \
+    -keyout "$spice_dir/server-key.pem" -out "$spice_dir/server.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1\n' > "$spice_dir/san.ext"
+  openssl x509 -req -in "$spice_dir/server.csr" -CA "$spice_dir/ca-cert.pem" -CAkey "$spice_dir/ca-key.pem" \
+    -CAcreateserial -days 3650 -extfile "$spice_dir/san.ext" -out "$spice_dir/server-cert.pem" >/dev/null 2>&1
+  rm -f "$spice_dir/server.csr" "$spice_dir/san.ext"
+  chmod 0755 "$spice_dir"
+  chmod 0644 "$spice_dir/ca-cert.pem" "$spice_dir/server-cert.pem"
+  chmod 0640 "$spice_dir/server-key.pem"
+  chgrp kvm "$spice_dir/server-key.pem" 2>/dev/null || true
+fi
+restart=0
+if [[ -s $spice_dir/server-cert.pem ]] && ! grep -q '^spice_tls = 1' /etc/libvirt/qemu.conf 2>/dev/null; then
+  mkdir -p /etc/libvirt
+  printf '\n# Added by atrium tools/start_libvirtd.sh: SPICE over TLS for the end-to-end tests.\nspice_tls = 1\n' \
+    >> /etc/libvirt/qemu.conf
+  restart=1
+fi
+
 is_running() { pgrep -x "$1" >/dev/null 2>&1; }
 
 if ! is_running virtlogd; then
   log "starting virtlogd"
   virtlogd -d
+fi
+if is_running libvirtd && [[ $restart == 1 ]]; then
+  log "restarting libvirtd for spice_tls (running domains stay)"
+  pkill -x libvirtd || true
+  for _ in $(seq 1 50); do is_running libvirtd || break; sleep 0.1; done
 fi
 if ! is_running libvirtd; then
   log "starting libvirtd"

@@ -421,7 +421,8 @@ TEST_CASE("metrics: hosts by state, VMs by state, libvirt calls, ports free") {
   std::string text = b.metrics.serialize();
   CHECK(text.find("atrium_hosts{state=\"up\"} 1") != std::string::npos);
   CHECK(text.find("atrium_vms{desired=\"none\",observed=\"running\"} 1") != std::string::npos);
-  CHECK(text.find("atrium_display_ports_free{host=\"" + h + "\"} 200") != std::string::npos);
+  CHECK(text.find("atrium_display_ports_free{host=\"" + h + "\",host_name=\"fixture\"} 200") !=
+        std::string::npos);
   CHECK(text.find("atrium_libvirt_call_duration_seconds_count{call=\"virConnectListAllDomains\"}") !=
         std::string::npos);
   CHECK(text.find("atrium_reconcile_duration_seconds_count") != std::string::npos);

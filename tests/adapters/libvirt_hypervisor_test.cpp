@@ -348,7 +348,7 @@ TEST_CASE("unknown domain: not_found with libvirt's message") {
 
   for (Status s : {conn->start("no-such-desk"), conn->shutdown("no-such-desk"), conn->destroy("no-such-desk"),
                    conn->reboot("no-such-desk"), conn->undefine("no-such-desk"),
-                   conn->set_display_password("no-such-desk", "pw", 0)}) {
+                   conn->set_display_password("no-such-desk", "pw", 0, ConnectedClients::keep)}) {
     REQUIRE_FALSE(s.ok());
     CHECK(s.error().code == Code::not_found);
     CHECK(s.error().reason == "libvirt_no_domain");
@@ -392,7 +392,7 @@ TEST_CASE("connect failures return libvirt's message") {
 TEST_CASE("set_display_password on the test driver: unsupported, with libvirt's message") {
   auto conn = open(kFixtureUri);
   // The test driver has no virDomainUpdateDeviceFlags: the adapter reports libvirt's refusal.
-  Status s = conn->set_display_password("desk-running", "s3cret", 1893456000);
+  Status s = conn->set_display_password("desk-running", "s3cret", 1893456000, ConnectedClients::hypervisor_default);
   REQUIRE_FALSE(s.ok());
   CHECK(s.error().code == Code::failed_precondition);
   CHECK(s.error().reason == "libvirt_no_support");
@@ -400,7 +400,7 @@ TEST_CASE("set_display_password on the test driver: unsupported, with libvirt's 
         "this function is not supported by the connection driver: virDomainUpdateDeviceFlags");
 
   // A domain without any spice/vnc display is refused before libvirt is asked.
-  Status none = conn->set_display_password("desk-paused", "s3cret", 0);
+  Status none = conn->set_display_password("desk-paused", "s3cret", 0, ConnectedClients::hypervisor_default);
   REQUIRE_FALSE(none.ok());
   CHECK(none.error().code == Code::failed_precondition);
   CHECK(none.error().reason == "no_display");

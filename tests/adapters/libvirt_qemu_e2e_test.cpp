@@ -90,7 +90,7 @@ TEST_CASE("qemu:///system end to end: define, start, SPICE port, password, destr
   CHECK(reply.link_error == 0);  // SPICE_LINK_ERR_OK
   check_spice_ticket(kSpicePort, "initial-secret", "n3w-secret");
 
-  Status pw = conn.set_display_password(name, "n3w-secret", std::time(nullptr) + 600);
+  Status pw = conn.set_display_password(name, "n3w-secret", std::time(nullptr) + 600, ConnectedClients::hypervisor_default);
   CHECK_MESSAGE(pw.ok(), (pw.ok() ? "" : pw.error().message));
   if (pw.ok()) check_spice_ticket(kSpicePort, "n3w-secret", "initial-secret");
 

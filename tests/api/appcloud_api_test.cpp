@@ -497,8 +497,10 @@ TEST_CASE("launch refusals: not authorized, disabled service, stale load; why th
   REQUIRE(l4.status == 201);
   CHECK(l4.json()["server"]["id"] == s2);
 
-  // An agent may report; a user may not; an agent may not launch.
+  // An agent may report (for the server it is bound to); a user may not; an agent may not
+  // launch.
   auto [agent, agt] = b.user("agent-1", {"agent"});
+  REQUIRE(b.call("PATCH", "/v1/users/" + agent, {{"agent_server_id", s1}}).status == 200);
   CHECK(b.call("POST", "/v1/servers/" + s1 + "/report",
                {{"cpu_load", 0.1}, {"memory_load", 0.1}, {"sessions", 0}}, agt)
             .status == 200);
@@ -627,4 +629,74 @@ TEST_CASE("bad input on every POST: unknown field, wrong type, not JSON -> 400, 
   CHECK(b.call("GET", "/v1/servers?limit=0").status == 400);
   CHECK(b.call("GET", "/v1/servers/" + s + "?as_of=abc").status == 400);
   CHECK(p.size() > 0);
+}
+
+TEST_CASE("9.8: DELETE /v1/sessions/{id} logs off an application session; GET and lists show it") {
+  TestBroker b;
+  Cloud c{b};
+  std::string s1 = c.server("s1", "10.0.5.1", {"A"});
+  std::string A = c.app(s1, "A");
+  c.publish(A, "server", s1);
+  auto [alice, at] = b.user("alice");
+  auto [bob, bt] = b.user("bob");
+  c.authorize(alice, A, "server", s1);
+  c.load(s1, 0.1, 0.1, 0);
+  auto l = b.call("POST", "/v1/launches", {{"application_id", A}}, at);
+  REQUIRE_MESSAGE(l.status == 201, l.body);
+  CHECK(l.json()["state"] == "active");
+  std::string id = l.json()["session_id"];
+  auto g = b.call("GET", "/v1/sessions/" + id, nullptr, at);
+  CHECK(g.json()["state"] == "active");
+  CHECK(g.json()["ended_at_ms"].is_null());
+  CHECK(b.call("GET", "/v1/servers/" + s1).json()["launches_since_report"] == 1);
+
+  // Another user: 404 and nothing appended; no such session: 404.
+  refused(b, "DELETE", "/v1/sessions/" + id, nullptr, 404, "not_found", bt);
+  refused(b, "DELETE", "/v1/sessions/nope", nullptr, 404, "not_found", at);
+  // The owner logs off: 204, one ApplicationSessionEnded event.
+  uint64_t before = last_position(b);
+  auto d = b.call("DELETE", "/v1/sessions/" + id, nullptr, at);
+  CHECK_MESSAGE(d.status == 204, d.body);
+  CHECK(last_position(b) == before + 1);
+  auto ev = b.call("GET", "/v1/events?type=ApplicationSessionEnded").json()["items"];
+  REQUIRE(ev.size() == 1);
+  CHECK(ev[0]["stream"] == "session-" + id);
+  CHECK(ev[0]["schema_version"] == 1);
+  CHECK(ev[0]["actor"] == alice);
+  CHECK(ev[0]["data"]["reason"] == "logoff");
+  g = b.call("GET", "/v1/sessions/" + id, nullptr, at);
+  REQUIRE(g.status == 200);
+  CHECK(g.json()["state"] == "ended");
+  CHECK(g.json()["end_reason"] == "logoff");
+  CHECK(g.json()["ended_at_ms"].is_number());
+  CHECK(g.header("etag") == "\"2\"");
+  // The ended launch no longer counts on the server.
+  CHECK(b.call("GET", "/v1/servers/" + s1).json()["launches_since_report"] == 0);
+  // Again (owner or admin): 204, nothing appended.
+  before = last_position(b);
+  CHECK(b.call("DELETE", "/v1/sessions/" + id, nullptr, at).status == 204);
+  CHECK(b.call("DELETE", "/v1/sessions/" + id).status == 204);
+  CHECK(last_position(b) == before);
+
+  // An admin may end another user's session; lists filter on each kind's states.
+  auto l2 = b.call("POST", "/v1/launches", {{"application_id", A}}, at);
+  REQUIRE(l2.status == 201);
+  std::string id2 = l2.json()["session_id"];
+  CHECK(b.call("GET", "/v1/sessions?state=active", nullptr, at).json()["items"].size() == 1);
+  CHECK(b.call("GET", "/v1/sessions?state=ended&kind=application", nullptr, at)
+            .json()["items"]
+            .size() == 1);
+  CHECK(b.call("DELETE", "/v1/sessions/" + id2).status == 204);
+  auto ended = b.call("GET", "/v1/sessions?state=ended", nullptr, at).json()["items"];
+  CHECK(ended.size() == 2);
+  for (const auto& s : ended) CHECK(s["state"] == "ended");
+  CHECK(b.call("GET", "/v1/sessions?state=active", nullptr, at).json()["items"].empty());
+  auto bad = b.call("GET", "/v1/sessions?state=gone", nullptr, at);
+  CHECK(bad.status == 400);
+  CHECK(bad.json()["reason"] == "invalid_query");
+  // as_of shows the session as it was before the logoff.
+  auto past =
+      b.call("GET", "/v1/sessions/" + id + "?as_of=" + std::to_string(before - 1), nullptr, at);
+  CHECK(past.json()["state"] == "active");
+  CHECK(replayed_json(b) == state_json(b));
 }

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "api/daemon.h"
+#include "support/pool_fixture.h"
 #include "support/test_support.h"
 
 using atrium::testing::poll;
@@ -16,16 +17,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kFixtureUri =
-    std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
+using atrium::testing::kFixtureUri;
 
 void fast(atrium::api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 300ms;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.backoff_initial = 100ms;
+  atrium::testing::fast_workers(cfg);
   cfg.hosts.backoff_max = 400ms;
-  cfg.hosts.connect_timeout = 1500ms;
-  cfg.hosts.call_timeout = 5s;
+  cfg.hosts.connect_timeout = 1500ms;  // failures reach alert quickly
 }
 
 std::string add_host(TestBroker& b, const json& body) {
@@ -227,7 +224,8 @@ TEST_CASE("metrics: host and VM families on /metrics") {
   auto m = b.call("GET", "/metrics", nullptr, "");
   CHECK(m.body.find("atrium_hosts{state=\"up\"} 1") != std::string::npos);
   CHECK(m.body.find("atrium_vms{desired=\"none\",observed=\"running\"} 1") != std::string::npos);
-  CHECK(m.body.find("atrium_display_ports_free{host=\"" + h + "\"} 200") != std::string::npos);
+  CHECK(m.body.find("atrium_display_ports_free{host=\"" + h + "\",host_name=\"default\"} 200") !=
+        std::string::npos);
   CHECK(m.body.find("atrium_libvirt_call_duration_seconds_bucket{call=\"virConnectOpen\"") !=
         std::string::npos);
   CHECK(m.body.find("# TYPE atrium_libvirt_call_errors_total counter") != std::string::npos);

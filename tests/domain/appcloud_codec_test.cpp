@@ -37,6 +37,7 @@ World walkthrough() {
            LaunchApplication{"x1", "u1", app("word"), {}},
            LaunchApplication{"x2", "u2", app("word"), {}},
            LaunchApplication{"x3", "u1", app("putty"), {}},
+           EndApplicationSession{"x2", "u2", false, "logoff"},
            UpdateCluster{"lab", {}, {}, std::string("CAD\nlab"), {}}, server("s5"),
            DeleteServer{"s5", std::nullopt}});
   return w;
@@ -48,6 +49,7 @@ TEST_CASE("appcloud_from_json inverts appcloud_to_json on the walkthrough state"
   World w = walkthrough();
   Json j = appcloud_to_json(w.s.appcloud);
   REQUIRE(j["sessions"].size() == 3);
+  REQUIRE(j["sessions"]["x2"]["state"] == "ended");
   REQUIRE(!j["round_robin"].empty());
   AppCloudState back;
   REQUIRE(appcloud_from_json(back, j).ok());

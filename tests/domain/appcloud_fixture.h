@@ -21,7 +21,7 @@ using Cmd = std::variant<CreateUser, UpdateUser, CreateCluster, UpdateCluster, D
                          CreateServer, UpdateServer, DeleteServer, AddServerApplication,
                          RemoveServerApplication, JoinCluster, LeaveCluster, Publish, Unpublish,
                          Authorize, Unauthorize, ReportServerLoad, ReportServerInventory,
-                         LaunchApplication>;
+                         LaunchApplication, EndApplicationSession>;
 
 inline constexpr int64_t kNow = 10'000'000;  // the test clock, ms
 

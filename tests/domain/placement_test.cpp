@@ -446,3 +446,78 @@ TEST_CASE("policy names parse and the tables cover every policy") {
   in.index = 0;
   CHECK(intra_policies().at(IntraClusterPolicy::round_robin)(in) == 2);
 }
+
+// ---- 9.8: application sessions end (logoff) ---------------------------------------------
+TEST_CASE("9.8: an application session ends by its owner or an admin, once, for good") {
+  World w;
+  w.given(cluster_world(policy(IntraClusterPolicy::least_sessions)) + loads());
+  w.given({LaunchApplication{"x1", "u1", app("word"), config()}});
+  const AppSession* a = w.s.appcloud.session("x1");
+  REQUIRE(a != nullptr);
+  CHECK(a->state == "active");
+  CHECK(session_to_json(*a)["ended_at_ms"].is_null());
+  // Another user: the session does not exist for them (404, nothing appended).
+  auto other = w.decide(EndApplicationSession{"x1", "u2", false, "logoff"});
+  REQUIRE(!other.ok());
+  CHECK(other.error().code == Code::not_found);
+  auto missing = w.decide(EndApplicationSession{"nope", "u1", true, "logoff"});
+  REQUIRE(!missing.ok());
+  CHECK(missing.error().code == Code::not_found);
+  // The owner ends it: one event, past tense, schema 1, on the session's stream.
+  w.ctx.now_ms += 5000;
+  auto r = w.decide(EndApplicationSession{"x1", "u1", false, "logoff"});
+  REQUIRE(r.ok());
+  REQUIRE(r->size() == 1);
+  const Event& e = r->front();
+  CHECK(e.type == "ApplicationSessionEnded");
+  CHECK(e.schema == 1);
+  CHECK(e.stream == session_stream("x1"));
+  CHECK(e.data["reason"] == "logoff");
+  CHECK(e.data["user_id"] == "u1");
+  CHECK(e.data["ended_at_ms"] == w.ctx.now_ms);
+  w.apply(*r);
+  a = w.s.appcloud.session("x1");
+  CHECK(a->state == "ended");
+  CHECK(a->end_reason == "logoff");
+  CHECK(a->ended_at_ms == w.ctx.now_ms);
+  CHECK(a->version == 2);
+  Json j = session_to_json(*a);
+  CHECK(j["state"] == "ended");
+  CHECK(j["end_reason"] == "logoff");
+  // Ending it again (owner or admin) changes nothing.
+  auto again = w.decide(EndApplicationSession{"x1", "u1", false, "logoff"});
+  REQUIRE(again.ok());
+  CHECK(again->empty());
+  auto admin = w.decide(EndApplicationSession{"x1", "admin", true, "logoff"});
+  REQUIRE(admin.ok());
+  CHECK(admin->empty());
+  CHECK(state_to_json(w.replayed()) == state_to_json(w.s));
+}
+
+TEST_CASE("9.8: an ended launch no longer counts on its server's sessions") {
+  World w;
+  w.given(
+      cluster_world(policy(IntraClusterPolicy::least_sessions)) +
+      std::vector<Cmd>{load("m1", 0.1, 0.1, 1), load("m2", 0.1, 0.1, 2), load("m3", 0.1, 0.1, 4)});
+  w.given({LaunchApplication{"x1", "u1", app("word"), config()},
+           LaunchApplication{"x2", "u1", app("word"), config()}});
+  REQUIRE(w.s.appcloud.session("x1")->server_id == "m1");
+  REQUIRE(w.s.appcloud.server("m1")->launches_since_report == 2);  // m1 at 1 + 2 = 3
+  w.given({EndApplicationSession{"x1", "u1", false, "logoff"}});
+  CHECK(w.s.appcloud.server("m1")->launches_since_report == 1);
+  // m1 (1 + 1 = 2) ties m2 (2): the lower id wins again, which it would not at 3.
+  auto r = w.decide(LaunchApplication{"x3", "u1", app("word"), config()});
+  REQUIRE(r);
+  CHECK(r->front().data["server_id"] == "m1");
+  w.apply(*r);
+  // After a fresh report the agent's count is the truth: a later end of an older launch
+  // does not lower the estimate below what was reported.
+  w.ctx.now_ms += 1000;
+  w.given({ReportServerLoad{"m1", 0.1, 0.1, 2, 0}});
+  w.given({EndApplicationSession{"x2", "u1", true, "logoff"}});
+  CHECK(w.s.appcloud.server("m1")->launches_since_report == 0);
+  w.given({LaunchApplication{"x4", "u1", app("word"), config()}});
+  w.given({EndApplicationSession{"x3", "u1", false, "logoff"}});
+  CHECK(w.s.appcloud.server("m1")->launches_since_report == 1);  // x4 still counts
+  CHECK(state_to_json(w.replayed()) == state_to_json(w.s));
+}

@@ -9,90 +9,15 @@
 #include "domain/state.h"
 #include "domain/users.h"
 #include "given.h"
+#include "pools_fixture.h"
 
 using namespace atrium;
 using namespace atrium::domain;
 using atrium::domain::testing::Given;
 using atrium::domain::testing::types;
 using atrium::domain::testing::V;
+using namespace atrium::domain::testing;
 
-namespace {
-
-const char* kXml =
-    "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
-    "<memory unit='MiB'>512</memory><vcpu>1</vcpu><os><type>hvm</type></os><devices>"
-    "<interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>"
-    "<graphics type='vnc' port='5900'/></devices></domain>";
-
-UpdatePool upd(const std::string& id) {
-  UpdatePool u;
-  u.id = id;
-  return u;
-}
-
-void add_host(Given& g, const std::string& id, uint64_t mem_kib, PortRange ports = {}) {
-  g.ok(AddHost{id, "op-" + id, "host-" + id, "test:///default", "", ports});
-  g.ok(RecordHostConnected{id, 1, Json{{"memory_kib", mem_kib}}});
-}
-
-CreatePool pool_cmd(const std::string& id, const std::string& kind, std::vector<std::string> hosts,
-                    int min_ready = 0, int max_size = 4) {
-  CreatePool c;
-  c.id = id;
-  c.name = "pool-" + id;
-  c.kind = kind;
-  c.tmpl.domain_xml = kXml;
-  c.host_ids = std::move(hosts);
-  c.min_ready = min_ready;
-  c.max_size = max_size;
-  return c;
-}
-
-int uuid_seq = 0;
-// Provisions one member the way the worker does: propose, define (observe), record.
-std::string provision(Given& g, const std::string& pool, const std::string& observed = "shut_off") {
-  ++uuid_seq;
-  char uuid[64];
-  std::snprintf(uuid, sizeof uuid, "00000000-0000-4000-8000-%012d", uuid_seq);
-  auto es = g.ok(ProvisionPoolVm{pool, "vm" + std::to_string(uuid_seq), uuid, "52:54:00:00:00:01", false});
-  REQUIRE(types(es) == V{"PoolVmProvisionStarted"});
-  std::string vm = es[0].data["vm_id"];
-  std::string host = es[0].data["host_id"];
-  // The host reconciler observes the new domain (keeping the others).
-  RecordDomainsObserved obs{host, g.s.hosts.host(host)->epoch, {}};
-  for (const Vm* v : g.s.hosts.vms_of(host)) obs.domains.push_back({v->name, v->uuid, v->observed, v->display_port});
-  obs.domains.push_back({"vm" + std::to_string(uuid_seq), uuid, observed, -1});
-  g.ok(obs);
-  auto rec = g.ok(RecordPoolVmProvisioned{vm, true, ""});
-  CHECK(types(rec) == V{"PoolVmProvisioned", "VmAdopted"});
-  return vm;
-}
-
-void set_observed(Given& g, const std::string& vm, const std::string& state, int port = -1) {
-  std::string host = g.s.hosts.vm(vm)->host_id;
-  RecordDomainsObserved obs{host, g.s.hosts.host(host)->epoch, {}};
-  for (const Vm* v : g.s.hosts.vms_of(host)) {
-    if (v->id == vm) {
-      obs.domains.push_back({v->name, v->uuid, state, port});
-    } else if (v->observed != "missing") {
-      obs.domains.push_back({v->name, v->uuid, v->observed, v->display_port});
-    }
-  }
-  g.ok(obs);
-}
-
-Given base(const std::string& kind, int max_size = 4, PortRange ports = {}) {
-  Given g;
-  g.ok(CreateUser{"alice", "alice", {"user"}, ""});
-  g.ok(CreateUser{"bob", "bob", {"user"}, ""});
-  g.ok(CreateUser{"carol", "carol", {"user"}, ""});
-  add_host(g, "h1", 8ull << 20, ports);
-  g.ok(pool_cmd("p", kind, {"h1"}, 0, max_size));
-  for (auto u : {"alice", "bob", "carol"}) g.ok(AddEntitlement{"p", u});
-  return g;
-}
-
-}  // namespace
 
 TEST_CASE("pool creation validates every setting with a specific reason") {
   Given g;
@@ -302,6 +227,13 @@ TEST_CASE("launch: floating hands out free VMs, never one VM to two users; refus
   // Logoff frees the VM for carol.
   auto end = g.ok(EndDesktopSession{"s1", "logoff", "op-1"});
   CHECK(types(end) == V{"DesktopSessionEnded", "DesktopUnassigned"});
+  // Not before alice's viewer is gone: the display reset comes first (issue 9.2).
+  std::string alices = g.s.pools.session("s1")->vm_id;
+  CHECK(g.s.pools.member(alices)->display_reset == "session_ended: logoff");
+  CHECK_FALSE(member_free(g.s, *g.s.pools.member(alices)));
+  CHECK(g.err(LaunchDesktop{"s5", "carol", "p"}).reason == "desktop_releasing");
+  CHECK(types(g.ok(RecordDisplayReset{alices, true, "rotated"})) == V{"PoolVmDisplayReset"});
+  CHECK(g.ok(RecordDisplayReset{alices, true, "again"}).empty());  // a repeat is nothing
   g.ok(LaunchDesktop{"s5", "carol", "p"});
   CHECK(g.s.pools.session("s5")->vm_id == g.s.pools.session("s1")->vm_id);
   g.check_replay();
@@ -333,6 +265,8 @@ TEST_CASE("dedicated: assigned on first launch and kept across sessions") {
   g.ok(LaunchDesktop{"s2", "bob", "p"});
   CHECK(g.s.pools.session("s2")->vm_id != mine);
   CHECK(g.err(LaunchDesktop{"s3", "carol", "p"}).reason == "pool_full");
+  CHECK(g.err(LaunchDesktop{"s4", "alice", "p"}).reason == "desktop_releasing");
+  g.ok(RecordDisplayReset{mine, true, ""});
   g.ok(LaunchDesktop{"s4", "alice", "p"});
   CHECK(g.s.pools.session("s4")->vm_id == mine);
   g.check_replay();
@@ -497,6 +431,7 @@ TEST_CASE("power policy and monitor as functions of state and time") {
   CHECK(acts[0].kind == "shutdown_vm");
   CHECK(acts[0].id == v);
   // VM state reported by the host: a crashed VM deactivates its session.
+  g.ok(RecordDisplayReset{v, true, ""});
   g.ok(LaunchDesktop{"s2", "bob", "p"});
   g.ok(RecordSessionTicket{"s2", g.ctx.now_ms + 120000, true, ""});
   set_observed(g, v, "crashed");

@@ -1,8 +1,10 @@
 // Users and tokens: given events, when command, then events or error.
+#include "domain/users.h"
+
 #include <doctest/doctest.h>
 
 #include "domain/state.h"
-#include "domain/users.h"
+#include "domain/user_names.h"
 
 using namespace atrium;
 using namespace atrium::domain;
@@ -111,9 +113,12 @@ TEST_CASE("tokens: authenticate until expiry, revocation, disable, password chan
   CHECK(g.s.users.authenticate(t2, 1000) == nullptr);
   CHECK_FALSE(decide(g.s, IssueToken{"u", t3, 9000}, g.ctx).ok());  // disabled: no login
   g.ok(UpdateUser{"u", std::nullopt, {}, {}, false});
-  CHECK(g.s.users.authenticate(t2, 1000) != nullptr);
+  CHECK(g.s.users.authenticate(t2, 1000) == nullptr);  // disabling ended it for good
+  std::string t4(64, 'd');
+  g.ok(IssueToken{"u", t4, 9000});
+  CHECK(g.s.users.authenticate(t4, 1000) != nullptr);
   g.ok(UpdateUser{"u", std::nullopt, {}, std::string("newhash"), {}});
-  CHECK(g.s.users.authenticate(t2, 1000) == nullptr);  // password change ends sessions
+  CHECK(g.s.users.authenticate(t4, 1000) == nullptr);  // password change ends sessions
 
   g.ok(IssueToken{"u", t3, 9000});
   g.ok(DeleteUser{"u", std::nullopt});
@@ -131,4 +136,48 @@ TEST_CASE("replay of the same events gives the same state") {
   h.ok(CreateUser{"a", "admin", {"admin"}, "h"}).ok(CreateUser{"u", "user", {"user"}, "h"});
   h.ok(IssueToken{"u", std::string(64, 'f'), 5000}).ok(UpdateUser{"u", 1, std::set<std::string>{"agent"}, {}, {}});
   CHECK(state_to_json(g.s) == state_to_json(h.s));
+}
+
+TEST_CASE("user names: NFKC, one script, no invisibles; confusable names are refused") {
+  CHECK(*normalize_user_name("\xef\xbd\x81\xef\xbd\x84\xef\xbd\x8d\xef\xbd\x89\xef\xbd\x8e") ==
+        "admin");
+  CHECK(validate_user_name("name", "jean.dupont").ok());
+  CHECK(validate_user_name("name", "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd").ok());  // иван
+  CHECK(validate_user_name("name", "\xe5\xbc\xa0\xe4\xbc\x9f").ok());          // 张伟
+  CHECK(validate_user_name("name", "tanaka\xe5\xa4\xaa\xe9\x83\x8e").ok());    // Latin + Han
+  for (const char* bad :
+       {"",
+        "\xd0\xb0"
+        "dmin",
+        "a\xe2\x80\x8b"
+        "b",
+        "\xe2\x80\xae"
+        "x",
+        "a b", "_x", "x\xef\xbd\x81" /* not NFKC */, "a1\xd9\xa3" /* mixed digits */}) {
+    CAPTURE(bad);
+    auto st = validate_user_name("name", bad);
+    REQUIRE_FALSE(st.ok());
+    CHECK(st.error().reason == "invalid_name");
+  }
+  CHECK(user_name_skeleton("roman") == user_name_skeleton("rornan"));
+  CHECK(user_name_skeleton("coco") == user_name_skeleton("\xd1\x81\xd0\xbe\xd1\x81\xd0\xbe"));
+  CHECK(user_name_skeleton("user10") != user_name_skeleton("user01"));
+
+  Given g;
+  g.ok(CreateUser{"a", "roman", {"user"}, "h"});
+  auto conf = decide(g.s, CreateUser{"b", "rornan", {"user"}, "h"}, g.ctx);
+  REQUIRE_FALSE(conf.ok());
+  CHECK(conf.error().reason == "user_name_confusable");
+  g.ok(DeleteUser{"a", std::nullopt});  // the name and its look-alikes are free again
+  g.ok(CreateUser{"b", "rornan", {"user"}, "h"});
+}
+
+TEST_CASE("agent bindings need the role agent and an existing server") {
+  Given g;
+  auto no_server = decide(g.s, CreateUser{"a", "agent1", {"agent"}, "", "srv-x"}, g.ctx);
+  REQUIRE_FALSE(no_server.ok());
+  CHECK(no_server.error().code == Code::not_found);
+  auto not_agent = decide(g.s, CreateUser{"a", "agent1", {"user"}, "", "srv-x"}, g.ctx);
+  REQUIRE_FALSE(not_agent.ok());
+  CHECK(not_agent.error().reason == "agent_binding_needs_agent_role");
 }
