@@ -182,8 +182,9 @@ TEST_CASE("10.4: host URI flags: --allow-test-hosts, --allow-tcp-hosts, --host-u
     std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     CHECK_MESSAGE(said.find(name) != std::string::npos, said);
   }
-// ---- issue 10: full disk, WAL damage, file modes, the kill loop ---------------------------
+}
 
+// ---- issue 10: full disk, WAL damage, file modes, the kill loop ---------------------------
 
 TEST_CASE("10.5: a full disk answers 503 and the daemon recovers by itself, every round") {
   atrium::testing::TmpfsMount mnt("16m");
