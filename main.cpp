@@ -56,10 +56,14 @@ const std::vector<Flag> kFlags = {
     {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
     {"default-host", "ATRIUM_DEFAULT_HOST",
      "libvirt URI of the host added on first start (default test:///default; none = no host)"},
-    {"host-reconciler", "ATRIUM_HOST_RECONCILER",
-     "on|off: connect to hosts and reconcile VMs (default on)"},
-    {"host-resync-s", "ATRIUM_HOST_RESYNC_S",
-     "full relist of each host every N seconds (default 30)"},
+    {"allow-test-hosts", "ATRIUM_ALLOW_TEST_HOSTS",
+     "on|off: POST /v1/hosts accepts libvirt test:/// URIs, which read a local file (default off)"},
+    {"allow-tcp-hosts", "ATRIUM_ALLOW_TCP_HOSTS",
+     "on|off: accept qemu+tcp:// host URIs, unencrypted (default off)"},
+    {"host-uri-params", "ATRIUM_HOST_URI_PARAMS",
+     "comma-separated libvirt URI query parameters to allow beyond the safe ones, e.g. keyfile"},
+    {"host-reconciler", "ATRIUM_HOST_RECONCILER", "on|off: connect to hosts and reconcile VMs (default on)"},
+    {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
     {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
      "a host not up after N seconds goes to alert (default 300)"},
     {"client-timeout-s", "ATRIUM_CLIENT_TIMEOUT_S",
@@ -390,6 +394,34 @@ int main(int argc, char** argv) {
     cfg.accept_data_loss = *b;
   }
   if (auto v = get("default-host")) cfg.default_host_uri = *v == "none" ? "" : *v;
+  auto on_off = [&](const char* name, bool& out) {
+    auto v = get(name);
+    if (!v) return true;
+    if (*v != "on" && *v != "off") {
+      std::fprintf(stderr, "atriumd: --%s must be on or off, got '%s'\n", name, v->c_str());
+      return false;
+    }
+    out = *v == "on";
+    return true;
+  };
+  if (!on_off("allow-test-hosts", cfg.host_uris.allow_test) ||
+      !on_off("allow-tcp-hosts", cfg.host_uris.allow_tcp)) {
+    return 2;
+  }
+  if (auto v = get("host-uri-params")) {
+    std::string list = *v + ",";
+    for (size_t p = 0, c; (c = list.find(',', p)) != std::string::npos; p = c + 1) {
+      std::string name = list.substr(p, c - p);
+      bool ok = !name.empty();
+      for (char ch : name) ok = ok && ((ch >= 'a' && ch <= 'z') || ch == '_');
+      if (!ok) {
+        std::fprintf(stderr, "atriumd: --host-uri-params takes names like keyfile,pkipath; got '%s'\n",
+                     v->c_str());
+        return 2;
+      }
+      cfg.host_uris.extra_params.insert(name);
+    }
+  }
   if (const char* t = std::getenv("ATRIUM_BOOTSTRAP_TOKEN"); t && *t) cfg.bootstrap_token = t;
   if (auto v = get("bootstrap-token-file")) {
     std::ifstream in(*v);

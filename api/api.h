@@ -15,6 +15,7 @@
 #include "api/http_types.h"
 #include "api/login_throttle.h"
 #include "api/router.h"
+#include "domain/host_uri.h"
 #include "domain/placement.h"
 #include "eventstore/event_store.h"
 #include "pipeline/metrics.h"
@@ -53,6 +54,7 @@ struct ApiConfig {
   std::map<std::string, size_t> stream_budgets{{"admin", 2}, {"user", 4}, {"agent", 2}};
   LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
+  domain::HostUriPolicy host_uris;    // POST /v1/hosts: which libvirt URIs may be added
 };
 
 struct Page {

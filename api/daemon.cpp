@@ -48,6 +48,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     return Error::make(Code::unavailable,
                        "cannot create data dir " + cfg.data_dir + ": " + ec.message());
   }
+  cfg.host_uris.exempt_uri = cfg.default_host_uri;
+  cfg.api.host_uris = cfg.host_uris;
+  cfg.hosts.uri_policy = cfg.host_uris;
   // The data dir holds password and token hashes: 0700, and nothing in it readable by others
   // (the store creates its own files 0600 whatever the umask).
   private_tree(cfg.data_dir);

@@ -20,6 +20,9 @@ struct DaemonConfig {
   std::string data_dir = "./data";
   // Host added on the very first start (empty log); empty = none.
   std::string default_host_uri = "test:///default";
+  // Which libvirt URIs may be added and opened (domain/host_uri.h); the one source for the
+  // API and the host reconciler. The default host's URI is always allowed.
+  domain::HostUriPolicy host_uris;
   ApiConfig api;
   // ATRIUM_BOOTSTRAP_TOKEN: at least kMinBootstrapTokenChars characters. It lives
   // bootstrap_token_ttl_ms from the start that first registered it; a start that names
