@@ -2,7 +2,7 @@
 // writes are off), reloads on live events, and offers "copy as curl" for every action.
 import { html, nothing } from './lit.js';
 import * as api from './api.js';
-import { t, fmtTime, tOr } from './i18n.js';
+import { t, fmtTime, fmtNumber, tOr } from './i18n.js';
 import { LightElement, problem, barChart, stackedBar, stateBadge } from './ui.js';
 
 const enc = encodeURIComponent;
@@ -634,9 +634,10 @@ class Sessions extends Page {
 
   async load() {
     const q = this.q(this.state ? { state: this.state } : {});
-    const [sessions, users, pools, apps, servers] = await Promise.all([api.getAll('/v1/sessions', q), api.getAll('/v1/users', this.q()),
-      api.getAll('/v1/pools', this.q()), api.getAll('/v1/applications', this.q()), api.getAll('/v1/servers', this.q())]);
-    return { sessions, users, pools, apps, servers };
+    const [sessions, users, pools, apps, servers, clusters] = await Promise.all([api.getAll('/v1/sessions', q), api.getAll('/v1/users', this.q()),
+      api.getAll('/v1/pools', this.q()), api.getAll('/v1/applications', this.q()), api.getAll('/v1/servers', this.q()),
+      api.getAll('/v1/clusters', this.q())]);
+    return { sessions, users, pools, apps, servers, clusters };
   }
 
   async showWhy(s) {
@@ -665,22 +666,24 @@ class Sessions extends Page {
           ${s.state !== 'ended' ? this.action(t('users.command.logoff'), () => api.request('POST', `/v1/users/${enc(s.user_id)}/commands`, { body: { command: 'logoff' } }), { secondary: true, message: t('users.sent') }) : nothing}
         </td></tr>`)}</tbody></table>
       ${d.sessions.length ? nothing : html`<p class="empty">${t('sessions.none')}</p>`}
-      ${this.why ? this.whyPanel(this.why, sn) : nothing}`;
+      ${this.why ? this.whyPanel(this.why, sn, names(d.clusters)) : nothing}`;
   }
 
-  whyPanel(s, sn) {
+  whyPanel(s, sn, cn) {
     const w = s.why || {};
     const choice = w.choice || {};
+    const num = (x) => (typeof x === 'number' ? fmtNumber(Math.round(x * 1000) / 1000) : x ?? '');
+    const target = (scope, id) => (scope === 'cluster' ? cn[id] : sn[id]) || id || '';
     return html`<section class="card" aria-labelledby="why-h"><h2 id="why-h">${t('sessions.why_title', { server: sn[choice.server_id] || choice.server_id || '' })}</h2>
       <dl class="grid">
-        <dt>${t('sessions.policy')}</dt><dd><code>${JSON.stringify(w.policy || {})}</code></dd>
-        <dt>${t('sessions.choice')}</dt><dd>${t(`scope.${choice.scope || 'server'}`)} ${choice.target_id || ''} → ${sn[choice.server_id] || choice.server_id || ''}</dd>
+        <dt>${t('sessions.policy')}</dt><dd>${Object.entries(w.policy || {}).map(([k, v]) => html`<code>${k}=${typeof v === 'object' ? JSON.stringify(v) : v}</code> `)}</dd>
+        <dt>${t('sessions.choice')}</dt><dd>${t(`scope.${choice.scope || 'server'}`)} ${target(choice.scope, choice.target_id)} → ${sn[choice.server_id] || choice.server_id || ''}</dd>
       </dl>
       <h3>${t('sessions.candidates')}</h3>
       <table><thead><tr><th scope="col">${t('apps.server')}</th><th scope="col">CPU</th><th scope="col">${t('sessions.memory')}</th><th scope="col">${t('sessions.count')}</th><th scope="col">${t('sessions.score')}</th></tr></thead>
-      <tbody>${(w.candidates || []).map((c) => html`<tr><td>${sn[c.server_id] || c.server_id}</td><td>${c.cpu ?? c.cpu_load ?? ''}</td><td>${c.memory ?? c.memory_load ?? ''}</td><td>${c.sessions ?? ''}</td><td>${c.score ?? ''}</td></tr>`)}</tbody></table>
+      <tbody>${(w.candidates || []).map((c) => html`<tr><td>${sn[c.server_id] || c.server_id}</td><td>${num(c.cpu ?? c.cpu_load)}</td><td>${num(c.memory ?? c.memory_load)}</td><td>${num(c.sessions)}</td><td>${num(c.score)}</td></tr>`)}</tbody></table>
       <h3>${t('sessions.targets')}</h3>
-      <ul>${(w.targets || []).map((x) => html`<li>${t(`scope.${x.scope || 'server'}`)} ${x.name || x.target_id}: ${t('sessions.score')} ${x.score ?? x.load ?? ''}</li>`)}</ul>
+      <ul>${(w.targets || []).map((x) => html`<li>${t(`scope.${x.scope || 'server'}`)} ${x.name || target(x.scope, x.target_id)}: ${t('sessions.score')} ${num(x.score ?? x.load)}</li>`)}</ul>
       <h3>${t('sessions.excluded')}</h3>
       ${(w.excluded || []).length ? html`<ul>${w.excluded.map((x) => html`<li>${sn[x.server_id] || x.server_id}: <code class="reason">${x.reason}</code> ${x.detail || ''}</li>`)}</ul>`
         : html`<p class="empty">${t('common.none')}</p>`}

@@ -1,13 +1,19 @@
 // The user portal: tiles for the desktops (pools) and applications the user may launch,
 // launches with their progress and connection files, the user's sessions, and the admin's
 // messages and commands (GET /v1/me/notifications, long-poll).
-import { html, nothing } from './lit.js';
+import { html, svg, nothing } from './lit.js';
 import * as api from './api.js';
 import * as live from './live.js';
 import { t, fmtTime } from './i18n.js';
 import { LightElement, problem, download, stateBadge, fileName } from './ui.js';
 
 const STEPS = ['requested', 'assigned', 'powering_on', 'running', 'ticket'];
+
+// Tile icons drawn with SVG (no icon font, no emoji font needed).
+const ICON = {
+  desktop: svg`<svg class="tile-icon" viewBox="0 0 24 24" width="28" height="28" aria-hidden="true"><rect x="2" y="3" width="20" height="13" rx="2"></rect><path d="M8 21h8M12 16v5"></path></svg>`,
+  app: svg`<svg class="tile-icon" viewBox="0 0 24 24" width="28" height="28" aria-hidden="true"><rect x="3" y="3" width="7" height="7" rx="1"></rect><rect x="14" y="3" width="7" height="7" rx="1"></rect><rect x="3" y="14" width="7" height="7" rx="1"></rect><rect x="14" y="14" width="7" height="7" rx="1"></rect></svg>`,
+};
 
 class Portal extends LightElement {
   static properties = {
@@ -138,7 +144,7 @@ class Portal extends LightElement {
       <section aria-labelledby="desk-h">
         <h2 id="desk-h">${t('portal.desktops')}</h2>
         ${desks.length ? html`<ul class="tiles">${desks.map((p) => html`<li class="tile">
-          <span class="tile-icon" aria-hidden="true">🖥</span>
+          ${ICON.desktop}
           <span class="tile-name">${p.name}</span>
           <span class="tile-kind">${t(`pool.kind.${p.kind}`)}</span>
           <button type="button" ?disabled=${busy} @click=${() => this.launchDesktop(p)}
@@ -148,7 +154,7 @@ class Portal extends LightElement {
       <section aria-labelledby="app-h">
         <h2 id="app-h">${t('portal.applications')}</h2>
         ${apps.length ? html`<ul class="tiles">${apps.map((a) => html`<li class="tile">
-          <span class="tile-icon" aria-hidden="true">▦</span>
+          ${ICON.app}
           <span class="tile-name">${a.name}</span>
           <span class="tile-kind">${a.description || (a.where || []).map((w) => w.name).join(', ')}</span>
           <button type="button" ?disabled=${busy} @click=${() => this.launchApp(a)}

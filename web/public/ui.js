@@ -51,6 +51,7 @@ export function barChart(title, rows) {
   const max = Math.max(1, ...rows.map((r) => r.value));
   const h = 22;
   const summary = rows.map((r) => `${r.label}: ${r.value}`).join(', ');
+  if (!rows.length) return html`<figure class="chart"><figcaption>${title}</figcaption><p class="empty">${t('common.none')}</p></figure>`;
   return html`<figure class="chart">
     <figcaption>${title}</figcaption>
     <svg role="img" aria-label=${`${title}: ${summary || t('common.none')}`} viewBox=${`0 0 320 ${Math.max(h, rows.length * h)}`}

@@ -25,7 +25,10 @@ export function missing() {
 export async function startBroker(extra = []) {
   const dir = mkdtempSync(join(tmpdir(), 'atrium-web-'));
   const args = ['serve', '--listen=127.0.0.1:0', `--data-dir=${dir}`, '--default-host=none', '--access-log=off',
-    '--host-resync-s=2', ...extra];
+    // 64 workers: each long-poll (a page's live view) blocks the Pistache worker it landed on
+    // for up to 15 s, and with it the other keep-alive connections of that worker (README,
+    // "Web portal"); more workers make a page load that shares one rare in these tests.
+    '--host-resync-s=2', '--threads=64', ...extra];
   const child = spawn(ATRIUMD, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const port = await new Promise((resolve, reject) => {

@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   missing, REQUIRED, texts, startBroker, launchBrowser, newPage, signIn, axe, artifact, TEMPLATE, eventually, webRoot,
@@ -15,6 +15,12 @@ const skip = why ? `skipped: ${why}` : false;
 if (why) console.log(`# web browser tests ${skip}`);
 
 const ADMIN_PAGES = ['dashboard', 'hosts', 'vms', 'pools', 'apps', 'users', 'sessions', 'agents', 'audit'];
+
+describe('vendored Lit', { skip: why && !existsSync(join(webRoot, 'node_modules', 'lit')) ? 'skipped: no web/node_modules' : false }, () => {
+  it('web/public holds exactly what tools/vendor.mjs makes of the lockfile\'s Lit', () => {
+    execFileSync(process.execPath, [join(webRoot, 'tools', 'vendor.mjs'), '--check'], { stdio: 'pipe' });
+  });
+});
 
 describe('web portal and admin console', { skip, concurrency: false }, () => {
   let broker;
@@ -138,6 +144,12 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     assert.match(vv, /^\[virt-viewer\]\ntype=spice\nhost=\S+\nport=\d+\npassword=\S+\n/);
     assert.match(vv, /delete-this-file=1/);
     assert.deepEqual(await user.evaluate(() => window.__blobTypes), ['application/x-virt-viewer']);
+    // An admin's message reaches the live session's portal (GET /v1/me/notifications).
+    const aliceId = (await broker.call('GET', '/v1/users')).json.items.find((u) => u.name === alice.name).id;
+    const msg = await broker.call('POST', `/v1/users/${aliceId}/messages`, { text: 'Maintenance at noon' });
+    assert.equal(msg.status, 202, msg.text);
+    await user.locator('.notices li', { hasText: 'Maintenance at noon' }).waitFor({ timeout: 20000 });
+    await user.screenshot({ path: artifact('flow-portal-message-dark.png'), fullPage: true });
     // My sessions: the session is there; log off ends it.
     const sess = user.locator('at-portal table tbody tr', { hasText: 'Office' });
     await sess.waitFor();
@@ -215,6 +227,50 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await alert.waitFor();
     assert.match(await alert.textContent(), /not all published in the cluster/);
     await admin.screenshot({ path: artifact('flow-admin-refusal.png'), fullPage: true });
+  });
+
+  it('the admin authorizes through the target picker; the user opens the app (.rdp), gets a message; the console says why that server', async () => {
+    await admin.locator('#authorize select[name=publication_id]').selectOption({ label: 'Notepad @ ts-01' });
+    await admin.locator('#authorize select[name=user_id]').selectOption({ label: alice.name });
+    await admin.locator('#authorize').getByRole('button', { name: 'List targets' }).click();
+    await admin.locator('#authorize select[name=target_id] option', { hasText: 'ts-01' }).waitFor({ state: 'attached' });
+    await admin.locator('#authorize button[type=submit]').click();
+    await admin.getByRole('status').filter({ hasText: 'Authorized.' }).waitFor();
+    const servers = await broker.call('GET', '/v1/servers');
+    const ts = servers.json.items.find((x) => x.name === 'ts-01');
+    const rep = await broker.call('POST', `/v1/servers/${ts.id}/report`, { cpu_load: 0.2, memory_load: 0.3, sessions: 1 });
+    assert.equal(rep.status, 200, rep.text);
+
+    const user = await newPage(browser);
+    await signIn(user, broker.base, '/', alice.name, alice.password);
+    const tile = user.locator('li.tile', { hasText: 'Notepad' });
+    await tile.waitFor();
+    await user.evaluate(() => {
+      const orig = URL.createObjectURL;
+      window.__blobTypes = [];
+      URL.createObjectURL = (b) => { window.__blobTypes.push(b.type); return orig.call(URL, b); };
+    });
+    await tile.getByRole('button', { name: 'Open Notepad' }).click();
+    const save = user.getByRole('button', { name: /\.rdp/ });
+    await save.waitFor();
+    const [download] = await Promise.all([user.waitForEvent('download'), save.click()]);
+    assert.equal(download.suggestedFilename(), 'Notepad.rdp');
+    const rdp = readFileSync(await download.path(), 'utf8');
+    assert.match(rdp, /remoteapplicationmode:i:1/);
+    assert.match(rdp, /remoteapplicationprogram:s:.*notepad\.exe/i);
+    assert.deepEqual(await user.evaluate(() => window.__blobTypes), ['application/x-rdp']);
+    await user.screenshot({ path: artifact('flow-portal-app.png'), fullPage: true });
+    assert.deepEqual(user.problems, []);
+    await user.ctx.close();
+
+    await admin.click('nav.side a[href="#sessions"]');
+    const row = admin.locator('at-sessions tbody tr', { hasText: 'Notepad' });
+    await row.waitFor();
+    await row.getByRole('button', { name: 'Why this server' }).click();
+    await admin.getByRole('heading', { name: 'Why ts-01' }).waitFor();
+    await admin.locator('at-sessions section.card table tbody tr', { hasText: 'ts-01' }).waitFor();
+    await admin.screenshot({ path: artifact('flow-admin-why.png'), fullPage: true });
+    await admin.click('nav.side a[href="#apps"]');
   });
 
   it('copy as curl gives the same documented request, which works from a shell', async () => {

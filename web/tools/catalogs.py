@@ -308,6 +308,7 @@ rows = {
  'reason.invalid_template': ('libvirt refused the template.', 'libvirt 拒绝了该模板。', 'libvirt отклонил шаблон.'),
  'reason.too_many_user_streams': ('Too many live views are open for you: close a tab.', '您打开的实时视图过多：请关闭一个标签页。', 'У вас открыто слишком много живых представлений: закройте вкладку.'),
  'reason.user_name_confusable': ('This name looks like an existing one.', '此名称与现有名称相似。', 'Это имя похоже на существующее.'),
+ 'reason.no_live_session': ('The user has no live desktop session to receive it.', '该用户没有可接收消息的活动桌面会话。', 'У пользователя нет активного сеанса рабочего стола, чтобы получить это.'),
  'reason.invalid_name': ('This name is not allowed.', '不允许使用此名称。', 'Такое имя недопустимо.'),
  'state.up': ('up', '在线', 'работает'),
  'state.connecting': ('connecting', '连接中', 'подключается'),
