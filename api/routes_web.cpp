@@ -22,7 +22,9 @@ constexpr const char* kCsp =
 
 // vendor-<module>-<version>-<hash>.js (web/tools/vendor.mjs): the name changes with the
 // content, so browsers may keep it for a year.
-bool immutable(std::string_view name) { return name.rfind("vendor-", 0) == 0; }
+bool immutable(std::string_view name) {
+  return name.rfind("vendor-", 0) == 0;
+}
 
 struct File {
   std::string body;
@@ -78,10 +80,14 @@ HttpResponse serve(const Api& api, const HttpRequest& req, const std::string& na
 
 std::optional<std::string> web_mime_type(std::string_view name) {
   static const std::map<std::string_view, const char*> kTypes{
-      {".html", "text/html; charset=utf-8"},   {".js", "text/javascript; charset=utf-8"},
-      {".css", "text/css; charset=utf-8"},     {".json", "application/json"},
-      {".svg", "image/svg+xml"},               {".png", "image/png"},
-      {".ico", "image/x-icon"},                {".txt", "text/plain; charset=utf-8"},
+      {".html", "text/html; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},
+      {".json", "application/json"},
+      {".svg", "image/svg+xml"},
+      {".png", "image/png"},
+      {".ico", "image/x-icon"},
+      {".txt", "text/plain; charset=utf-8"},
       {".woff2", "font/woff2"},
   };
   auto dot = name.rfind('.');

@@ -57,7 +57,8 @@ TEST_CASE("13: / and /admin serve the page; every file has its type, an ETag and
     REQUIRE(r.status == 200);
     CHECK(r.header("content-type") == "text/html; charset=utf-8");
     CHECK(r.header("cache-control") == "no-cache");
-    CHECK(r.body.find("<script type=\"module\" src=\"/web/main.js\"></script>") != std::string::npos);
+    CHECK(r.body.find("<script type=\"module\" src=\"/web/main.js\"></script>") !=
+          std::string::npos);
     check_security_headers(r);
     // A matching If-None-Match is 304 with no body; a stale one gets the page again.
     std::string etag = r.header("etag");
@@ -83,9 +84,8 @@ TEST_CASE("13: / and /admin serve the page; every file has its type, an ETag and
     CHECK(r.header("etag") == "\"" + std::string(a.sha256.substr(0, 20)) + "\"");
     check_security_headers(r);
     // Vendored Lit is named by its content: a year, immutable; the rest revalidates.
-    CHECK(r.header("cache-control") == (name.rfind("vendor-", 0) == 0
-                                            ? "public, max-age=31536000, immutable"
-                                            : "no-cache"));
+    CHECK(r.header("cache-control") ==
+          (name.rfind("vendor-", 0) == 0 ? "public, max-age=31536000, immutable" : "no-cache"));
   }
 }
 
@@ -97,9 +97,9 @@ TEST_CASE("13: the web files need no token, and the API behind them still does")
 
 TEST_CASE("13: names outside the web directory or of other types are 404, never a file") {
   TestBroker b;
-  for (const char* path :
-       {"/web/..%2Fopenapi.yaml", "/web/..%2F..%2Fetc%2Fpasswd", "/web/.gitignore", "/web/%2Fetc%2Fpasswd",
-        "/web/package.json.bak", "/web/index", "/web/nope.js", "/web/main.js%00.png", "/web/a%5Cb.js"}) {
+  for (const char* path : {"/web/..%2Fopenapi.yaml", "/web/..%2F..%2Fetc%2Fpasswd",
+                           "/web/.gitignore", "/web/%2Fetc%2Fpasswd", "/web/package.json.bak",
+                           "/web/index", "/web/nope.js", "/web/main.js%00.png", "/web/a%5Cb.js"}) {
     INFO(path);
     auto r = http(b.port(), "GET", path);
     CHECK(r.status == 404);
