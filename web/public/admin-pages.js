@@ -260,7 +260,7 @@ class Vms extends Page {
         <td>${v.operation_id ? html`<button type="button" class="small secondary" @click=${() => this.showOperation(v.operation_id)}>${t('vms.show_operation')}</button>` : ''}</td>
         <td class="actions">${['start', 'shutdown', 'reboot', 'destroy'].map((a) => this.action(t(`vms.${a}`),
           () => api.request('POST', `/v1/vms/${enc(v.id)}/power`, { body: { action: a } }), { secondary: a !== 'start', danger: a === 'destroy' }))}
-          <at-curl .req=${() => api.request('POST', `/v1/vms/${enc(v.id)}/power`, { body: { action: 'start' } })}></at-curl></td>
+</td>
       </tr>`)}</tbody></table>
       ${d.vms.length ? nothing : html`<p class="empty">${t('vms.none')}</p>`}
       ${this.op ? html`<section class="card" aria-labelledby="op-h"><h2 id="op-h">${t('vms.operation')} <code>${this.op.id}</code></h2>

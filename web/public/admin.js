@@ -56,13 +56,19 @@ class Admin extends LightElement {
     }
   }
 
+  // The slider re-reads every list of the view as of its position: wait until it rests.
+  slide(n) {
+    clearTimeout(this.sliding);
+    this.sliding = setTimeout(() => { this.asOf = n >= this.last ? null : n; }, 250);
+  }
+
   asOfBar() {
     const v = this.asOf ?? this.last;
     return html`<div class="asof" role="group" aria-labelledby="asof-l">
       <span id="asof-l">${t('asof.label')}</span>
       <input type="range" min="1" max=${Math.max(1, this.last)} .value=${String(v)} aria-labelledby="asof-l"
              aria-valuetext=${this.asOf ? t('asof.position', { n: this.asOf }) : t('asof.now')}
-             @change=${(e) => { this.asOf = Number(e.target.value) >= this.last ? null : Number(e.target.value); }}>
+             @input=${(e) => this.slide(Number(e.target.value))}>
       <label class="inline">${t('asof.position_label')}
         <input type="number" min="1" max=${this.last} .value=${String(v)} class="narrow"
                @change=${(e) => { const n = Number(e.target.value); this.asOf = n >= 1 && n < this.last ? n : null; }}></label>

@@ -161,6 +161,33 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await user.ctx.close();
   });
 
+  it('a VM power action shows its operation and events; a template update shows its rollout', async () => {
+    await admin.click('nav.side a[href="#vms"]');
+    await admin.locator('at-vms select').nth(1).selectOption({ label: 'Office' });
+    const row = admin.locator('at-vms tbody tr').first();
+    await row.waitFor();
+    await row.getByRole('button', { name: 'Shut down' }).click();
+    await row.getByRole('button', { name: 'Show' }).click({ timeout: 20000 });
+    const panel = admin.locator('at-vms section.card');
+    await panel.getByRole('heading', { name: /Operation/ }).waitFor();
+    await panel.locator('ol.events li').first().waitFor();
+    assert.match(await panel.textContent(), /vm_power shutdown/);
+    await admin.screenshot({ path: artifact('flow-admin-operation.png'), fullPage: true });
+
+    await admin.click('nav.side a[href="#pools"]');
+    const pool = admin.locator('at-pools tbody tr', { hasText: 'Office' }).first();
+    await pool.waitFor();
+    if ((await pool.getByRole('button', { name: 'Details' }).getAttribute('aria-expanded')) !== 'true') {
+      await pool.getByRole('button', { name: 'Details' }).click();
+    }
+    await admin.locator('#pool-template textarea[name=domain_xml]').fill(TEMPLATE.replace("<memory unit='MiB'>64</memory>", "<memory unit='MiB'>96</memory>"));
+    await admin.locator('#pool-template button[type=submit]').click();
+    await admin.getByRole('status').filter({ hasText: 'Template updated' }).waitFor();
+    await admin.locator('#pool-template', { hasText: 'Template version 2' }).waitFor();
+    const p = (await broker.call('GET', '/v1/pools')).json.items[0];
+    assert.equal(p.template_version, 2);
+  });
+
   it('a change made by another client appears in the open console without a reload', async () => {
     await admin.click('nav.side a[href="#users"]');
     await admin.locator('at-users tbody tr', { hasText: alice.name }).waitFor();
