@@ -236,6 +236,15 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     // The slider itself moves the view too: to the end is now again.
     await admin.getByRole('button', { name: 'Back to now' }).click();
     await admin.locator('at-users tbody tr', { hasText: 'bob' }).waitFor();
+    // The slider, from the keyboard: Home is the first event, where only the first admin exists.
+    await admin.locator('.asof input[type=range]').focus();
+    await admin.keyboard.press('Home');
+    await admin.locator('.asof-on', { hasText: '#1 ' }).waitFor();
+    await eventually(async () => (await admin.locator('at-users tbody tr', { hasText: alice.name }).count()) === 0,
+      { what: 'alice to be absent as of event 1' });
+    await admin.locator('at-users tbody tr', { hasText: 'admin' }).waitFor();
+    await admin.getByRole('button', { name: 'Back to now' }).click();
+    await admin.locator('at-users tbody tr', { hasText: alice.name }).waitFor();
   });
 
   it('a refused join shows its reason', async () => {
