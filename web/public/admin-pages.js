@@ -260,6 +260,8 @@ class Vms extends Page {
         <td>${v.operation_id ? html`<button type="button" class="small secondary" @click=${() => this.showOperation(v.operation_id)}>${t('vms.show_operation')}</button>` : ''}</td>
         <td class="actions">${['start', 'shutdown', 'reboot', 'destroy'].map((a) => this.action(t(`vms.${a}`),
           () => api.request('POST', `/v1/vms/${enc(v.id)}/power`, { body: { action: a } }), { secondary: a !== 'start', danger: a === 'destroy' }))}
+          ${!v.pool_id || v.observed_state === 'missing' ? this.action(t('vms.forget'),
+            () => api.request('DELETE', `/v1/vms/${enc(v.id)}`), { secondary: true, danger: true, message: t('vms.forgotten') }) : nothing}
 </td>
       </tr>`)}</tbody></table>
       ${d.vms.length ? nothing : html`<p class="empty">${t('vms.none')}</p>`}
@@ -695,17 +697,20 @@ customElements.define('at-sessions', Sessions);
 
 // ---- agents ------------------------------------------------------------------------------
 // Agents are users with the agent role, each bound to the server it reports for. An agent
-// registry (GET /v1/agents) is shown when the broker has one; until then the page says so.
+// registry (GET /v1/agents) is read only once the broker's own openapi.yaml documents it (the
+// pages call documented operations only); until then the page says so.
+let agentRegistry;  // a promise: does this broker document GET /v1/agents?
+const documentsAgents = () => {
+  agentRegistry ||= api.send({ ...api.request('GET', '/openapi.yaml'), public: true })
+    .then((r) => /\n {2}\/v1\/agents:\s*\n/.test(r.data)).catch(() => false);
+  return agentRegistry;
+};
 class Agents extends Page {
   async load() {
     const q = this.q();
-    const [users, servers] = await Promise.all([api.getAll('/v1/users', q), api.getAll('/v1/servers', q)]);
-    let registry = null;
-    try {
-      registry = (await api.get('/v1/agents', q)).items;
-    } catch (e) {
-      if (!(e instanceof api.ApiError && (e.reason === 'route_not_found' || e.status === 404 || e.status === 405))) throw e;
-    }
+    const [users, servers, documented] = await Promise.all([
+      api.getAll('/v1/users', q), api.getAll('/v1/servers', q), documentsAgents()]);
+    const registry = documented ? await api.getAll('/v1/agents', q) : null;
     return { agents: users.filter((u) => u.roles.includes('agent')), servers, registry };
   }
 

@@ -47,9 +47,10 @@ class Portal extends LightElement {
   }
 
   async load() {
+    // My sessions are mine alone: an admin's GET /v1/sessions lists everyone's.
     try {
       const [pools, apps, sessions] = await Promise.all([
-        api.getAll('/v1/pools'), api.getAll('/v1/me/entitlements'), api.getAll('/v1/sessions'),
+        api.getAll('/v1/pools'), api.getAll('/v1/me/entitlements'), api.getAll('/v1/sessions', { user_id: api.signedIn()?.user_id }),
       ]);
       this.pools = pools;
       this.apps = apps;
@@ -85,7 +86,7 @@ class Portal extends LightElement {
     // how far it got.
     const watch = setInterval(async () => {
       try {
-        const mine = await api.get('/v1/sessions', { kind: 'desktop', limit: 1000 });
+        const mine = await api.get('/v1/sessions', { kind: 'desktop', user_id: api.signedIn()?.user_id, limit: 1000 });
         const s = mine.items.find((x) => x.pool_id === pool.id && x.state !== 'ended' &&
                                         (!known.has(x.id) || x.updated_at_ms >= started));
         if (s && this.launch?.step === 'requested') this.launch = { ...this.launch, step: 'assigned', vm_id: s.vm_id };

@@ -80,6 +80,28 @@ export async function launchBrowser() {
   });
 }
 
+// Every method and path any page of these tests sent to the broker ("GET /v1/users").
+export const calls = new Set();
+
+// The operations openapi.yaml documents, as [method, RegExp of the path] (a {param} is one
+// path segment). The pages must call these and nothing else.
+export function documentedOperations() {
+  const text = readFileSync(join(webRoot, '..', 'openapi.yaml'), 'utf8');
+  const ops = [];
+  let path = null;
+  for (const line of text.split('\n')) {
+    const p = line.match(/^  (\/\S*):\s*$/);
+    if (p) { path = p[1]; continue; }
+    if (/^\S/.test(line)) path = null;
+    const m = path && line.match(/^    (get|put|post|delete|patch|head):/);
+    if (m) {
+      const re = path.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{[^}]+\}/g, '[^/]+');
+      ops.push([m[1].toUpperCase(), new RegExp(`^${re}$`), `${m[1].toUpperCase()} ${path}`]);
+    }
+  }
+  return ops;
+}
+
 // A page that records CSP violations and page errors, so that a test can assert none.
 export async function newPage(browser, options = {}) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true, ...options });
@@ -90,6 +112,12 @@ export async function newPage(browser, options = {}) {
     if (/Content Security Policy|Refused to/i.test(text)) page.problems.push(`CSP: ${text}`);
   });
   page.on('pageerror', (e) => page.problems.push(`page error: ${e.message}`));
+  page.on('request', (r) => {
+    const u = new URL(r.url());
+    if (u.protocol.startsWith('http') && (u.hostname === '127.0.0.1' || u.hostname === 'localhost')) {
+      calls.add(`${r.method()} ${u.pathname}`);
+    }
+  });
   page.ctx = ctx;
   return page;
 }

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  missing, REQUIRED, texts, startBroker, launchBrowser, newPage, signIn, axe, artifact, TEMPLATE, eventually, webRoot,
+  missing, REQUIRED, texts, calls, documentedOperations, startBroker, launchBrowser, newPage, signIn, axe, artifact, TEMPLATE, eventually, webRoot,
 } from './support.mjs';
 
 const why = missing();
@@ -163,6 +163,12 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
 
   it('a VM power action shows its operation and events; a template update shows its rollout', async () => {
     await admin.click('nav.side a[href="#vms"]');
+    // test:///default's own domain is unmanaged: the console can forget it (DELETE /v1/vms/{id}).
+    const unmanaged = admin.locator('at-vms tbody tr', { hasText: 'unmanaged' }).first();
+    await unmanaged.getByRole('button', { name: 'Forget' }).click();
+    await admin.getByRole('status').filter({ hasText: 'Forgotten' }).waitFor();
+    const forgotten = await broker.call('GET', '/v1/events?type=VmForgotten');
+    assert.equal(forgotten.json.items.length, 1, forgotten.text);
     await admin.locator('at-vms select').nth(1).selectOption({ label: 'Office' });
     const row = admin.locator('at-vms tbody tr').first();
     await row.waitFor();
@@ -408,6 +414,9 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
       await page.click('header a[href="/"]');
       await page.locator('at-portal h1').waitFor();
       await page.waitForTimeout(500);
+      // alice's application session is live, but "My sessions" is the admin's own (none).
+      await page.locator('at-portal section[aria-labelledby=sess-h] p.empty').waitFor();
+      assert.equal(await page.locator('at-portal section[aria-labelledby=sess-h] tbody tr').count(), 0);
       found.push(...(await axe(page)).map((v) => `portal: ${v}`));
       await page.screenshot({ path: artifact(`${theme}-portal.png`), fullPage: true });
       assert.deepEqual(page.problems, []);
@@ -448,5 +457,18 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     figures.console_files = files.length;
     console.log(`# figures ${JSON.stringify(figures)}`);
     await page.ctx.close();
+  });
+
+  // Last: what every page above sent. No route exists only for the UI, and the pages use
+  // no route openapi.yaml does not document.
+  it('the pages called only operations that openapi.yaml documents', () => {
+    const ops = documentedOperations();
+    const undocumented = [...calls].filter((c) => {
+      const [method, path] = c.split(' ');
+      return !ops.some(([m, re]) => m === method && re.test(path));
+    });
+    assert.deepEqual(undocumented, []);
+    assert.ok(calls.size > 30, `only ${calls.size} distinct calls recorded`);
+    figures.distinct_calls = calls.size;
   });
 });
