@@ -150,9 +150,25 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     assert.equal(msg.status, 202, msg.text);
     await user.locator('.notices li', { hasText: 'Maintenance at noon' }).waitFor({ timeout: 20000 });
     await user.screenshot({ path: artifact('flow-portal-message-dark.png'), fullPage: true });
-    // My sessions: the session is there; log off ends it.
+    // My sessions: the session is there; Reconnect is a new launch that finds it, with a
+    // fresh ticket.
     const sess = user.locator('at-portal table tbody tr', { hasText: 'Office' });
     await sess.waitFor();
+    await user.locator('.launch').getByRole('button', { name: 'Close' }).click();
+    await sess.getByRole('button', { name: 'Reconnect' }).click();
+    await user.getByText('This is your running session, with a fresh ticket.').waitFor({ timeout: 30000 });
+    await user.getByRole('button', { name: /Download connection file \(\.vv\)/ }).waitFor();
+    assert.equal(await sess.count(), 1, 'still one session');
+    // The console's Users page sends a message and a command to the live session's portal.
+    await admin.click('nav.side a[href="#users"]');
+    const urow = admin.locator('at-users tbody tr', { hasText: alice.name });
+    await urow.locator('input[name=text]').fill('Back in five');
+    await urow.getByRole('button', { name: 'Send' }).click();
+    await admin.getByRole('status').filter({ hasText: "Sent to the user's portal." }).waitFor();
+    await user.locator('.notices li', { hasText: 'Back in five' }).waitFor({ timeout: 20000 });
+    await urow.getByRole('button', { name: 'Ask to log off' }).click();
+    await user.locator('.notices li', { hasText: 'Your administrator asks you to log off.' }).waitFor({ timeout: 20000 });
+    // Log off ends the session.
     await sess.getByRole('button', { name: 'Log off' }).click();
     await eventually(async () => (await sess.count()) === 0, { what: 'the session to go after log off' });
     const s = await broker.call('GET', '/v1/sessions?kind=desktop');
@@ -170,7 +186,9 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     const forgotten = await broker.call('GET', '/v1/events?type=VmForgotten');
     assert.equal(forgotten.json.items.length, 1, forgotten.text);
     await admin.locator('at-vms select').nth(1).selectOption({ label: 'Office' });
-    const row = admin.locator('at-vms tbody tr').first();
+    // The pool's VM by name: the list before the filter applies may show another VM first.
+    await eventually(async () => (await admin.locator('at-vms tbody tr').count()) === 1, { what: 'the pool filter' });
+    const row = admin.locator('at-vms tbody tr', { hasText: 'Office-' });
     await row.waitFor();
     await row.getByRole('button', { name: 'Shut down' }).click();
     await row.getByRole('button', { name: 'Show' }).click({ timeout: 20000 });
@@ -192,6 +210,39 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await admin.locator('#pool-template', { hasText: 'Template version 2' }).waitFor();
     const p = (await broker.call('GET', '/v1/pools')).json.items[0];
     assert.equal(p.template_version, 2);
+  });
+
+  it('a host goes to maintenance and back and shows its capabilities; a pool from a running domain is refused with its reason; a member is refreshed', async () => {
+    await admin.click('nav.side a[href="#hosts"]');
+    const h = admin.locator('at-hosts tbody tr', { hasText: 'lab' }).first();
+    await h.getByRole('button', { name: 'Maintenance' }).click();
+    await h.locator('.badge.state-maintenance').waitFor({ timeout: 20000 });
+    await h.getByRole('button', { name: 'Activate' }).click();
+    await h.locator('.badge.state-up').waitFor({ timeout: 20000 });
+    await h.getByRole('button', { name: 'Capabilities' }).click();
+    const caps = admin.locator('at-hosts tr.detail dl.grid');
+    await caps.waitFor();
+    assert.ok((await caps.locator('dt').count()) > 0, 'the host reports capabilities');
+
+    await admin.click('nav.side a[href="#pools"]');
+    await admin.locator('at-pools summary', { hasText: 'Create pool' }).click();
+    await admin.locator('#add-pool input[name=name]').fill('FromTest');
+    await admin.locator('#add-pool label', { hasText: 'lab' }).locator('input[type=checkbox]').check();
+    await admin.locator('#add-pool input[name=tmpl_mode][value=name]').check();
+    await admin.locator('#add-pool input[name=domain_name]').fill('test');
+    await admin.locator('#add-pool button[type=submit]').click();
+    // test:///default's "test" runs, and its own disk would be the base.
+    await admin.locator('at-pools .problem', { hasText: 'template_running' }).waitFor();
+    assert.equal((await broker.call('GET', '/v1/pools')).json.items.length, 1);
+
+    const pool = admin.locator('at-pools tbody tr', { hasText: 'Office' }).first();
+    if ((await pool.getByRole('button', { name: 'Details' }).getAttribute('aria-expanded')) !== 'true') {
+      await pool.getByRole('button', { name: 'Details' }).click();
+    }
+    const member = admin.locator('at-pools section.card table tbody tr').first();
+    await member.getByRole('button', { name: 'Refresh' }).click();
+    await eventually(async () => (await broker.call('GET', '/v1/events?type=PoolVmRefreshStarted')).json.items.length >= 2,
+      { what: 'a second PoolVmRefreshStarted (the first came with the log off)' });
   });
 
   it('a change made by another client appears in the open console without a reload', async () => {
