@@ -3,6 +3,7 @@
 // reload or a new tab signs in again; README "Web portal" says why).
 let token = null;
 let principal = null;  // {user_id, name, roles, expires_at_ms}
+let ended = null;      // the 401 that ended the session (expired, revoked), for the sign-in page
 const listeners = new Set();
 
 export class ApiError extends Error {
@@ -15,6 +16,7 @@ export class ApiError extends Error {
 }
 
 export function signedIn() { return principal; }
+export function endedBy() { return ended; }
 export function isAdmin() { return !!principal?.roles?.includes('admin'); }
 export function onAuthChange(f) { listeners.add(f); return () => listeners.delete(f); }
 function changed() { for (const f of listeners) f(principal); }
@@ -71,14 +73,20 @@ export async function send(req, { signal } = {}) {
   if (res.status !== 204 && res.status !== 304) {
     data = type.includes('json') ? await res.json().catch(() => null) : await res.text();
   }
-  if (res.status === 401 && token && !req.public) {
-    // The token expired or was revoked elsewhere (a password change, a disabled user).
-    token = null;
-    principal = null;
-    changed();
-  }
-  if (!res.ok) throw new ApiError(res.status, typeof data === 'object' ? data : { detail: data });
+  const error = res.ok ? null : new ApiError(res.status, data && typeof data === 'object' ? data : { detail: data });
+  if (res.status === 401 && token && !req.public) sessionEnded(error);
+  if (error) throw error;
   return { status: res.status, data, headers: res.headers };
+}
+
+// The token expired or was revoked elsewhere (sign-out in another client, a password change,
+// a disabled user): forget it, and keep the answer for the sign-in page.
+export function sessionEnded(error) {
+  if (!token) return;
+  token = null;
+  principal = null;
+  ended = error;
+  changed();
 }
 
 export async function call(method, path, opts = {}) {
@@ -102,6 +110,7 @@ export async function login(name, password) {
   const req = { ...request('POST', '/v1/auth/login', { body: { name, password } }), public: true };
   const { data } = await send(req);
   token = data.token;
+  ended = null;
   principal = { user_id: data.user_id, name, roles: data.roles, expires_at_ms: data.expires_at_ms };
   changed();
   return principal;
@@ -114,6 +123,7 @@ export async function logout() {
   } finally {
     token = null;
     principal = null;
+    ended = null;
     changed();
   }
 }

@@ -1,7 +1,7 @@
 // Live updates: the broker's Server-Sent Events endpoints in their long-poll form. One loop
 // per tab at a time (the broker limits long-polls per user and per role): each request
 // waits up to 15 s for events after Last-Event-ID, answers, and the loop asks again.
-import { authHeader, onAuthChange } from './api.js';
+import { ApiError, authHeader, onAuthChange, sessionEnded } from './api.js';
 
 let current = null;  // {path, abort, handlers}
 
@@ -55,6 +55,10 @@ export function follow(path, after, onEvent, onState = () => {}) {
           onState('waiting');
           await sleep(Math.max(wait, 1000), abort.signal);
           continue;
+        }
+        if (res.status === 401) {
+          sessionEnded(new ApiError(401, await res.json().catch(() => ({ reason: 'token_invalid' }))));
+          return;
         }
         if (!res.ok) { onState('stopped'); return; }
         for (const ev of parse(await res.text())) {

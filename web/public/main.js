@@ -85,6 +85,7 @@ class App extends LightElement {
         <button type="submit" ?disabled=${this.busy}>${t('signin.submit')}</button>
         ${problem(this.error)}
       </form>
+      ${api.endedBy() && !this.error ? html`<p class="note" role="status">${t('signin.ended')} <code class="reason">${api.endedBy().reason}</code></p>` : nothing}
       <p class="hint">${t('signin.hint')}</p>
     </main>`;
   }

@@ -52,7 +52,10 @@ class Portal extends LightElement {
       const [pools, apps, sessions] = await Promise.all([
         api.getAll('/v1/pools'), api.getAll('/v1/me/entitlements'), api.getAll('/v1/sessions', { user_id: api.signedIn()?.user_id }),
       ]);
-      this.pools = pools;
+      // An admin's GET /v1/pools lists every pool, with its entitled users: the tiles are
+      // the pools this user may launch (a user's list holds only those already).
+      const me = api.signedIn()?.user_id;
+      this.pools = pools.filter((p) => !Array.isArray(p.entitled_users) || p.entitled_users.includes(me));
       this.apps = apps;
       this.sessions = sessions.filter((s) => s.state !== 'ended');
       this.loaded = true;

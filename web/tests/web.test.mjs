@@ -383,6 +383,45 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await admin.getByRole('note').filter({ hasText: 'GET /v1/agents' }).waitFor();
   });
 
+  it('a refused sign-in shows its reason (wrong password, then throttled); a token ended elsewhere returns to the sign-in', async () => {
+    const page = await newPage(browser);
+    await page.goto(`${broker.base}/admin`);
+    const attempt = async () => {
+      await page.locator('input[name=name]').fill('mallory');
+      await page.locator('input[name=password]').fill('not-the-password');
+      await page.locator('input[name=password]').press('Enter');
+    };
+    await attempt();
+    await page.locator('.problem', { hasText: 'bad_credentials' }).waitFor();
+    // The broker throttles a name after --login-failures-per-user (10) failures in a minute.
+    let throttled = false;
+    for (let i = 0; i < 12 && !throttled; i++) {
+      await attempt();
+      await page.locator('.problem').waitFor();
+      await page.locator('button[type=submit]:not([disabled])').waitFor();
+      throttled = (await page.locator('.problem', { hasText: 'login_throttled' }).count()) === 1;
+    }
+    assert.ok(throttled, 'the sign-in page shows login_throttled');
+    assert.match(await page.locator('.problem').textContent(), /Too many failed sign-ins/);
+
+    // A console whose token is revoked by another client (as an expiry would) goes back to
+    // the sign-in at its next request, saying why.
+    let token;
+    page.on('response', async (r) => {
+      if (r.url().endsWith('/v1/auth/login') && r.status() === 200) token = (await r.json()).token;
+    });
+    await signIn(page, broker.base, '/admin', 'admin', broker.adminPassword);
+    assert.equal((await broker.call('POST', '/v1/auth/logout', undefined, token)).status, 204);
+    // The revocation is an event: the live view's reload or the next long-poll meets the 401
+    // by itself; a click may come first.
+    await page.click('nav.side a[href="#users"]', { timeout: 2000 }).catch(() => {});
+    await page.getByRole('heading', { name: 'Sign in to the admin console' }).waitFor();
+    await page.getByRole('status').filter({ hasText: 'Your session has ended' }).locator('code.reason', { hasText: 'token_invalid' }).waitFor();
+    await page.screenshot({ path: artifact('flow-signin-ended.png') });
+    assert.deepEqual(page.problems, []);
+    await page.ctx.close();
+  });
+
   it('sign-out revokes the token', async () => {
     const before = await broker.call('GET', '/v1/users', undefined, adminToken);
     assert.equal(before.status, 200);
@@ -468,6 +507,8 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
       // alice's application session is live, but "My sessions" is the admin's own (none).
       await page.locator('at-portal section[aria-labelledby=sess-h] p.empty').waitFor();
       assert.equal(await page.locator('at-portal section[aria-labelledby=sess-h] tbody tr').count(), 0);
+      // Nor does the admin get a tile for a pool only alice is entitled to (launching it is 403).
+      await page.locator('at-portal section[aria-labelledby=desk-h] p.empty').waitFor();
       found.push(...(await axe(page)).map((v) => `portal: ${v}`));
       await page.screenshot({ path: artifact(`${theme}-portal.png`), fullPage: true });
       assert.deepEqual(page.problems, []);
