@@ -86,9 +86,15 @@ export class Page extends LightElement {
   }
 
   // A button that sends `req()` at once, with a curl button beside it when `withCurl`.
+  // A dangerous one (delete, remove, power off, forget) asks first.
   action(label, req, { secondary = false, withCurl = false, danger = false, message } = {}) {
+    const go = () => {
+      const r = req();
+      if (danger && !confirm(t('common.confirm', { action: label, what: `${r.method} ${r.path}` }))) return;
+      this.act(r, message);
+    };
     return html`<button type="button" class=${`small ${secondary ? 'secondary' : ''} ${danger ? 'danger' : ''}`}
-        ?disabled=${this.ro} @click=${() => this.act(req(), message)}>${label}</button>${withCurl ? html`<at-curl .req=${req}></at-curl>` : nothing}`;
+        ?disabled=${this.ro} @click=${go}>${label}</button>${withCurl ? html`<at-curl .req=${req}></at-curl>` : nothing}`;
   }
 
   heading(key) {

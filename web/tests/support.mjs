@@ -112,6 +112,9 @@ export async function newPage(browser, options = {}) {
     if (/Content Security Policy|Refused to/i.test(text)) page.problems.push(`CSP: ${text}`);
   });
   page.on('pageerror', (e) => page.problems.push(`page error: ${e.message}`));
+  // Dangerous actions ask with confirm(): the tests say yes, and record what was asked.
+  page.confirms = [];
+  page.on('dialog', (d) => { page.confirms.push(d.message()); d.accept(); });
   page.on('request', (r) => {
     const u = new URL(r.url());
     if (u.protocol.startsWith('http') && (u.hostname === '127.0.0.1' || u.hostname === 'localhost')) {

@@ -33,6 +33,7 @@ rows = {
  'common.save': ('Save', '保存', 'Сохранить'),
  'common.details': ('Details', '详情', 'Подробнее'),
  'common.description': ('Description', '描述', 'Описание'),
+ 'common.confirm': ('{action}: are you sure? ({what})', '{action}：确定吗？（{what}）', '{action}: вы уверены? ({what})'),
  'common.done': ('Done.', '已完成。', 'Готово.'),
  'common.filters': ('Filters', '筛选', 'Фильтры'),
  'common.all': ('All', '全部', 'Все'),
