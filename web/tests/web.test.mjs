@@ -548,6 +548,20 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     });
   }
 
+  it('the sessions page logs off a live application session', async () => {
+    const page = await newPage(browser);
+    await signIn(page, broker.base, '/admin', 'admin', broker.adminPassword);
+    await page.click('nav.side a[href="#sessions"]');
+    const row = page.locator('at-sessions tbody tr', { hasText: 'Notepad' });
+    await row.locator('.badge.state-active').waitFor();
+    await row.getByRole('button', { name: 'Log off', exact: true }).click();
+    await row.locator('.badge.state-ended').waitFor({ timeout: 20000 });
+    const apps = await broker.call('GET', '/v1/sessions?kind=application');
+    assert.ok(apps.json.items.every((x) => x.state === 'ended'), apps.text);
+    assert.deepEqual(page.problems, []);
+    await page.ctx.close();
+  });
+
   it('measures the page weight and the load time of the portal', async () => {
     const page = await newPage(browser);
     let bytes = 0;
