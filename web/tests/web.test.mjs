@@ -390,6 +390,20 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await admin.click('nav.side a[href="#apps"]');
   });
 
+  it('the admin publishes through the publish target picker', async () => {
+    const ts = (await broker.call('GET', '/v1/servers')).json.items.find((x) => x.name === 'ts-01');
+    const calc = await broker.call('POST', `/v1/servers/${ts.id}/applications`, { name: 'Calc', executable_path: 'C:\\Windows\\calc.exe' });
+    assert.equal(calc.status, 201, calc.text);
+    await admin.locator('#publish select[name=application_id] option', { hasText: 'Calc' }).waitFor({ state: 'attached', timeout: 20000 });
+    await admin.locator('#publish select[name=application_id]').selectOption({ label: 'Calc' });
+    await admin.locator('#publish').getByRole('button', { name: 'List targets' }).click();
+    await admin.locator('#publish select[name=target_id] option', { hasText: 'ts-01' }).waitFor({ state: 'attached' });
+    await admin.locator('#publish button[type=submit]').click();
+    await admin.getByRole('status').filter({ hasText: 'Published.' }).waitFor();
+    const pubs = (await broker.call('GET', '/v1/publications')).json.items;
+    assert.ok(pubs.some((p) => p.application_id === calc.json.id && p.scope === 'server' && p.target_id === ts.id), JSON.stringify(pubs));
+  });
+
   it('copy as curl gives the same documented request, which works from a shell', async () => {
     await admin.locator('at-apps details summary', { hasText: 'Add cluster' }).click();
     await admin.locator('#add-cluster input[name=name]').fill('from-curl');
