@@ -54,6 +54,8 @@ const std::vector<Flag> kFlags = {
      "file holding the first admin token (ATRIUM_BOOTSTRAP_TOKEN also works)"},
     {"access-log", "ATRIUM_ACCESS_LOG", "on|off (default on, to stderr)"},
     {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
+    {"web-dir", "ATRIUM_WEB_DIR",
+     "serve the web portal from this directory (web/public) instead of the built-in copy"},
     {"default-host", "ATRIUM_DEFAULT_HOST",
      "libvirt URI of the host added on first start (default test:///default; none = no host)"},
     {"allow-test-hosts", "ATRIUM_ALLOW_TEST_HOSTS",
@@ -387,6 +389,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (auto v = get("access-log")) cfg.api.access_log = *v != "off";
+  if (auto v = get("web-dir")) {
+    std::ifstream index(*v + "/index.html");
+    if (v->empty() || !index) {
+      std::fprintf(stderr, "atriumd: bad --web-dir: %s has no index.html\n", v->c_str());
+      return 2;
+    }
+    cfg.api.web_dir = *v;
+  }
   if (auto v = get("accept-data-loss")) {
     auto b = yes_no(*v);
     if (!b)

@@ -55,6 +55,9 @@ struct ApiConfig {
   LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
   domain::HostUriPolicy host_uris;    // POST /v1/hosts: which libvirt URIs may be added
+  // The web portal's files: empty = those embedded at build time, else this directory
+  // (--web-dir, for developing the pages without rebuilding).
+  std::string web_dir;
 };
 
 struct Page {
@@ -186,6 +189,8 @@ void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
 // Hosts, VMs and operations (api/routes_hosts.cpp).
 void register_host_routes(Api& api);
+// The web portal and admin console: GET /, /admin and /web/{file} (api/routes_web.cpp).
+void register_web_routes(Api& api);
 // Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call
 // after register_appcloud_routes: it shares POST /v1/launches and /v1/sessions with it.
 void register_pool_routes(Api& api, adapters::PoolWorker* worker);

@@ -77,6 +77,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   register_core_routes(*d->api_, openapi_text());
   register_appcloud_routes(*d->api_);
   register_host_routes(*d->api_);
+  register_web_routes(*d->api_);
   d->host_metrics_ = std::make_unique<adapters::HostMetrics>(*d->metrics_->registry);
   d->metrics_->add_collector([hm = d->host_metrics_.get(), v = &d->views_] { hm->refresh(*v); });
   d->broker_metrics_ = std::make_unique<BrokerMetrics>(*d->metrics_->registry);

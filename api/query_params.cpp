@@ -97,6 +97,10 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/users/{id}/messages", kNone},
       {"POST", "/v1/users/{id}/commands", kNone},
       {"GET", "/v1/me/notifications", {"after"}},
+      // the web portal and admin console (routes_web.cpp)
+      {"GET", "/", kNone},
+      {"GET", "/admin", kNone},
+      {"GET", "/web/{file}", kNone},
   };
   return rules;
 }
