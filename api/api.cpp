@@ -84,6 +84,7 @@ Api::Api(ApiConfig cfg, eventstore::EventStore& store, projections::Views& views
       pipeline_(pipeline),
       metrics_(metrics),
       clock_(std::move(clock)),
+      liveness_(clock_()),
       log_(cfg_.access_log),
       throttle_(cfg_.login) {
   login_failures_ = &prometheus::BuildCounter()
@@ -119,7 +120,7 @@ Result<Principal> Api::authenticate(const HttpRequest& req) const {
       return Error::make(Code::unauthenticated, "the token is unknown, expired or revoked",
                          "token_invalid");
     }
-    return Principal{u->id, u->name, u->roles, token_hash, u->agent_server_id};
+    return Principal{u->id, u->name, u->roles, token_hash, u->agent_server_id, ""};
   });
 }
 
@@ -212,7 +213,8 @@ HttpResponse Api::handle(HttpRequest& req) {
 
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record_metrics(m.tmpl, req.method, resp.status, secs);
-  if (cfg_.access_log) {
+  bool quiet = m.route != nullptr && m.route->access.agent;
+  if (cfg_.access_log && !quiet) {
     char dur[32];
     std::snprintf(dur, sizeof dur, "%.3f", secs * 1000);
     std::string line = iso_now() + " " + log_escape(req.method) + " " + log_escape(req.path) + " " +

@@ -17,6 +17,7 @@
 #include "api/router.h"
 #include "domain/placement.h"
 #include "eventstore/event_store.h"
+#include "pipeline/liveness.h"
 #include "pipeline/metrics.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
@@ -46,6 +47,12 @@ struct ApiConfig {
   std::map<std::string, size_t> stream_budgets{{"admin", 2}, {"user", 4}, {"agent", 2}};
   LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
+  // Agents (api/routes_agents.cpp): heartbeat interval, grace factor (a miss past interval x
+  // grace unregisters), and the broker groups given to agents ("(a b)(c)"; empty: the address
+  // the agent reached).
+  int64_t agent_heartbeat_ms = 30'000;
+  int64_t agent_grace_factor = 3;
+  std::string agent_brokers;
 };
 
 struct Page {
@@ -91,6 +98,8 @@ class Api {
   pipeline::Pipeline& pipeline() { return pipeline_; }
   pipeline::Metrics& metrics() { return metrics_; }
   int64_t now_ms() const { return clock_(); }
+  // Heartbeats, load figures and client reports: in memory, never in the log.
+  pipeline::Liveness& liveness() { return liveness_; }
 
   // Runs a command through the pipeline with the request's actor, request id and
   // Idempotency-Key, and maps the outcome to a response (JSON body, ETag from `etag_of`).
@@ -149,6 +158,7 @@ class Api {
   pipeline::Pipeline& pipeline_;
   pipeline::Metrics& metrics_;
   pipeline::Clock clock_;
+  pipeline::Liveness liveness_;
   Router router_;
   AccessLog log_;
 
@@ -165,6 +175,9 @@ class Api {
   std::condition_variable idle_cv_;
 };
 
+// Agents: enrollment tokens, enrollment, registration, heartbeats, inventory, admin views
+// (routes_agents.cpp).
+void register_agent_routes(Api& api);
 // Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
 void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);

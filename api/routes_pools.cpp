@@ -571,7 +571,8 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
     };
   });
 
-  // The client reports its display connection (connected|disconnected); also a heartbeat.
+  // The client reports its display connection (connected|disconnected). The report itself is
+  // liveness (kept in memory for the client timeout); only a change of state is an event.
   r.add("POST", "/v1/sessions/{id}/report", Access::Roles({"user"}), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
@@ -584,6 +585,13 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
       return d != nullptr && (req.principal->is_admin() || d->user_id == req.principal->user_id);
     });
     if (!mine) return problem(not_found("session " + id + " not found"));
+    api.liveness().client_seen(id, api.now_ms());
+    auto unchanged = api.views().read([&](const State& s) -> std::optional<Json> {
+      const auto* d = s.pools.session(id);
+      if (d == nullptr || d->state != *state) return std::nullopt;
+      return domain::desktop_session_to_json(*d);
+    });
+    if (unchanged) return HttpResponse::json(200, *unchanged);
     Command cmd = command("ReportSession", domain::ReportSession{id, *state});
     cmd.render = [id](const State& s) { return domain::desktop_session_to_json(*s.pools.session(id)); };
     return api.run(req, std::move(cmd));

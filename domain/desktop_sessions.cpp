@@ -10,7 +10,8 @@ namespace atrium::domain {
 using namespace pools_detail;
 
 // ---- monitor and power policy ---------------------------------------------------------
-std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms) {
+std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms,
+                                       const SessionLiveness& liveness) {
   std::vector<PowerAction> out;
   std::vector<const DesktopSession*> live;
   for (const auto& [uid, ids] : s.pools.live_by_user) {
@@ -44,10 +45,20 @@ std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t c
       }
       continue;
     }
+    const Agent* agent = s.agents.of_vm(d->vm_id);
+    bool agent_watches = agent != nullptr && agent->registration != "enrolled";
+    int64_t seen = std::max(d->last_seen_ms, liveness.started_at_ms);
+    if (liveness.client_seen) seen = std::max(seen, liveness.client_seen(d->id));
     if (!vm_state.empty()) {
       out.push_back({"deactivate_session", d->id, "vm_" + vm_state});
-    } else if (!d->display_signal && client_timeout_ms > 0 &&
-               now_ms - d->last_seen_ms > client_timeout_ms) {
+    } else if (d->display_signal) {
+      // The display itself says whether the client is there.
+    } else if (agent_watches) {
+      // The VM's agent is in charge: silent once it missed its heartbeats.
+      if (agent->registration == "unregistered") {
+        out.push_back({"deactivate_session", d->id, "agent_silent"});
+      }
+    } else if (client_timeout_ms > 0 && now_ms - seen > client_timeout_ms) {
       // Only sessions whose display reports nothing: with graphics events the display itself
       // says whether the client is there.
       out.push_back({"deactivate_session", d->id, "client_timeout"});
@@ -233,10 +244,8 @@ Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx
     return Events{session_event(d->id, "DesktopSessionDisconnected",
                                 Json{{"reason", "client"}, {"source", "client"}})};
   }
-  // A heartbeat is recorded at most every 5 s, enough for the monitor's timeouts.
-  if (ctx.now_ms - d->last_seen_ms >= 5000) {
-    return Events{session_event(d->id, "DesktopSessionHeartbeat", Json::object())};
-  }
+  // Not a change: the report is liveness only, kept in memory by the API (the liveness table),
+  // never a DesktopSessionHeartbeat in the log.
   return Events{};
 }
 
