@@ -1,6 +1,8 @@
 // atriumd: the only composition root. Parses configuration (flags, then ATRIUM_* environment
 // fallbacks, then defaults), builds the daemon, and waits for SIGTERM/SIGINT.
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +43,12 @@ const std::vector<Flag> kFlags = {
      "event-stream long-polls one user may hold at once (default 2)"},
     {"stream-budgets", "ATRIUM_STREAM_BUDGETS",
      "long-polls held at once per role (default admin:2,user:4,agent:2)"},
+    {"keepalive-timeout-s", "ATRIUM_KEEPALIVE_TIMEOUT_S",
+     "an idle persistent HTTP connection closes after N seconds (default 10)"},
+    {"max-connections", "ATRIUM_MAX_CONNECTIONS",
+     "open HTTP connections at most (default: what the descriptor limit leaves after a reserve)"},
+    {"max-connections-per-ip", "ATRIUM_MAX_CONNECTIONS_PER_IP",
+     "open HTTP connections per client address at most (default 512)"},
     {"tls-cert", "ATRIUM_TLS_CERT", "PEM certificate; enables TLS with --tls-key"},
     {"tls-key", "ATRIUM_TLS_KEY", "PEM private key"},
     {"bootstrap-token-file", "ATRIUM_BOOTSTRAP_TOKEN_FILE",
@@ -78,12 +86,22 @@ const std::vector<Flag> kFlags = {
     {"agent-brokers", "ATRIUM_AGENT_BROKERS",
      "broker groups given to agents, e.g. \"(http://b1:8080 http://b2:8080)(http://b3:8080)\" "
      "(default: the address the agent reached)"},
+    {"accept-data-loss", "ATRIUM_ACCEPT_DATA_LOSS",
+     "yes: start although the WAL is damaged mid-log, dropping what follows (default no)"},
 };
 
+// Flags that may stand alone (--flag means --flag=yes).
+bool is_switch(const std::string& name) {
+  return name == "accept-data-loss";
+}
+
 void usage() {
-  std::fprintf(stderr,
-               "usage: atriumd [serve] [--flag=value ...]\n"
-               "       atriumd verify [--data-dir=DIR]   walk the log and its hash chain\n\n");
+  std::fprintf(
+      stderr,
+      "usage: atriumd [serve] [--flag=value ...]\n"
+      "       atriumd verify [--data-dir=DIR]   walk the log and its hash chain, read-only\n"
+      "         (exit 0: ok; 1: damaged: broken chain, corruption, WAL damage that\n"
+      "          recovery would drop acknowledged events for; 3: could not check)\n\n");
   for (const auto& f : kFlags) std::fprintf(stderr, "  --%-22s %s [%s]\n", f.name, f.help, f.env);
 }
 
@@ -99,6 +117,74 @@ bool to_int(const std::string& s, long long& out) {
   errno = 0;
   out = std::strtoll(s.c_str(), &end, 10);
   return errno == 0 && end != s.c_str() && *end == '\0';
+}
+
+std::optional<bool> yes_no(const std::string& v) {
+  if (v == "yes" || v == "true" || v == "on" || v == "1") return true;
+  if (v == "no" || v == "false" || v == "off" || v == "0") return false;
+  return std::nullopt;
+}
+
+// atriumd verify: never changes a byte of the store. Opens it read-only, or as a RocksDB
+// secondary instance while a daemon holds it, walks the WAL and the hash chain.
+// Exit 0: ok (a torn WAL tail is only a warning); 1: damaged; 3: could not check.
+int verify(const std::string& data_dir) {
+  namespace es = atrium::eventstore;
+  const std::string dir = data_dir + "/events";
+  const bool running = es::rocksdb_locked(dir);
+  es::RocksOptions o;
+  o.create_if_missing = false;
+  o.block_cache_bytes = 8u << 20;
+  o.mode = running ? es::OpenMode::secondary : es::OpenMode::read_only;
+  o.warn = [](const std::string& line) {
+    std::fprintf(stderr, "atriumd verify: %s\n", line.c_str());
+  };
+  es::WalReport wal;
+  o.wal_report = &wal;
+  auto store = es::open_rocksdb(dir, o);
+  if (!store.ok()) {
+    const bool damaged = store.error().reason == "storage_corrupt";
+    std::fprintf(stderr, "atriumd verify: %s %s: %s\n",
+                 damaged ? "damaged store at" : "cannot check", data_dir.c_str(),
+                 store.error().message.c_str());
+    return damaged ? 1 : 3;
+  }
+  if (running) {
+    std::printf("note: a daemon runs on this store; checked alongside it, as of now\n");
+  }
+  int rc = 0;
+  auto rep = (*store)->verify();
+  if (!rep.ok()) {
+    std::fprintf(stderr, "atriumd verify: %s\n", rep.error().message.c_str());
+    return rep.error().reason == "storage_corrupt" ? 1 : 3;
+  }
+  if (rep->ok) {
+    std::printf("ok: %llu events, hash chain intact\n",
+                static_cast<unsigned long long>(rep->events_checked));
+  } else {
+    std::printf("BROKEN at position %llu: %s (%llu events checked)\n",
+                static_cast<unsigned long long>(rep->first_bad_position), rep->problem.c_str(),
+                static_cast<unsigned long long>(rep->events_checked));
+    rc = 1;
+  }
+  const unsigned long long dropped = wal.damaged ? wal.dropped_bytes + wal.later_bytes : 0;
+  if (!wal.damaged) {
+    std::printf("wal: %llu files, %llu bytes, 0 bytes dropped: %s\n",
+                static_cast<unsigned long long>(wal.files),
+                static_cast<unsigned long long>(wal.bytes), wal.describe().c_str());
+  } else if (wal.torn_tail()) {
+    std::printf("wal: WARNING: %llu bytes dropped at recovery: %s\n", dropped,
+                wal.describe().c_str());
+  } else {
+    std::printf("wal: DAMAGED: %llu bytes dropped at recovery: %s\n", dropped,
+                wal.describe().c_str());
+    rc = 1;
+  }
+  auto losses = (*store)->get_checkpoint(es::kDataLossCheckpoint);
+  if (losses.ok() && losses->has_value()) {
+    std::printf("note: data loss accepted earlier on this store:\n%s", (*losses)->c_str());
+  }
+  return rc;
 }
 
 }  // namespace
@@ -118,6 +204,8 @@ int main(int argc, char** argv) {
       std::string k = kv.substr(0, eq), v;
       if (eq != std::string::npos) {
         v = kv.substr(eq + 1);
+      } else if (is_switch(k)) {
+        v = "yes";
       } else if (i + 1 < argc) {
         v = argv[++i];
       }
@@ -146,29 +234,7 @@ int main(int argc, char** argv) {
   atrium::api::DaemonConfig cfg;
   if (auto v = get("data-dir")) cfg.data_dir = *v;
 
-  if (command == "verify") {
-    auto store = atrium::eventstore::open_rocksdb(cfg.data_dir + "/events",
-                                                  {true, false, 8u << 20});
-    if (!store.ok()) {
-      std::fprintf(stderr, "atriumd verify: cannot open %s: %s\n", cfg.data_dir.c_str(),
-                   store.error().message.c_str());
-      return 1;
-    }
-    auto rep = (*store)->verify();
-    if (!rep.ok()) {
-      std::fprintf(stderr, "atriumd verify: %s\n", rep.error().message.c_str());
-      return 1;
-    }
-    if (rep->ok) {
-      std::printf("ok: %llu events, hash chain intact\n",
-                  static_cast<unsigned long long>(rep->events_checked));
-      return 0;
-    }
-    std::printf("BROKEN at position %llu: %s (%llu events checked)\n",
-                static_cast<unsigned long long>(rep->first_bad_position), rep->problem.c_str(),
-                static_cast<unsigned long long>(rep->events_checked));
-    return 1;
-  }
+  if (command == "verify") return verify(cfg.data_dir);
   if (command != "serve") {
     usage();
     return 2;
@@ -193,6 +259,18 @@ int main(int argc, char** argv) {
   if (auto v = get("max-body-bytes")) {
     if (!to_int(*v, n) || n < 1024) return std::fprintf(stderr, "atriumd: bad --max-body-bytes\n"), 2;
     cfg.api.max_body_bytes = static_cast<size_t>(n);
+  }
+  if (auto v = get("max-connections")) {
+    if (!to_int(*v, n) || n < 16) {
+      return std::fprintf(stderr, "atriumd: bad --max-connections (at least 16)\n"), 2;
+    }
+    cfg.api.max_connections = static_cast<size_t>(n);
+  }
+  if (auto v = get("max-connections-per-ip")) {
+    if (!to_int(*v, n) || n < 1) {
+      return std::fprintf(stderr, "atriumd: bad --max-connections-per-ip\n"), 2;
+    }
+    cfg.api.max_connections_per_ip = static_cast<size_t>(n);
   }
   constexpr long long kMaxTokenTtlS = 365LL * 24 * 3600;  // bounded: ms must never overflow
   if (auto v = get("token-ttl-s")) {
@@ -273,7 +351,8 @@ int main(int argc, char** argv) {
     out = std::chrono::seconds(n);
     return true;
   };
-  if (!seconds("client-timeout-s", 5, 86400, cfg.pools.client_timeout) ||
+  if (!seconds("keepalive-timeout-s", 1, 3600, cfg.api.keepalive_timeout) ||
+      !seconds("client-timeout-s", 5, 86400, cfg.pools.client_timeout) ||
       !seconds("launch-wait-s", 1, 3600, cfg.pools.launch_wait) ||
       !seconds("ticket-ttl-s", 10, 86400, cfg.pools.ticket_ttl)) {
     return 2;
@@ -327,6 +406,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (auto v = get("access-log")) cfg.api.access_log = *v != "off";
+  if (auto v = get("accept-data-loss")) {
+    auto b = yes_no(*v);
+    if (!b)
+      return std::fprintf(stderr, "atriumd: bad --accept-data-loss '%s' (yes|no)\n", v->c_str()), 2;
+    cfg.accept_data_loss = *b;
+  }
   if (auto v = get("default-host")) cfg.default_host_uri = *v == "none" ? "" : *v;
   if (const char* t = std::getenv("ATRIUM_BOOTSTRAP_TOKEN"); t && *t) cfg.bootstrap_token = t;
   if (auto v = get("bootstrap-token-file")) {
@@ -346,6 +431,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // Nothing the daemon writes (store, credentials, snapshots) is for other users, whatever
+  // umask it was started with.
+  ::umask(077);
+
   // Signals are taken synchronously by this thread; every thread started later inherits
   // the blocked mask.
   sigset_t set;
@@ -355,6 +444,14 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // Descriptors: the soft limit up to the hard one; the HTTP server derives its connection
+  // cap from it (README, Configuration).
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+
   auto daemon = atrium::api::Daemon::start(cfg);
   if (!daemon.ok()) {
     std::fprintf(stderr, "atriumd: cannot start: %s\n", daemon.error().message.c_str());
@@ -362,6 +459,11 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "atriumd: listening on %s:%u%s, data in %s\n", cfg.api.host.c_str(),
                (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", cfg.data_dir.c_str());
+  std::fprintf(stderr,
+               "atriumd: at most %zu HTTP connections (%zu per address; %llu descriptors)\n",
+               (*daemon)->http_server().max_connections(),
+               (*daemon)->http_server().max_connections_per_ip(),
+               static_cast<unsigned long long>(nofile.rlim_cur));
   int sig = 0;
   sigwait(&set, &sig);
   std::fprintf(stderr, "atriumd: %s received, draining\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");

@@ -455,7 +455,12 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
       }
       auto weak = std::weak_ptr<Worker>(w);
       Status sub = conn->subscribe(
-          [weak](const DomainEvent&) {
+          [this, weak, hid](const DomainEvent& ev) {
+            // A domain that stopped has no display clients left, and QEMU, gone, reports no
+            // disconnects for them.
+            if ((ev.state == DomainState::shut_off || ev.state == DomainState::crashed) && !weak.expired()) {
+              on_display_stopped(hid, ev.uuid);
+            }
             if (auto wk = weak.lock()) {
               {
                 std::lock_guard lock(wk->mu);
@@ -757,6 +762,10 @@ void HostManager::on_display_event(const std::string& host_id, const DisplayClie
     changed = (after > 0) != t.reported_connected;
   }
   if (!changed) return;
+  wake_display(host_id);
+}
+
+void HostManager::wake_display(const std::string& host_id) {
   std::shared_ptr<Worker> w;
   {
     std::lock_guard lock(mu_);
@@ -768,6 +777,20 @@ void HostManager::on_display_event(const std::string& host_id, const DisplayClie
     w->display_changed = true;
   }
   w->cv.notify_all();
+}
+
+void HostManager::on_display_stopped(const std::string& host_id, const std::string& uuid) {
+  if (uuid.empty()) return;
+  std::string vm_id = domain::vm_id_for(host_id, uuid);
+  {
+    std::lock_guard lock(display_mu_);
+    auto it = display_.find(vm_id);
+    if (it == display_.end() || it->second.channels.empty()) return;
+    it->second.channels.clear();
+    it->second.last_event_ms = clock_();
+    if (!it->second.reported_connected) return;
+  }
+  wake_display(host_id);
 }
 
 void HostManager::report_display(const std::string& host_id, uint64_t epoch) {

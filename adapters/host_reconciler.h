@@ -146,6 +146,10 @@ class HostManager {
     bool reported_connected = false;  // what RecordDisplayClients last said
   };
   void on_display_event(const std::string& host_id, const DisplayClientEvent& ev);
+  // The domain stopped: its display clients are gone (QEMU sends no disconnects then).
+  void on_display_stopped(const std::string& host_id, const std::string& uuid);
+  // Tells the host's worker that a VM's display connectedness changed.
+  void wake_display(const std::string& host_id);
   // Records the VMs of the host whose display connectedness changed (worker thread).
   void report_display(const std::string& host_id, uint64_t epoch);
   void scan_loop();

@@ -197,6 +197,25 @@ HttpResponse Api::handle(HttpRequest& req) {
       }
     }
   }
+  finish(req, m.tmpl, resp, t0, m.route != nullptr && m.route->access.agent);
+  {
+    std::lock_guard l(idle_mu_);
+    in_flight_--;
+  }
+  idle_cv_.notify_all();
+  return resp;
+}
+
+HttpResponse Api::refused(HttpRequest& req, HttpResponse resp) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto rid = req.header("x-request-id");
+  req.request_id = rid && valid_request_id(*rid) ? *rid : new_id();
+  finish(req, router_.match(req.method, req.path).tmpl, resp, t0);
+  return resp;
+}
+
+void Api::finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
+                 std::chrono::steady_clock::time_point t0, bool quiet) {
   resp.with_header("X-Request-Id", req.request_id);
   // A 5xx tells the client what failed (status, reason) and where to look, never how: the
   // detail may hold file paths or a library's text, and goes to the log instead.
@@ -210,10 +229,9 @@ HttpResponse Api::handle(HttpRequest& req) {
       resp.body = j.dump(-1, ' ', false, Json::error_handler_t::replace);
     }
   }
-
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  record_metrics(m.tmpl, req.method, resp.status, secs);
-  bool quiet = m.route != nullptr && m.route->access.agent;
+  record_metrics(tmpl, req.method, resp.status, secs);
+  // Agent endpoints (heartbeats: thousands a second) are counted in metrics, not logged.
   if (cfg_.access_log && !quiet) {
     char dur[32];
     std::snprintf(dur, sizeof dur, "%.3f", secs * 1000);
@@ -227,12 +245,6 @@ HttpResponse Api::handle(HttpRequest& req) {
     std::fprintf(stderr, "atriumd: %d rid=%s %s\n", resp.status, req.request_id.c_str(),
                  log_escape(internal_detail).c_str());
   }
-  {
-    std::lock_guard l(idle_mu_);
-    in_flight_--;
-  }
-  idle_cv_.notify_all();
-  return resp;
 }
 
 // Prometheus families look labels up under a lock; a per-thread cache of the series keeps

@@ -33,6 +33,13 @@ struct ApiConfig {
   uint16_t port = 8080;  // 0 = any free port (tests)
   int threads = 16;      // Pistache workers; handlers block while the writer commits
   size_t max_body_bytes = size_t{1} << 20;
+  size_t max_header_bytes = 16 << 10;  // request line and headers
+  // Connections: 0 = derived from RLIMIT_NOFILE at start (HttpServer::start).
+  size_t max_connections = 0;
+  size_t max_connections_per_ip = 512;
+  std::chrono::milliseconds keepalive_timeout{10000};  // idle persistent connections
+  std::chrono::milliseconds header_timeout{10000};     // a request's line and headers
+  std::chrono::milliseconds body_timeout{30000};       // a whole request
   std::string tls_cert;
   std::string tls_key;
   int64_t token_ttl_ms = int64_t{12} * 3600 * 1000;
@@ -89,6 +96,11 @@ class Api {
   // The whole request path: draining check, size check, routing, authentication, role
   // check, handler, metrics and access log. Never throws.
   HttpResponse handle(HttpRequest& req);
+
+  // A request the transport refused before it was read to the end (bad framing, a body over
+  // the limit, the connection cap): gives it a request id, counts it in the metrics and
+  // writes its access log line, as handle() does for every other answer.
+  HttpResponse refused(HttpRequest& req, HttpResponse resp);
 
   // ---- for route files ------------------------------------------------------------------
   Router& router() { return router_; }
@@ -149,6 +161,8 @@ class Api {
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
   static std::string stream_class(const Principal& p);
+  void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
+              std::chrono::steady_clock::time_point t0, bool quiet = false);
   void record_metrics(const std::string& route, const std::string& method, int status,
                       double secs);
 

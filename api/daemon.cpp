@@ -14,6 +14,26 @@ namespace atrium::api {
 
 using domain::State;
 
+namespace {
+
+// 0700 directories and 0600 files under `dir` (and `dir` itself), whatever made them.
+void private_tree(const std::string& dir) {
+  namespace fs = std::filesystem;
+  auto fix = [](const fs::path& p) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0 || S_ISLNK(st.st_mode)) return;
+    const mode_t want = S_ISDIR(st.st_mode) ? 0700 : 0600;
+    if ((st.st_mode & 07777) != want) (void)::chmod(p.c_str(), want);
+  };
+  fix(dir);
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    fix(it->path());
+  }
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock clock) {
   if (!crypto_init()) return Error::make(Code::internal, "libsodium failed to initialise");
   if (cfg.bootstrap_token && cfg.bootstrap_token->size() < kMinBootstrapTokenChars) {
@@ -29,11 +49,22 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     return Error::make(Code::unavailable,
                        "cannot create data dir " + cfg.data_dir + ": " + ec.message());
   }
+  // The data dir holds password and token hashes: 0700, and nothing in it readable by others
+  // (the store creates its own files 0600 whatever the umask).
+  private_tree(cfg.data_dir);
   d->metrics_ = std::make_unique<pipeline::Metrics>();
   eventstore::RocksOptions ro;
   ro.sync = cfg.sync;
+  ro.accept_data_loss = cfg.accept_data_loss;
+  ro.warn = [](const std::string& line) {
+    std::fprintf(stderr, "atriumd: event store: %s\n", line.c_str());
+  };
   auto store = eventstore::open_rocksdb(cfg.data_dir + "/events", ro);
-  if (!store.ok()) return store.error();
+  if (!store.ok()) {
+    Error e = store.error();
+    if (e.reason == "wal_corrupt") e.message += " (start with --accept-data-loss to do so)";
+    return e;
+  }
   d->store_ = std::move(*store);
   d->pipeline_ = std::make_unique<pipeline::Pipeline>(*d->store_, d->views_, *d->metrics_, clock,
                                                       cfg.pipeline);

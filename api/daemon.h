@@ -30,6 +30,9 @@ struct DaemonConfig {
   bool write_admin_credentials = true;         // first start: data_dir/admin-credentials
   pipeline::PipelineOptions pipeline;
   bool sync = true;
+  // Open the store past damage in the middle of its WAL, dropping what follows it
+  // (--accept-data-loss); recorded in the store and warned about.
+  bool accept_data_loss = false;
   // The host reconciler (adapters/host_reconciler.h): on by default.
   bool host_manager = true;
   adapters::HostManagerOptions hosts;
@@ -51,6 +54,7 @@ class Daemon {
   ~Daemon();
 
   uint16_t port() const { return server_->port(); }
+  const HttpServer& http_server() const { return *server_; }
   Api& api() { return *api_; }
   eventstore::EventStore& store() { return *store_; }
   projections::Views& views() { return views_; }

@@ -84,6 +84,17 @@ void register_health(Api& api, const std::string& openapi_text) {
   r.add("GET", "/readyz", Access::Public(), [&api](HttpRequest&) {
     uint64_t durable = api.store().last_position();
     uint64_t applied = api.views().position();
+    // Details (paths, RocksDB's words) go to the log, not to this public route.
+    if (!api.store().corruption().empty()) {
+      return problem(Error::make(Code::unavailable,
+                                 "the event store read corrupted data; see the broker's log",
+                                 "storage_corrupt"));
+    }
+    if (!api.pipeline().storage_ok()) {
+      return problem(Error::make(Code::unavailable,
+                                 "storage failed; writes are refused until it recovers",
+                                 "storage_unavailable"));
+    }
     if (!api.started() || applied < durable) {
       return problem(Error::make(Code::unavailable,
                                  "projections are at " + std::to_string(applied) + " of " +

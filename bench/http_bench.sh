@@ -4,6 +4,10 @@
 #   (b) nginx serving a static JSON file of the same size, on the same machine, same run,
 #   (c) a durable write (POST /v1/users without a password: no deliberate slow work),
 # and prints (a)/(b) and (c) as a ratio to the single synced put rate from bench_core.
+# and then (d) the GET of (a) as clients send it (no Connection header: HTTP/1.1 keeps the
+# connection) and with an explicit `Connection: keep-alive`, for this build and, when
+# ATRIUM_BENCH_COMPARE names another atriumd binary (e.g. one built from an older commit),
+# for that one too, in the same run.
 # Usage: bench/http_bench.sh [build-dir]   (needs wrk and nginx-light: tools/deps.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,7 @@ work=$(mktemp -d /tmp/atrium-http-bench.XXXXXX)
 token=atr_http_bench_token_0123456789abcdef
 cleanup() {
   [ -n "${apid:-}" ] && kill "$apid" 2>/dev/null || true
+  [ -n "${kpid:-}" ] && kill "$kpid" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   sleep 0.2; rm -rf "$work"
 }
@@ -69,3 +74,24 @@ echo "POST /v1/users (durable write):     $c req/s (mean latency $lat_c)"
 non2xx=$(awk '/Non-2xx/ {print $5}' "$work/c.txt"); echo "non-2xx answers to the writes: ${non2xx:-0}"
 positions=$(curl -sf "http://127.0.0.1:$port/readyz" | sed -E 's/.*"position":([0-9]+).*/\1/')
 echo "events in the log after the run: $positions"
+
+# (d) keep-alive: the same authenticated GET, without and with `Connection: keep-alive`.
+kport=18482
+keepalive_pair() {  # binary label
+  rm -rf "$work/kdata"
+  ATRIUM_BOOTSTRAP_TOKEN=$token "$1" serve --listen=127.0.0.1:$kport --data-dir="$work/kdata" \
+    --access-log=off --threads=${ATRIUM_BENCH_THREADS:-16} 2>"$work/k.log" &
+  kpid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$kport/readyz" >/dev/null && break; sleep 0.1; done
+  local id
+  id=$(curl -sf -H "$auth" -H 'Content-Type: application/json' -d '{"name":"bench-user"}' \
+       "http://127.0.0.1:$kport/v1/users" | sed -E 's/.*"id":"([^"]+)".*/\1/')
+  local plain kept
+  plain=$(wrk -t2 -c64 -d"${dur}s" -H "$auth" "http://127.0.0.1:$kport/v1/users/$id" | rps)
+  kept=$(wrk -t2 -c64 -d"${dur}s" -H "$auth" -H 'Connection: keep-alive' \
+         "http://127.0.0.1:$kport/v1/users/$id" | rps)
+  echo "$2: GET /v1/users/{id} no Connection header: $plain req/s; 'Connection: keep-alive': $kept req/s"
+  kill "$kpid"; wait "$kpid" 2>/dev/null || true; kpid=
+}
+keepalive_pair "$build/atriumd" "this build"
+if [ -n "${ATRIUM_BENCH_COMPARE:-}" ]; then keepalive_pair "$ATRIUM_BENCH_COMPARE" "compared"; fi

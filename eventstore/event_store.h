@@ -137,6 +137,50 @@ class EventStore {
   // Walks the whole log, recomputing the hash chain and checking positions are gap-free
   // and the stream index agrees; reports the first break.
   virtual Result<VerifyReport> verify() const = 0;
+
+  // After a storage failure (a failed append or checkpoint write): brings the store back
+  // when storage allows (the RocksDB store reopens itself, attempts spaced out up to 1 s);
+  // Ok once appends can go through again. Cheap when nothing failed.
+  virtual Status recover_storage() { return Status::Ok(); }
+
+  // The first corruption a read (scan, read_stream, verify, ...) ran into; empty while none
+  // was seen. Once set it stays set: the store's content is not what was written.
+  virtual std::string corruption() const { return {}; }
+};
+
+// What a read-only walk of a RocksDB store's write-ahead log found. The first damaged
+// record (one that does not read back) and what follows it tell a torn tail, a last write
+// cut short that nobody was told succeeded, from damage in the middle of the log, after
+// which acknowledged writes follow that recovery would drop.
+struct WalReport {
+  uint64_t files = 0;    // WAL files read
+  uint64_t bytes = 0;    // their total size
+  uint64_t records = 0;  // intact records before any damage
+  bool damaged = false;
+  std::string file;            // the WAL file holding the first damaged record
+  uint64_t offset = 0;         // its byte offset in that file
+  std::string problem;         // "checksum mismatch", "incomplete record at the end ...", ...
+  uint64_t dropped_bytes = 0;  // bytes of that file from the damage to its end
+  uint64_t later_bytes = 0;    // bytes of the WAL files after it
+  uint64_t records_after = 0;  // intact records after the damage
+  uint64_t last_position_before = 0;  // last event position in the WAL before the damage
+  uint64_t first_position_after = 0;  // event positions in the intact records after it
+  uint64_t last_position_after = 0;
+  uint64_t kept_position = 0;  // the log's last position once recovery drops the damage
+  uint64_t lost_events = 0;    // acknowledged events that dropping the damage loses
+
+  bool data_loss() const { return damaged && lost_events > 0; }
+  bool torn_tail() const { return damaged && lost_events == 0; }
+  std::string describe() const;  // one paragraph naming the file, offset, bytes and events
+};
+
+// Checkpoint where the RocksDB store records every data loss accepted at open.
+inline constexpr const char* kDataLossCheckpoint = "store.data_loss";
+
+enum class OpenMode {
+  read_write,  // the one writer; takes the directory's lock
+  read_only,   // RocksDB read-only instance: never writes a byte to the directory
+  secondary,   // RocksDB secondary instance: reads alongside a running writer, never writes
 };
 
 struct RocksOptions {
@@ -146,12 +190,33 @@ struct RocksOptions {
   // Optional RocksDB environment (not owned; must outlive the store). Null = the default.
   // Lets tests inject storage faults through a rocksdb::FileSystemWrapper.
   rocksdb::Env* env = nullptr;
+  OpenMode mode = OpenMode::read_write;
+  // Open even when the WAL is damaged in the middle, dropping the acknowledged events after
+  // the damage (point-in-time recovery). The loss is warned about and recorded in the
+  // kDataLossCheckpoint checkpoint. Without it such a store is refused (storage_corrupt).
+  bool accept_data_loss = false;
+  // Where warnings go (a torn tail dropped, data loss accepted, RocksDB's own warnings and
+  // errors). Null: stderr.
+  std::function<void(const std::string&)> warn;
+  // When set, receives what the WAL walk at open found.
+  WalReport* wal_report = nullptr;
 };
 
 // Opens (or creates) a RocksDB-backed store at `dir`. Fails loudly (unavailable/internal
-// with RocksDB's message) on corruption instead of serving half a log.
+// with RocksDB's message) on corruption instead of serving half a log. The WAL is walked
+// first: a torn tail (nothing acknowledged after the damage) is dropped with a warning;
+// damage followed by acknowledged events refuses the open (reason wal_corrupt, the message
+// says what would be lost) unless accept_data_loss. Files are created 0600 and directories
+// 0700 whatever the umask, and existing ones are tightened to that.
 Result<std::unique_ptr<EventStore>> open_rocksdb(const std::string& dir,
                                                   const RocksOptions& opts = {});
+
+// Walks the WAL of the store at `dir` without changing anything; when it is damaged, also
+// opens the store read-only (or as a secondary, per opts.mode) to learn what recovery keeps.
+Result<WalReport> inspect_wal(const std::string& dir, const RocksOptions& opts = {});
+
+// True while a process holds the store's lock (a daemon runs on it). Changes nothing.
+bool rocksdb_locked(const std::string& dir);
 
 // A volatile store with the same contract, for tests.
 std::unique_ptr<EventStore> make_in_memory();

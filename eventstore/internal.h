@@ -59,6 +59,10 @@ Status validate_request(const AppendRequest& req);
 Status check_expected(std::string_view stream, const ExpectedVersion& expected,
                       uint64_t current);
 
+// Walks the WAL files (NNNNNN.log) of a RocksDB directory without changing them and fills
+// every field of WalReport except kept_position and lost_events (eventstore/wal_inspect.cpp).
+Result<WalReport> scan_wal_files(const std::string& dir);
+
 // The last appended position, and waiting for a newer one (EventStore::last_position and
 // wait_for of both stores).
 class PositionSignal {

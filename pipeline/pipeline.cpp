@@ -154,7 +154,17 @@ void Pipeline::run() {
   for (;;) {
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      auto pred = [&] { return stopping_ || !queue_.empty(); };
+      if (broken_) {
+        // Recover by itself when storage returns, also without traffic.
+        if (!cv_.wait_for(lock, std::chrono::milliseconds(200), pred)) {
+          lock.unlock();
+          recover();
+          continue;
+        }
+      } else {
+        cv_.wait(lock, pred);
+      }
       if (queue_.empty() && stopping_) return;
       size_t n = std::min(queue_.size(), opts_.max_batch);
       batch.clear();
@@ -201,19 +211,32 @@ Result<Outcome> from_idem_record(const CommandMeta& m, const std::string& raw) {
 
 }  // namespace
 
+// After a failed batch: the store first (it reopens itself once storage allows), then the
+// writer state and the views from the log. Until both work the pipeline stays broken: every
+// command is answered 503 at once and nothing is decided against a state that may hold the
+// failed batch.
 void Pipeline::recover() {
-  auto st = rebuild();
-  broken_ = !st.ok();
-  ready_ = st.ok();
+  Status st = store_.recover_storage();
+  if (st.ok()) st = rebuild();
+  if (!st.ok()) {
+    broken_reason_ = st.error().message;
+    broken_ = true;
+    storage_ok_ = false;
+    return;
+  }
+  if (broken_) std::fprintf(stderr, "atriumd: storage recovered; taking writes again\n");
+  broken_ = false;
+  storage_ok_ = true;
 }
 
 void Pipeline::process(std::vector<Pending>& batch) {
   if (broken_) recover();
   if (broken_) {
     for (auto& p : batch) {
-      p.promise.set_value(Error::make(Code::unavailable,
-                                      "the broker cannot read its log; retry later",
-                                      "store_unavailable"));
+      p.promise.set_value(Error::make(
+          Code::unavailable,
+          "the event store cannot take writes right now (" + broken_reason_ + "); retry shortly",
+          "storage_unavailable"));
     }
     return;
   }
@@ -225,7 +248,6 @@ void Pipeline::process(std::vector<Pending>& batch) {
   std::unordered_map<std::string, std::string> pending_idem;  // within this batch
   std::unordered_map<std::string, uint64_t> batch_versions;   // stream -> version so far
   uint64_t next_position = store_.last_position() + 1;
-  bool state_dirty = false;
 
   for (size_t i = 0; i < batch.size(); ++i) {
     const Command& cmd = batch[i].cmd;
@@ -269,7 +291,6 @@ void Pipeline::process(std::vector<Pending>& batch) {
         uint64_t version = before + 1;
         batch_versions[ev.stream] = version;
         domain::Applied at{next_position, version, now};
-        state_dirty = true;
         domain::evolve(state_, ev, at);
         if (out.first_position == 0) out.first_position = next_position;
         out.last_position = next_position;
@@ -331,11 +352,17 @@ void Pipeline::process(std::vector<Pending>& batch) {
                       ? Error::make(Code::internal, "log positions diverged from the writer")
                       : appended.error();
       if (err.code != Code::conflict) err.code = Code::unavailable;
-      if (err.reason.empty()) err.reason = "store_unavailable";
+      if (err.reason.empty()) err.reason = "storage_unavailable";
       for (size_t i = 0; i < batch.size(); ++i) {
         if (wrote[i]) results[i] = err;
       }
-      if (state_dirty) recover();
+      // The writer state may hold the failed batch, and the store may need reopening.
+      std::fprintf(stderr, "atriumd: append failed (%s); writes refused until storage recovers\n",
+                   err.message.c_str());
+      broken_ = true;
+      broken_reason_ = err.message;
+      storage_ok_ = false;
+      recover();
     } else {
       metrics_.events_appended->Increment(static_cast<double>(applied.size()));
       metrics_.append_batch_events->Observe(static_cast<double>(applied.size()));

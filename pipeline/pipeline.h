@@ -102,6 +102,9 @@ class Pipeline {
   uint64_t snapshot_position() const { return snapshot_position_.load(); }
 
   bool ready() const { return ready_.load(); }
+  // False from a failed append until the store and the writer state are back (writes get
+  // 503 storage_unavailable meanwhile; reads keep answering from the views).
+  bool storage_ok() const { return storage_ok_.load(); }
   size_t queue_depth() const;
   uint64_t last_position() const { return store_.last_position(); }
 
@@ -114,7 +117,7 @@ class Pipeline {
   void run_snapshots();
   void process(std::vector<Pending>& batch);
   Status rebuild();
-  void recover();  // rebuild after a failed batch; marks the pipeline broken if it can't
+  void recover();  // store, then state, after a failed batch; broken until both are back
 
   eventstore::EventStore& store_;
   projections::Views& views_;
@@ -130,6 +133,8 @@ class Pipeline {
   std::atomic<uint64_t> snapshot_position_{0};
   std::mutex snapshot_mu_;
   bool broken_ = false;  // writer thread only
+  std::string broken_reason_;  // writer thread only
+  std::atomic<bool> storage_ok_{true};
   std::thread writer_;
   std::thread snapshotter_;
   std::condition_variable snapshot_cv_;  // with mu_

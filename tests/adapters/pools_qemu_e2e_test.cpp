@@ -65,15 +65,7 @@ void check_vv(const json& launch) {
   CHECK(vv.find("delete-this-file=1\n") != std::string::npos);
 }
 
-// Fast pool worker and reconciler; SPICE displays on 127.0.0.1.
-void configure_broker(api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 1s;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.shutdown_timeout = 3s;  // the diskless guest ignores ACPI: destroy after 3 s
-  cfg.hosts.connect_timeout = 30s;
-  cfg.pools.interval = 100ms;
-  cfg.pools.spice_listen = "127.0.0.1";
-}
+void configure_broker(api::DaemonConfig& cfg) { fast_qemu_broker(cfg); }
 
 // Deletes the pool through the API (202) and waits up to 60 s until it is gone (404).
 void delete_pool_and_wait(TestBroker& b, const std::string& pool) {
@@ -89,15 +81,9 @@ void delete_pool_and_wait(TestBroker& b, const std::string& pool) {
 
 // Adds qemu:///system with display ports kFirstPort-kLastPort through the API; its id once up.
 std::string add_local_host(TestBroker& b) {
-  auto add = b.call("POST", "/v1/hosts",
-                    {{"name", "local-qemu"},
-                     {"uri", "qemu:///system"},
-                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}}});
-  REQUIRE_MESSAGE(add.status == 202, add.body);
-  std::string host_id = add.json()["host_id"];
-  json host = poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
+  json host = add_qemu_host(b, kFirstPort, kLastPort);
   CHECK(host["address"] == "127.0.0.1");
-  return host_id;
+  return host["id"];
 }
 
 // The file of the first <disk>'s top <source> in a domain XML ("" if none).

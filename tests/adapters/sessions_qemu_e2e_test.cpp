@@ -13,7 +13,9 @@
 //   - logoff drops the open viewer (its SPICE connections go, remote-viewer quits), the old
 //     ticket is refused, and a second user launched right after gets the VM with no earlier
 //     viewer attached, then connects with their own .vv.
-// Domains are named atrium-sess-e2e-<pid>-* and removed at the end (tests/support/qemu_e2e.h).
+// The diskless guest's SeaBIOS would reboot it after 60 s without a bootable device
+// (rebootTimeout='-1' keeps it still). Domains are named atrium-sess-e2e-<pid>-* and removed at
+// the end (tests/support/qemu_e2e.h).
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -37,31 +39,19 @@ constexpr int kLastPort = 5649;
 constexpr const char* kFamily = "atrium-sess-e2e-";
 
 void configure_broker(api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 1s;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.shutdown_timeout = 3s;
-  cfg.hosts.connect_timeout = 30s;
-  cfg.pools.interval = 100ms;
+  fast_qemu_broker(cfg);
   cfg.pools.client_timeout = 5s;
-  cfg.pools.spice_listen = "127.0.0.1";
 }
 
-std::string add_local_host(TestBroker& b) {
-  auto add = b.call("POST", "/v1/hosts",
-                    {{"name", "local-qemu"},
-                     {"uri", "qemu:///system"},
-                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}}});
-  REQUIRE_MESSAGE(add.status == 202, add.body);
-  std::string host_id = add.json()["host_id"];
-  poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
-  return host_id;
+std::string add_local_host(TestBroker& b, const json& extra = json::object()) {
+  return add_qemu_host(b, kFirstPort, kLastPort, extra)["id"];
 }
 
 std::string diskless_template(const std::string& name) {
   return "<domain type='" + domain_type() + "'><name>" + name + "</name>"
          "<uuid>44444444-4444-4444-8444-444444444444</uuid>"
          "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-         "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+         "<os><type arch='x86_64' machine='pc'>hvm</type><bios rebootTimeout='-1'/></os>"
          "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>"
          "<devices><graphics type='spice' autoport='yes' listen='127.0.0.1'/>"
          "<video><model type='qxl'/></video></devices></domain>";
@@ -215,14 +205,9 @@ TEST_CASE("remote-viewer over SPICE TLS on qemu:///system: the .vv lets the clie
   const std::string pool_name = guard.prefix() + "tls";
   TestBroker b(configure_broker);
   INFO("broker event log (last events):\n" << event_log(b));
-  auto add = b.call("POST", "/v1/hosts",
-                    {{"name", "local-qemu-tls"},
-                     {"uri", "qemu:///system"},
-                     {"display_ports", {{"first", kFirstPort}, {"last", kLastPort}}},
-                     {"spice_tls", {{"ca_cert", ca + "\n"}, {"host_subject", host_subject}}}});
-  REQUIRE_MESSAGE(add.status == 202, add.body);
-  std::string host_id = add.json()["host_id"];
-  json host = poll(b, "/v1/hosts/" + host_id, [](const json& j) { return j["state"] == "up"; });
+  std::string host_id =
+      add_local_host(b, {{"spice_tls", {{"ca_cert", ca + "\n"}, {"host_subject", host_subject}}}});
+  json host = b.call("GET", "/v1/hosts/" + host_id).json();
   CHECK(host["spice_tls"]["host_subject"] == host_subject);
   auto created = b.call("POST", "/v1/pools",
                         {{"name", pool_name},

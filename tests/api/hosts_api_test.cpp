@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "api/daemon.h"
+#include "support/pool_fixture.h"
 #include "support/test_support.h"
 
 using atrium::testing::poll;
@@ -16,16 +17,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kFixtureUri =
-    std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
+using atrium::testing::kFixtureUri;
 
 void fast(atrium::api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 300ms;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.backoff_initial = 100ms;
+  atrium::testing::fast_workers(cfg);
   cfg.hosts.backoff_max = 400ms;
-  cfg.hosts.connect_timeout = 1500ms;
-  cfg.hosts.call_timeout = 5s;
+  cfg.hosts.connect_timeout = 1500ms;  // failures reach alert quickly
 }
 
 std::string add_host(TestBroker& b, const json& body) {

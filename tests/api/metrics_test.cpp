@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "api/daemon.h"
+#include "support/pool_fixture.h"
 #include "support/test_support.h"
 
 using atrium::testing::poll;
@@ -22,23 +23,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kFixtureUri =
-    std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
-
-const char* kTemplate =
-    "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
-    "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-    "<devices><interface type='network'><source network='default'/></interface></devices>"
-    "</domain>";
-
-void fast(atrium::api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 300ms;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.backoff_initial = 100ms;
-  cfg.hosts.call_timeout = 5s;
-  cfg.pools.interval = 50ms;
-  cfg.pools.launch_wait = 10s;
-}
+using atrium::testing::fast_workers;
 
 // The exposition's samples: "name{labels}" -> value (comments skipped).
 std::map<std::string, double> samples(const std::string& text) {
@@ -87,26 +72,15 @@ std::string launches(const std::string& kind, const std::string& outcome,
 
 TEST_CASE(
     "9.9: /metrics shows pools, sessions, launches and named hosts, computed from the views") {
-  TestBroker b(fast);
-  auto hr = b.call("POST", "/v1/hosts", {{"name", "fixture"}, {"uri", kFixtureUri}});
-  REQUIRE(hr.status == 202);
-  std::string host = hr.json()["host_id"];
-  poll(b, "/v1/hosts/" + host, [](const json& j) { return j["state"] == "up"; });
+  TestBroker b(fast_workers);
+  std::string host = atrium::testing::add_fixture_host(b);
 
   // Before any pool or session: the session series exist, at 0.
   auto s0 = samples(scrape(b));
   CHECK(value(s0, "atrium_sessions{kind=\"desktop\",state=\"connected\"}") == 0);
   CHECK(value(s0, "atrium_sessions{kind=\"application\",state=\"active\"}") == 0);
 
-  auto pr = b.call("POST", "/v1/pools",
-                   {{"name", "desks"},
-                    {"kind", "floating"},
-                    {"template", {{"domain_xml", kTemplate}}},
-                    {"host_ids", {host}},
-                    {"min_ready", 2},
-                    {"max_size", 3}});
-  REQUIRE_MESSAGE(pr.status == 201, pr.body);
-  std::string pool = pr.json()["id"];
+  std::string pool = atrium::testing::make_test_pool(b, host, {{"min_ready", 2}, {"max_size", 3}});
   poll(b, "/v1/pools/" + pool, [](const json& j) { return j["size"]["ready"] == 2; });
   auto [ann, ann_tok] = b.user("ann");
   auto [bob, bob_tok] = b.user("bob");

@@ -10,6 +10,7 @@
 
 #include "adapters/host_reconciler.h"
 #include "api/daemon.h"
+#include "support/pool_fixture.h"
 #include "support/test_support.h"
 
 using atrium::testing::poll;
@@ -19,43 +20,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kFixtureUri =
-    std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
-
-const char* kTemplate =
-    "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
-    "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-    "<devices><interface type='network'><source network='default'/></interface></devices></domain>";
+const char* kTemplate = atrium::testing::kTestTemplate;
 
 void fast(atrium::api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 300ms;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.backoff_initial = 100ms;
-  cfg.hosts.call_timeout = 5s;
-  cfg.pools.interval = 50ms;
-  cfg.pools.launch_wait = 10s;
+  atrium::testing::fast_workers(cfg);
   cfg.api.threads = 32;
 }
 
-std::string add_host(TestBroker& b) {
-  auto r = b.call("POST", "/v1/hosts", {{"name", "fixture"}, {"uri", kFixtureUri}});
-  REQUIRE(r.status == 202);
-  std::string h = r.json()["host_id"];
-  poll(b, "/v1/hosts/" + h, [](const json& j) { return j["state"] == "up"; });
-  return h;
-}
+std::string add_host(TestBroker& b) { return atrium::testing::add_fixture_host(b); }
 
-std::string make_pool(TestBroker& b, const std::string& host, json extra) {
-  json body{{"name", extra.value("name", "desks")},
-            {"kind", extra.value("kind", "floating")},
-            {"template", {{"domain_xml", kTemplate}}},
-            {"host_ids", {host}},
-            {"max_size", extra.value("max_size", 4)}};
-  for (auto& [k, v] : extra.items()) body[k] = v;
-  auto r = b.call("POST", "/v1/pools", body);
-  REQUIRE_MESSAGE(r.status == 201, r.body);
-  CHECK(r.header("location") == "/v1/pools/" + r.json()["id"].get<std::string>());
-  return r.json()["id"];
+std::string make_pool(TestBroker& b, const std::string& host, const json& extra) {
+  return atrium::testing::make_test_pool(b, host, extra);
 }
 
 }  // namespace

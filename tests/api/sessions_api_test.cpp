@@ -10,6 +10,7 @@
 
 #include "adapters/host_reconciler.h"
 #include "api/daemon.h"
+#include "support/pool_fixture.h"
 #include "support/test_support.h"
 
 using atrium::testing::poll;
@@ -19,39 +20,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kFixtureUri =
-    std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
-
-const char* kTemplate =
-    "<domain type='test'><name>tmpl</name><uuid>11111111-1111-4111-8111-111111111111</uuid>"
-    "<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>"
-    "<devices><interface type='network'><source network='default'/></interface></devices></domain>";
-
 void fast(atrium::api::DaemonConfig& cfg) {
-  cfg.hosts.resync_interval = 300ms;
-  cfg.hosts.poll_interval = 20ms;
-  cfg.hosts.backoff_initial = 100ms;
-  cfg.hosts.call_timeout = 5s;
-  cfg.pools.interval = 50ms;
-  cfg.pools.launch_wait = 10s;
+  atrium::testing::fast_workers(cfg);
   cfg.pools.client_timeout = 90s;
 }
 
-std::string add_host(TestBroker& b) {
-  auto r = b.call("POST", "/v1/hosts", {{"name", "fixture"}, {"uri", kFixtureUri}});
-  REQUIRE(r.status == 202);
-  std::string h = r.json()["host_id"];
-  poll(b, "/v1/hosts/" + h, [](const json& j) { return j["state"] == "up"; });
-  return h;
-}
+std::string add_host(TestBroker& b) { return atrium::testing::add_fixture_host(b); }
 
+// A small floating pool (max_size 2 unless `extra` says otherwise).
 std::string make_pool(TestBroker& b, const std::string& host, json extra) {
-  json body{{"name", "desks"}, {"kind", "floating"}, {"template", {{"domain_xml", kTemplate}}},
-            {"host_ids", {host}}, {"max_size", 2}};
-  for (auto& [k, v] : extra.items()) body[k] = v;
-  auto r = b.call("POST", "/v1/pools", body);
-  REQUIRE_MESSAGE(r.status == 201, r.body);
-  return r.json()["id"];
+  if (!extra.contains("max_size")) extra["max_size"] = 2;
+  return atrium::testing::make_test_pool(b, host, extra);
 }
 
 // The graphics event QEMU sends for one SPICE channel of a client.
@@ -113,6 +92,21 @@ TEST_CASE("9.1: a viewer attached to the display keeps its session connected pas
   auto hist = b.call("GET", "/v1/streams/desktop-session-" + sid).json()["items"];
   CHECK(hist.back()["type"] == "DesktopSessionDisconnected");
   CHECK(hist.back()["data"]["reason"] == "display_closed");
+  // A VM that stops takes its clients with it (QEMU sends no disconnects then): the display
+  // table forgets them on the lifecycle event.
+  hosts->inject_display_event(h, display_event(vm, "connect", 40010));
+  hosts->inject_display_event(h, display_event(vm, "initialize", 40010));
+  poll(b, "/v1/sessions/" + sid, [](const json& j) { return j["state"] == "connected"; });
+  std::string name = vm["name"];
+  REQUIRE(hosts->with_connection(h, [&](atrium::adapters::HypervisorConnection& c) { return c.destroy(name); }).ok());
+  bool cleared = false;
+  for (int i = 0; i < 200 && !cleared; ++i) {
+    auto w = hosts->display_wave(vm["id"]);
+    cleared = w && w->initialized == 0;
+    if (!cleared) std::this_thread::sleep_for(20ms);
+  }
+  CHECK(cleared);
+  poll(b, "/v1/sessions/" + sid, [](const json& j) { return j["state"] != "connected"; });
 }
 
 TEST_CASE("9.2: the next user never gets a VM still shutting down or with the last viewer on it") {

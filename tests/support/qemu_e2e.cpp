@@ -1,5 +1,7 @@
 #include "support/qemu_e2e.h"
 
+#include "api/daemon.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -517,6 +519,26 @@ std::string event_log(TestBroker& b, std::size_t max) {
     out += lines[i] + "\n";
   }
   return out;
+}
+
+void fast_qemu_broker(api::DaemonConfig& cfg) {
+  using namespace std::chrono_literals;
+  cfg.hosts.resync_interval = 1s;
+  cfg.hosts.poll_interval = 20ms;
+  cfg.hosts.shutdown_timeout = 3s;
+  cfg.hosts.connect_timeout = 30s;
+  cfg.pools.interval = 100ms;
+  cfg.pools.spice_listen = "127.0.0.1";
+}
+
+nlohmann::json add_qemu_host(TestBroker& b, int first, int last, const nlohmann::json& extra) {
+  nlohmann::json body{{"name", "local-qemu"}, {"uri", "qemu:///system"},
+                      {"display_ports", {{"first", first}, {"last", last}}}};
+  for (auto& [k, v] : extra.items()) body[k] = v;
+  auto add = b.call("POST", "/v1/hosts", body);
+  REQUIRE_MESSAGE(add.status == 202, add.body);
+  std::string host_id = add.json()["host_id"];
+  return poll(b, "/v1/hosts/" + host_id, [](const nlohmann::json& j) { return j["state"] == "up"; });
 }
 
 }  // namespace atrium::testing

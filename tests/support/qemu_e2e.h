@@ -26,6 +26,10 @@
 #include "adapters/libvirt_hypervisor.h"
 #include "support/test_support.h"
 
+namespace atrium::api {
+struct DaemonConfig;
+}
+
 namespace atrium::testing {
 
 // ---- connection ---------------------------------------------------------------------------
@@ -168,6 +172,15 @@ SpiceLink spice_link(int port, const std::optional<std::string>& ticket = std::n
 void check_spice_ticket(int port, const std::string& ticket, const std::string& wrong);
 
 // ---- broker -------------------------------------------------------------------------------
+
+// Broker settings for the QEMU end-to-end tests: second-scale reconciler and pool-worker passes,
+// a 3 s shutdown timeout (diskless guests ignore ACPI), SPICE on 127.0.0.1.
+void fast_qemu_broker(api::DaemonConfig& cfg);
+
+// Adds qemu:///system through the API with display ports first..last (each test file has its
+// own range, so that ctest can run them at once) and `extra` fields (e.g. spice_tls), waits until
+// it is up; the host as the API shows it.
+nlohmann::json add_qemu_host(TestBroker& b, int first, int last, const nlohmann::json& extra = nlohmann::json::object());
 
 // The broker's event log, one line per event (the last `max` of them), for failure reports.
 std::string event_log(TestBroker& b, std::size_t max = 120);

@@ -1,6 +1,14 @@
 #include "support/test_support.h"
 
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <stdexcept>
 #include <system_error>
 
@@ -18,6 +26,47 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
+TmpfsMount::TmpfsMount(const std::string& size) {
+  const std::string opts = "size=" + size + ",mode=0700";
+  if (::mount("tmpfs", dir_.str().c_str(), "tmpfs", 0, opts.c_str()) == 0) {
+    mounted_ = true;
+  } else {
+    why_ = std::string("cannot mount a tmpfs (") + std::strerror(errno) + "; needs root)";
+  }
+}
+
+TmpfsMount::~TmpfsMount() {
+  if (mounted_) ::umount2(dir_.str().c_str(), MNT_DETACH);
+}
+
+size_t fill_until_full(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return 0;
+  std::string zeros(64 * 1024, '\0');
+  size_t total = 0;
+  for (size_t chunk = zeros.size(); chunk > 0;) {
+    ssize_t n = ::write(fd, zeros.data(), chunk);
+    if (n > 0) {
+      total += static_cast<size_t>(n);
+    } else {
+      chunk /= 2;  // the last pages: smaller writes until not even one byte fits
+    }
+  }
+  ::close(fd);
+  return total;
+}
+
+std::map<std::string, std::string> file_contents(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    out[e.path().string()] =
+        std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  return out;
+}
+
 }  // namespace atrium::testing
 
 #include <arpa/inet.h>
@@ -26,6 +75,7 @@ TempDir::~TempDir() {
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "api/daemon.h"
@@ -133,6 +183,66 @@ std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms) {
   if (send_all(fd, bytes)) out = read_response(fd, timeout_ms);
   ::close(fd);
   return out;
+}
+
+RawConnection::RawConnection(uint16_t port) : fd_(connect_loopback(port)) {}
+
+RawConnection::~RawConnection() {
+  close();
+}
+
+void RawConnection::close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+bool RawConnection::send(const std::string& bytes) {
+  return fd_ >= 0 && send_all(fd_, bytes);
+}
+
+HttpReply RawConnection::read_reply(int timeout_ms) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  char tmp[65536];
+  for (;;) {
+    auto hend = buf_.find("\r\n\r\n");
+    if (hend != std::string::npos) {
+      std::string head = buf_.substr(0, hend);
+      for (auto& c : head) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      size_t len = 0;
+      auto cl = head.find("content-length:");
+      if (cl != std::string::npos) len = std::strtoul(head.c_str() + cl + 15, nullptr, 10);
+      if (buf_.size() >= hend + 4 + len) {
+        HttpReply r = parse_reply(buf_.substr(0, hend + 4 + len));
+        buf_.erase(0, hend + 4 + len);
+        return r;
+      }
+    }
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    end - std::chrono::steady_clock::now())
+                                    .count());
+    if (fd_ < 0 || left <= 0) return {};
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, left) <= 0) return {};
+    ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (n <= 0) return {};
+    buf_.append(tmp, static_cast<size_t>(n));
+  }
+}
+
+bool RawConnection::closed_within(int timeout_ms) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  char tmp[65536];
+  while (fd_ >= 0) {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    end - std::chrono::steady_clock::now())
+                                    .count());
+    if (left <= 0) return false;
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, left) <= 0) return false;
+    ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (n <= 0) return true;
+  }
+  return true;
 }
 
 TestBroker::TestBroker(const std::string& data_dir) {

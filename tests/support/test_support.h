@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 
 namespace atrium::testing {
@@ -20,6 +21,30 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// A small tmpfs mounted on a fresh directory, unmounted (lazily) when the object dies.
+// Mounting needs root (CAP_SYS_ADMIN): check ok() and skip with why() otherwise.
+class TmpfsMount {
+ public:
+  explicit TmpfsMount(const std::string& size = "8m");
+  ~TmpfsMount();
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  std::string str() const { return dir_.str(); }
+
+ private:
+  TempDir dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
+// Writes zeros to `path` until the file system is full (ENOSPC); returns the bytes written.
+size_t fill_until_full(const std::string& path);
+
+// Every regular file under `dir` with its bytes (for "nothing changed" checks).
+std::map<std::string, std::string> file_contents(const std::string& dir);
 
 }  // namespace atrium::testing
 
@@ -64,6 +89,28 @@ bool send_all(int fd, const std::string& s);
 
 // Sends raw bytes and returns whatever the server answered (for malformed-request tests).
 std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms = 10000);
+
+// One client connection kept open across requests (keep-alive, pipelining, attack tests).
+class RawConnection {
+ public:
+  explicit RawConnection(uint16_t port);  // to 127.0.0.1:port; ok() is false when it failed
+  ~RawConnection();
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+  bool ok() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  bool send(const std::string& bytes);
+  // Reads one response (its head and a Content-Length body); status 0 on EOF or timeout.
+  HttpReply read_reply(int timeout_ms = 5000);
+  // True when the server closed the connection (EOF or reset) within timeout_ms, once any
+  // answer still buffered is read.
+  bool closed_within(int timeout_ms);
+  void close();
+
+ private:
+  int fd_ = -1;
+  std::string buf_;
+};
 
 // The real broker (store, pipeline, API, Pistache) in this process on 127.0.0.1:<any port>,
 // with a known admin token.
