@@ -247,6 +247,45 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "11: once the VM agent has spoken, the session follows it, not the display or the client") {
+  Given g = base("floating", 2);
+  std::string vm = provision(g, "p", "running");
+  g.ok(RequestVmPower{vm, "op-start", "start", std::nullopt});
+  g.ok(token_cmd("t1", "tok", "", "", vm));
+  g.ok(enroll_cmd("a1", "tok", "cred", "m1"));
+  g.ok(RegisterAgent{"a1"});
+  g.ok(LaunchDesktop{"s1", "alice", "p"});
+  g.ok(RecordSessionTicket{"s1", g.ctx.now_ms + 120000, true, ""});
+  uint64_t epoch = g.s.hosts.host(g.s.hosts.vm(vm)->host_id)->epoch;
+  // Before the agent says anything the display is in charge.
+  CHECK(types(g.ok(RecordDisplayClients{vm, epoch, true, "192.0.2.7"})) ==
+        V{"DesktopSessionConnected"});
+  // The user logs in inside the desktop: the agent's view, no change of state.
+  CHECK(types(g.ok(RecordAgentSessions{"a1", {{"alice", "active"}}})) ==
+        V{"DesktopSessionAgentSeen"});
+  // The viewer closes but the user is still logged in: the agent says connected.
+  CHECK(g.ok(RecordDisplayClients{vm, epoch, false, ""}).empty());
+  CHECK(g.ok(ReportSession{"s1", "disconnected"}).empty());
+  CHECK(g.s.pools.session("s1")->state == "connected");
+  // The user logs out: disconnected, and neither a display nor a client flips it back.
+  CHECK(types(g.ok(RecordAgentSessions{"a1", {}})) == V{"DesktopSessionDisconnected"});
+  CHECK(g.ok(RecordDisplayClients{vm, epoch, true, "192.0.2.7"}).empty());
+  CHECK(g.ok(ReportSession{"s1", "connected"}).empty());
+  CHECK(g.s.pools.session("s1")->state == "disconnected");
+  CHECK(types(g.ok(RecordAgentSessions{"a1", {{"alice", "active"}}})) ==
+        V{"DesktopSessionConnected"});
+  // A display-signalled session whose agent went silent is deactivated (agent_silent), not
+  // left to a display that may be gone with the VM's network.
+  g.ok(UnregisterAgent{"a1", "missed_heartbeats", 0, 0});
+  auto acts = power_actions(g.s, g.ctx.now_ms + 60'000, 90'000);
+  REQUIRE(acts.size() == 1);
+  CHECK(acts[0].reason == "agent_silent");
+  // Unregistered, the agent is no longer in charge: the display speaks again.
+  CHECK(types(g.ok(RecordDisplayClients{vm, epoch, false, ""})) == V{"DesktopSessionDisconnected"});
+  g.check_replay();
+}
+
+TEST_CASE(
     "11: client reports are liveness: the monitor reads them from memory, and a restart waits") {
   Given g = base("floating", 2);
   std::string vm = provision(g, "p", "running");
