@@ -361,3 +361,41 @@ TEST_CASE("11: placement skips a server whose agent is not hard-registered (agen
   }
   CHECK_MESSAGE(excluded, why.dump());
 }
+
+TEST_CASE("11: a 10-minute simulated fleet leaves no heartbeat or load event in the log") {
+  TestBroker b;
+  std::vector<atrium::testing::EnrolledAgent> fleet;
+  for (int i = 0; i < 10; ++i) {
+    std::string s = server(b, "fleet-" + std::to_string(i), "10.0.12." + std::to_string(i + 1));
+    fleet.push_back(enroll_agent(b, {{"server_id", s}}, "fleet-m" + std::to_string(i)));
+  }
+  for (int i = 0; i < 10; ++i) {  // soft ones too: VM agents on no VM yet
+    fleet.push_back(enroll_agent(b, {{"kind", "vm"}}, "fleet-vm" + std::to_string(i)));
+  }
+  for (auto& a : fleet) REQUIRE(agent_call(b, a, "register").status == 200);
+  uint64_t steady = last_position(b);
+  for (int t = 0; t < 20; ++t) {  // 20 x 30 s
+    b.advance_clock_ms(30'000);
+    for (auto& a : fleet) {
+      auto r = agent_call(b, a, "heartbeat", beat(0.01 * t, 0.3));
+      REQUIRE_MESSAGE(r.status == 200, r.body);
+    }
+    b.daemon().agent_monitor()->run_once();
+  }
+  CHECK(last_position(b) == steady);
+  // Replay the whole log: nothing of liveness in it.
+  std::map<std::string, int> types;
+  auto n = b.daemon().store().scan(0, 0, [&](const atrium::eventstore::RecordedEvent& e) {
+    types[e.type]++;
+    return true;
+  });
+  REQUIRE(n.ok());
+  for (const auto& [type, count] : types) {
+    CHECK_MESSAGE(type.find("Heartbeat") == std::string::npos, type);
+    CHECK_MESSAGE(type.find("LoadReported") == std::string::npos, type);
+  }
+  CHECK(types["AgentRegistered"] == 20);
+  b.restart();
+  CHECK(registration(b, fleet[0].id) == "hard");
+  CHECK(registration(b, fleet[10].id) == "soft");
+}
