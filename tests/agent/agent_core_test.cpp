@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "agent/core.h"
 #include "support/test_support.h"
@@ -159,6 +160,19 @@ TEST_CASE("11: desktop-entry discovery on fixture dirs: XDG order, ids, the firs
   for (const auto& a : apps) got.push_back(a.id + "=" + a.name);
   CHECK(got == std::vector<std::string>{"calc.desktop=Calc", "editor.desktop=My Editor",
                                         "kde-konsole.desktop=Konsole"});
+}
+
+TEST_CASE("11: the shipped example configuration parses into a configuration") {
+  std::ifstream in(std::string(ATRIUM_SOURCE_DIR) + "/agent/atrium-agent.conf.example");
+  REQUIRE(in);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto f = parse_config_file(text.str());
+  REQUIRE(std::holds_alternative<std::map<std::string, std::string>>(f));
+  auto c = make_config(std::get<0>(f), {});
+  REQUIRE(std::holds_alternative<Config>(c));
+  CHECK(std::get<Config>(c).brokers.size() == 2);
+  CHECK(std::get<Config>(c).state_dir == "/var/lib/atrium-agent");
 }
 
 TEST_CASE("11: load figures from /proc text") {
