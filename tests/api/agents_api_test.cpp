@@ -12,6 +12,7 @@
 
 #include "api/daemon.h"
 #include "support/agents.h"
+#include "support/pool_fixture.h"
 #include "support/test_support.h"
 
 using atrium::testing::agent_call;
@@ -398,4 +399,74 @@ TEST_CASE("11: a 10-minute simulated fleet leaves no heartbeat or load event in 
   b.restart();
   CHECK(registration(b, fleet[0].id) == "hard");
   CHECK(registration(b, fleet[10].id) == "soft");
+}
+
+namespace {
+
+atrium::adapters::DisplayClientEvent display(const json& vm, const std::string& phase, int port) {
+  atrium::adapters::DisplayClientEvent ev;
+  ev.name = vm["name"];
+  ev.uuid = vm["uuid"];
+  ev.phase = phase;
+  ev.family = "ipv4";
+  ev.remote_address = "192.0.2.45";
+  ev.remote_service = std::to_string(port);
+  ev.auth_scheme = "spice";
+  return ev;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "11: a golden-image agent binds to its VM by UUID, gets the pool's policy, and its "
+    "user's login drives the desktop session over the display") {
+  using namespace std::chrono_literals;
+  TestBroker b(atrium::testing::fast_workers);
+  std::string h = atrium::testing::add_fixture_host(b);
+  std::string p = atrium::testing::make_test_pool(
+      b, h,
+      {{"min_ready", 1},
+       {"max_size", 2},
+       {"policy", {{"clipboard", false}, {"idle_timeout_s", 600}}}});
+  auto [uid, tok] = b.user("vera");
+  REQUIRE(b.call("POST", "/v1/pools/" + p + "/entitlements", {{"user_id", uid}}).status == 201);
+  atrium::testing::poll(b, "/v1/pools/" + p, [](const json& j) { return j["size"]["ready"] == 1; });
+  auto l = b.call("POST", "/v1/launches", {{"pool_id", p}}, tok);
+  REQUIRE_MESSAGE(l.status == 201, l.body);
+  std::string sid = l.json()["session_id"];
+  json vm = b.call("GET", "/v1/vms/" + l.json()["vm_id"].get<std::string>()).json();
+  // The clone enrolls with a pool token and its SMBIOS UUID: bound to its VM, hard, policy.
+  auto a = enroll_agent(b, {{"pool_id", p}, {"uses", 10}}, vm["uuid"]);
+  CHECK(a.enrolled["vm_id"] == vm["id"]);
+  auto r = agent_call(b, a, "register");
+  REQUIRE_MESSAGE(r.status == 200, r.body);
+  CHECK(r.json()["registration"] == "hard");
+  CHECK(r.json()["config"]["pool_id"] == p);
+  CHECK(r.json()["config"]["policy"]["clipboard"] == false);
+  CHECK(r.json()["config"]["policy"]["idle_timeout_s"] == 600);
+  // The viewer connects: the display says connected (the agent has not spoken yet).
+  auto* hosts = b.daemon().host_manager();
+  hosts->inject_display_event(h, display(vm, "connect", 41000));
+  hosts->inject_display_event(h, display(vm, "initialize", 41000));
+  atrium::testing::poll(b, "/v1/sessions/" + sid,
+                        [](const json& j) { return j["state"] == "connected"; });
+  // Vera logs in inside the desktop: the agent speaks.
+  auto hb = agent_call(b, a, "heartbeat",
+                       {{"cpu_load", 0.1},
+                        {"memory_load", 0.2},
+                        {"sessions", {{{"user", "vera"}, {"state", "active"}}}}});
+  REQUIRE_MESSAGE(hb.status == 200, hb.body);
+  CHECK(b.call("GET", "/v1/sessions/" + sid).json()["agent_signal"] == true);
+  // The viewer closes, vera stays logged in: still connected.
+  hosts->inject_display_event(h, display(vm, "disconnect", 41000));
+  std::this_thread::sleep_for(300ms);
+  CHECK(b.call("GET", "/v1/sessions/" + sid).json()["state"] == "connected");
+  // She logs out: disconnected by the agent.
+  b.advance_clock_ms(8'000);
+  hb = agent_call(b, a, "heartbeat",
+                  {{"cpu_load", 0.1}, {"memory_load", 0.2}, {"sessions", json::array()}});
+  REQUIRE_MESSAGE(hb.status == 200, hb.body);
+  auto hist = b.call("GET", "/v1/streams/desktop-session-" + sid).json()["items"];
+  CHECK(hist.back()["type"] == "DesktopSessionDisconnected");
+  CHECK(hist.back()["data"]["reason"] == "agent_logged_out");
 }
