@@ -5,7 +5,8 @@
 //
 // Agent endpoints (Access::Agent) authenticate the agent credential here: every rejection is a
 // 4xx problem+json with Retry-After, counted in atrium_agent_rejections_total{reason} and
-// logged at most once per agent (or unknown credential), reason and heartbeat interval.
+// logged at most once per agent (callers that are no agent: once in all), reason and
+// heartbeat interval.
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -75,11 +76,16 @@ class AgentEndpoints {
 
   int64_t interval_ms() const { return api_.config().agent_heartbeat_ms; }
 
-  // A 4xx answer with Retry-After, counted, logged at most once per key and interval.
+  // A 4xx answer with Retry-After, counted, logged at most once per key (`who`, reason) and
+  // interval. `who` names a known agent, or a fixed bucket when the caller is not one (the
+  // path's id, a credential or a hostname are the caller's to vary: keyed by them, a flood of
+  // made-up ones would be one log line per request); `note` (the log line only) names the
+  // first of such a bucket.
   HttpResponse reject(const std::string& who, Code code, const std::string& reason,
-                      const std::string& detail, int64_t retry_after_ms) {
+                      const std::string& detail, int64_t retry_after_ms,
+                      const std::string& note = "") {
     rejections_->Add({{"reason", reason}}).Increment();
-    log_rejection(who, reason, detail);
+    log_rejection(who, reason, note.empty() ? detail : detail + " (" + note + ")");
     HttpResponse r = code == Code::too_many_requests
                          ? too_many_requests(detail, reason, retry_after_ms)
                          : problem(Error::make(code, detail, reason));
@@ -108,8 +114,9 @@ class AgentEndpoints {
       tok = std::string_view(*h).substr(7);
     }
     if (tok.empty()) {
-      return reject("unknown:" + id, Code::unauthenticated, "credential_missing",
-                    "agent endpoints need 'Authorization: Bearer <agent credential>'", 60'000);
+      return reject("(no credential)", Code::unauthenticated, "credential_missing",
+                    "agent endpoints need 'Authorization: Bearer <agent credential>'", 60'000,
+                    "on agent " + id);
     }
     std::string hash = sha256_hex(tok);
     auto found = api_.views().read([&](const State& s) -> std::optional<Who> {
@@ -118,9 +125,9 @@ class AgentEndpoints {
       return Who{*a, domain::effective_registration(s, *a)};
     });
     if (!found) {
-      return reject("unknown:" + hash.substr(0, 12), Code::unauthenticated, "agent_unknown",
+      return reject("(unknown credential)", Code::unauthenticated, "agent_unknown",
                     "no agent has this credential (unknown, or replaced by a re-enrollment)",
-                    300'000);
+                    300'000, "on agent " + id + ", credential hash " + hash.substr(0, 12));
     }
     if (found->agent.id != id) {
       return reject(found->agent.id, Code::permission_denied, "agent_mismatch",
@@ -389,9 +396,9 @@ void register_agent_side(Api& api, std::shared_ptr<AgentEndpoints> ep) {
     });
     HttpResponse resp = api.run(req, std::move(c));
     if (resp.status == 401) {
-      return ep->reject("enroll:" + *hostname, Code::unauthenticated, "enrollment_token_invalid",
+      return ep->reject("(enrollment)", Code::unauthenticated, "enrollment_token_invalid",
                         Json::parse(resp.body, nullptr, false).value("detail", "invalid token"),
-                        60'000);
+                        60'000, "hostname " + *hostname);
     }
     if (resp.status == 201) resp.with_header("Cache-Control", "no-store");
     return resp;

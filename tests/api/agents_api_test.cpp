@@ -470,3 +470,40 @@ TEST_CASE(
   CHECK(hist.back()["type"] == "DesktopSessionDisconnected");
   CHECK(hist.back()["data"]["reason"] == "agent_logged_out");
 }
+
+TEST_CASE(
+    "11: a flood of made-up credentials, agent ids and hostnames logs one line per reason and "
+    "interval") {
+  TestBroker b;
+  std::string log;
+  {
+    StderrCapture cap;
+    for (int i = 0; i < 30; ++i) {
+      std::string id = "made-up-" + std::to_string(i);
+      rejected(b.call("POST", "/v1/agents/" + id + "/heartbeat", beat(),
+                      "atr_bogus_credential_" + std::to_string(i) + "_0123456789abcdef"),
+               401, "agent_unknown");
+      rejected(b.call("POST", "/v1/agents/" + id + "/register", json::object(), ""), 401,
+               "credential_missing");
+      rejected(b.call("POST", "/v1/agents/enroll",
+                      {{"token", "atr_no_such_token_" + std::to_string(i)},
+                       {"hostname", "host-" + std::to_string(i)},
+                       {"machine_id", id}},
+                      ""),
+               401, "enrollment_token_invalid");
+    }
+    log = cap.text();
+  }
+  CHECK_MESSAGE(count(log, "refused (agent_unknown)") == 1, log);
+  CHECK_MESSAGE(count(log, "refused (credential_missing)") == 1, log);
+  CHECK_MESSAGE(count(log, "refused (enrollment_token_invalid)") == 1, log);
+  CHECK(metric(b, "atrium_agent_rejections_total{reason=\"agent_unknown\"}") == 30);
+  // The next interval logs again, with the number suppressed meanwhile.
+  b.advance_clock_ms(31'000);
+  {
+    StderrCapture cap;
+    b.call("POST", "/v1/agents/x/heartbeat", beat(), "atr_bogus_credential_again_0123456789");
+    log = cap.text();
+  }
+  CHECK_MESSAGE(log.find("29 more since the last line") != std::string::npos, log);
+}
