@@ -18,6 +18,7 @@
 #include "api/daemon.h"
 #include "support/agents.h"
 #include "support/child_daemon.h"
+#include "support/stderr_capture.h"
 #include "support/test_support.h"
 
 using atrium::testing::http;
@@ -263,7 +264,8 @@ TEST_CASE("10.10: a token of a disabled user stays invalid once the user is enab
 
 // ==== 10.12: agents act only for their own server; no reports from the future =================
 
-TEST_CASE("10.12: an agent reports only for its own server (enrolled agents replace agent_server_id)") {
+TEST_CASE(
+    "10.12: an agent reports only for its own server (enrolled agents replace agent_server_id)") {
   TestBroker b;
   std::string s1 = make_server(b, "srv-one");
   std::string s2 = make_server(b, "srv-two");
@@ -274,8 +276,8 @@ TEST_CASE("10.12: an agent reports only for its own server (enrolled agents repl
   REQUIRE_MESSAGE(hb.status == 200, hb.body);
   CHECK(b.call("GET", "/v1/servers/" + s1).json()["load"]["cpu_load"] == 0.3);
   // Another agent's endpoints: refused, with Retry-After.
-  auto other = b.call("POST", "/v1/agents/" + a2.id + "/heartbeat", atrium::testing::beat(),
-                      a1.credential);
+  auto other =
+      b.call("POST", "/v1/agents/" + a2.id + "/heartbeat", atrium::testing::beat(), a1.credential);
   CHECK(other.status == 403);
   CHECK(reason(other) == "agent_mismatch");
   CHECK(!other.header("retry-after").empty());
@@ -965,4 +967,55 @@ TEST_CASE("10.3: framing that could smuggle a request is refused") {
   RawConnection brew(b.port());
   REQUIRE(brew.send("BREW /healthz HTTP/1.1\r\n\r\n"));
   CHECK(brew.read_reply(2000).status == 501);
+}
+
+// ==== 11: agent endpoints: rejections of callers that are no agent =========================
+
+namespace {
+
+// A rejected agent request: the status, the reason, and a Retry-After of whole seconds.
+void agent_rejected(const HttpReply& r, int status, const std::string& reason) {
+  CHECK_MESSAGE(r.status == status, r.body);
+  CHECK(r.json()["reason"] == reason);
+  CHECK_FALSE(r.header("retry-after").empty());
+}
+
+}  // namespace
+
+TEST_CASE(
+    "11: a flood of made-up credentials, agent ids and hostnames logs one line per reason and "
+    "interval") {
+  TestBroker b;
+  std::string log;
+  {
+    atrium::testing::StderrCapture cap;
+    for (int i = 0; i < 30; ++i) {
+      std::string id = "made-up-" + std::to_string(i);
+      agent_rejected(b.call("POST", "/v1/agents/" + id + "/heartbeat", atrium::testing::beat(),
+                            "atr_bogus_credential_" + std::to_string(i) + "_0123456789abcdef"),
+                     401, "agent_unknown");
+      agent_rejected(b.call("POST", "/v1/agents/" + id + "/register", json::object(), ""), 401,
+                     "credential_missing");
+      agent_rejected(b.call("POST", "/v1/agents/enroll",
+                            {{"token", "atr_no_such_token_" + std::to_string(i)},
+                             {"hostname", "host-" + std::to_string(i)},
+                             {"machine_id", id}},
+                            ""),
+                     401, "enrollment_token_invalid");
+    }
+    log = cap.text();
+  }
+  CHECK_MESSAGE(atrium::testing::occurrences(log, "refused (agent_unknown)") == 1, log);
+  CHECK_MESSAGE(atrium::testing::occurrences(log, "refused (credential_missing)") == 1, log);
+  CHECK_MESSAGE(atrium::testing::occurrences(log, "refused (enrollment_token_invalid)") == 1, log);
+  CHECK(metric(b, "atrium_agent_rejections_total{reason=\"agent_unknown\"}") == 30);
+  // The next interval logs again, with the number suppressed meanwhile.
+  b.advance_clock_ms(31'000);
+  {
+    atrium::testing::StderrCapture cap;
+    b.call("POST", "/v1/agents/x/heartbeat", atrium::testing::beat(),
+           "atr_bogus_credential_again_0123456789");
+    log = cap.text();
+  }
+  CHECK_MESSAGE(log.find("29 more since the last line") != std::string::npos, log);
 }
