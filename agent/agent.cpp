@@ -104,8 +104,11 @@ struct Agent::Impl {
         chooser(cfg.brokers, [this] { return rng(); }),
         http(cfg.request_timeout_ms, cfg.ca_file) {}
 
-  // Waits up to ms; false when told to stop. Desktop-entry changes mark the apps dirty.
-  bool sleep(int64_t ms) {
+  // Waits up to ms; false when told to stop. Desktop-entry changes mark the apps dirty; with
+  // `report`, a registered server agent sends its inventory right away (after 200 ms, so that
+  // a package installing many entries is one report) and keeps waiting: the heartbeat stays
+  // on its interval (an early one would be refused as heartbeat_too_early).
+  bool sleep(int64_t ms, bool report = false) {
     int64_t until = now_ms() + ms;
     for (;;) {
       int64_t left = until - now_ms();
@@ -119,7 +122,13 @@ struct Agent::Impl {
         while (::read(inotify_fd, buf, sizeof buf) > 0) {
         }
         apps_dirty = true;
-        if (kind == "server" && !registration.empty()) return true;  // report now
+        if (report && kind == "server" && !registration.empty()) {
+          pollfd stop{stop_fd, POLLIN, 0};
+          if (::poll(&stop, 1, 200) > 0) return false;
+          while (::read(inotify_fd, buf, sizeof buf) > 0) {
+          }
+          inventory();
+        }
       }
     }
   }
@@ -383,7 +392,7 @@ struct Agent::Impl {
           return ok ? 0 : 1;
         }
         if (lost) break;  // register again, with another broker if this one is gone
-        if (!sleep(interval_ms)) return 0;
+        if (!sleep(interval_ms, true)) return 0;
       }
       registration.clear();
     }

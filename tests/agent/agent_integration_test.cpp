@@ -408,3 +408,24 @@ TEST_CASE(
   b.until(
       "/v1/servers/" + sid, [](const json& j) { return j["applications"].size() == 1; }, 5s);
 }
+
+TEST_CASE("11: a desktop-entry change is reported at once, without an early heartbeat") {
+  Broker b({"--agent-heartbeat-s=30"});
+  auto s = b.call("POST", "/v1/servers",
+                  {{"name", "app-y"}, {"address", "10.0.0.4"}, {"os_type", "linux"}});
+  std::string sid = s.json()["id"];
+  AgentProc a(b.url(), token_for(b, {{"server_id", sid}}), "m-watch");
+  desktop_entry(a.apps(), "editor.desktop", "Name=Editor\nExec=/usr/bin/editor\n");
+  a.start();
+  b.until("/v1/servers/" + sid, [](const json& j) { return j["applications"].size() == 1; });
+  desktop_entry(a.apps(), "calc.desktop", "Name=Calc\nExec=/usr/bin/calc\n");
+  auto t0 = std::chrono::steady_clock::now();
+  b.until(
+      "/v1/servers/" + sid, [](const json& j) { return j["applications"].size() == 2; }, 5s);
+  MESSAGE(
+      "reported " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
+                  << " s after the change (heartbeat interval 30 s)");
+  auto m = b.call("GET", "/metrics", nullptr, "");
+  CHECK(m.body.find("atrium_agent_rejections_total{reason=\"heartbeat_too_early\"} 0") !=
+        std::string::npos);
+}
