@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -312,14 +313,29 @@ struct Agent::Impl {
     return true;
   }
 
+  // Watches every desktop-entry dir and its subdirectories (discovery is recursive). Called at
+  // each inventory, so a subdirectory created since is watched from then on (adding a watch
+  // twice is harmless: inotify answers the same descriptor). A dir that does not exist yet is
+  // picked up at the next inventory after it appears.
   void watch_apps(const std::vector<std::string>& dirs) {
-    if (inotify_fd >= 0) return;
-    inotify_fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (inotify_fd < 0) inotify_fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (inotify_fd < 0) return;
+    constexpr uint32_t kMask = IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM |
+                               IN_MOVED_TO | IN_ATTRIB;
+    size_t watched = 0;
     for (const auto& d : dirs) {
-      ::inotify_add_watch(inotify_fd, d.c_str(),
-                          IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM |
-                              IN_MOVED_TO | IN_ATTRIB);
+      std::error_code ec;
+      if (!std::filesystem::is_directory(d, ec)) continue;
+      ::inotify_add_watch(inotify_fd, d.c_str(), kMask);
+      for (auto it = std::filesystem::recursive_directory_iterator(
+               d, std::filesystem::directory_options::skip_permission_denied, ec);
+           !ec && it != std::filesystem::recursive_directory_iterator() && watched < 1000;
+           it.increment(ec)) {
+        if (it->is_directory(ec)) {
+          ::inotify_add_watch(inotify_fd, it->path().c_str(), kMask);
+          ++watched;
+        }
+      }
     }
   }
 

@@ -425,6 +425,14 @@ TEST_CASE("11: a desktop-entry change is reported at once, without an early hear
   MESSAGE(
       "reported " << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()
                   << " s after the change (heartbeat interval 30 s)");
+  // In a subdirectory (discovery is recursive, so is the watch), also one made after the start.
+  std::filesystem::create_directories(a.apps() + "/office");
+  b.until(
+      "/v1/servers/" + sid, [](const json& j) { return j["applications"].size() == 2; }, 5s);
+  std::this_thread::sleep_for(500ms);  // the new dir's creation was reported: it is watched
+  desktop_entry(a.apps() + "/office", "writer.desktop", "Name=Writer\nExec=/usr/bin/writer\n");
+  b.until(
+      "/v1/servers/" + sid, [](const json& j) { return j["applications"].size() == 3; }, 5s);
   auto m = b.call("GET", "/metrics", nullptr, "");
   CHECK(m.body.find("atrium_agent_rejections_total{reason=\"heartbeat_too_early\"} 0") !=
         std::string::npos);
