@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "api/daemon.h"
+#include "common/broker_groups.h"
 #include "eventstore/event_store.h"
 
 namespace {
@@ -84,6 +85,13 @@ const std::vector<Flag> kFlags = {
      "server load reports older than N seconds are stale (default 90)"},
     {"load-weights", "ATRIUM_LOAD_WEIGHTS",
      "cpu,memory,sessions weights of a target's load (default 0.3,0.6,0.1)"},
+    {"agent-heartbeat-s", "ATRIUM_AGENT_HEARTBEAT_S",
+     "agents heartbeat every N seconds, 1 to 3600 (default 30)"},
+    {"agent-grace-factor", "ATRIUM_AGENT_GRACE_FACTOR",
+     "an agent silent for heartbeat x N is unregistered, 2 to 100 (default 3)"},
+    {"agent-brokers", "ATRIUM_AGENT_BROKERS",
+     "broker groups given to agents, e.g. \"(http://b1:8080 http://b2:8080)(http://b3:8080)\" "
+     "(default: the address the agent reached)"},
     {"accept-data-loss", "ATRIUM_ACCEPT_DATA_LOSS",
      "yes: start although the WAL is damaged mid-log, dropping what follows (default no)"},
 };
@@ -377,6 +385,21 @@ int main(int argc, char** argv) {
       return std::fprintf(stderr, "atriumd: --load-weights must be cpu,memory,sessions\n"), 2;
     }
     cfg.api.placement.load_weights = {w[0], w[1], w[2]};
+  }
+  if (!count("agent-heartbeat-s", 1, 3600, cfg.api.agent_heartbeat_ms) ||
+      !count("agent-grace-factor", 2, 100, cfg.api.agent_grace_factor)) {
+    return 2;
+  }
+  if (get("agent-heartbeat-s")) cfg.api.agent_heartbeat_ms *= 1000;
+  if (auto v = get("agent-brokers")) {
+    if (!atrium::parse_broker_groups(*v)) {
+      std::fprintf(stderr,
+                   "atriumd: bad --agent-brokers '%s' (groups such as \"(http://b1:8080 "
+                   "http://b2:8080)(http://b3:8080)\")\n",
+                   v->c_str());
+      return 2;
+    }
+    cfg.api.agent_brokers = *v;
   }
   if (auto st = atrium::domain::validate_placement_config(cfg.api.placement); !st.ok()) {
     std::fprintf(stderr, "atriumd: %s\n", st.error().message.c_str());

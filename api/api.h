@@ -18,6 +18,7 @@
 #include "domain/host_uri.h"
 #include "domain/placement.h"
 #include "eventstore/event_store.h"
+#include "pipeline/liveness.h"
 #include "pipeline/metrics.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
@@ -58,6 +59,12 @@ struct ApiConfig {
   // The web portal's files: empty = those embedded at build time, else this directory
   // (--web-dir, for developing the pages without rebuilding).
   std::string web_dir;
+  // Agents (api/routes_agents.cpp): heartbeat interval, grace factor (a miss past interval x
+  // grace unregisters), and the broker groups given to agents ("(a b)(c)"; empty: the address
+  // the agent reached).
+  int64_t agent_heartbeat_ms = 30'000;
+  int64_t agent_grace_factor = 3;
+  std::string agent_brokers;
 };
 
 struct Page {
@@ -108,6 +115,8 @@ class Api {
   pipeline::Pipeline& pipeline() { return pipeline_; }
   pipeline::Metrics& metrics() { return metrics_; }
   int64_t now_ms() const { return clock_(); }
+  // Heartbeats, load figures and client reports: in memory, never in the log.
+  pipeline::Liveness& liveness() { return liveness_; }
 
   // Runs a command through the pipeline with the request's actor, request id and
   // Idempotency-Key, and maps the outcome to a response (JSON body, ETag from `etag_of`).
@@ -158,7 +167,7 @@ class Api {
   Result<Principal> authenticate(const HttpRequest& req) const;
   static std::string stream_class(const Principal& p);
   void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
-              std::chrono::steady_clock::time_point t0);
+              std::chrono::steady_clock::time_point t0, bool quiet = false);
   void record_metrics(const std::string& route, const std::string& method, int status,
                       double secs);
 
@@ -168,6 +177,7 @@ class Api {
   pipeline::Pipeline& pipeline_;
   pipeline::Metrics& metrics_;
   pipeline::Clock clock_;
+  pipeline::Liveness liveness_;
   Router router_;
   AccessLog log_;
 
@@ -184,6 +194,9 @@ class Api {
   std::condition_variable idle_cv_;
 };
 
+// Agents: enrollment tokens, enrollment, registration, heartbeats, inventory, admin views
+// (routes_agents.cpp).
+void register_agent_routes(Api& api);
 // Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
 void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "adapters/agent_monitor.h"
 #include "adapters/host_reconciler.h"
 #include "adapters/pool_worker.h"
 #include "api/api.h"
@@ -41,6 +42,9 @@ struct DaemonConfig {
   // The desktop pool worker (adapters/pool_worker.h): on by default.
   bool pool_worker = true;
   adapters::PoolWorkerOptions pools;
+  // The agent monitor (adapters/agent_monitor.h): on by default; its heartbeat interval and
+  // grace come from api.agent_heartbeat_ms and api.agent_grace_factor.
+  bool agent_monitor = true;
   std::shared_ptr<adapters::Hypervisor> hypervisor;  // null: libvirt
 };
 
@@ -60,6 +64,7 @@ class Daemon {
   pipeline::Pipeline& pipeline() { return *pipeline_; }
   adapters::HostManager* host_manager() { return hosts_.get(); }
   adapters::PoolWorker* pool_worker() { return pools_.get(); }
+  adapters::AgentMonitor* agent_monitor() { return agents_.get(); }
   const std::string& admin_credentials_path() const { return credentials_path_; }
 
   // Graceful stop: refuse new requests, finish in-flight ones (bounded), flush the queue,
@@ -79,6 +84,7 @@ class Daemon {
   std::unique_ptr<BrokerMetrics> broker_metrics_;
   std::unique_ptr<adapters::HostManager> hosts_;
   std::unique_ptr<adapters::PoolWorker> pools_;
+  std::unique_ptr<adapters::AgentMonitor> agents_;
   std::unique_ptr<HttpServer> server_;
   std::string credentials_path_;
   bool stopped_ = false;

@@ -30,5 +30,10 @@ void register_pools(EvolveTable& t);
 void pools_after_evolve(State& s, const Event& e, const Applied& at);
 Json pools_to_json(const PoolsState& s);
 Status pools_from_json(PoolsState& s, const Json& j);
+void register_agents(EvolveTable& t);
+// Agents also fold other modules' events (a deleted server unbinds its agent).
+void agents_after_evolve(State& s, const Event& e);
+Json agents_to_json(const AgentsState& s);
+Status agents_from_json(AgentsState& s, const Json& j);
 
 }  // namespace atrium::domain

@@ -6,6 +6,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "domain/agents.h"
 #include "domain/appcloud.h"
 #include "domain/event.h"
 #include "domain/hosts.h"
@@ -21,6 +22,7 @@ struct State {
   AppCloudState appcloud;
   HostsState hosts;
   PoolsState pools;
+  AgentsState agents;
 
   uint64_t version_of(const std::string& stream) const {
     auto it = stream_versions.find(stream);
