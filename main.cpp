@@ -14,6 +14,7 @@
 
 #include "api/daemon.h"
 #include "eventstore/event_store.h"
+#include "eventstore/shared_log.h"
 
 namespace {
 
@@ -26,6 +27,12 @@ struct Flag {
 const std::vector<Flag> kFlags = {
     {"listen", "ATRIUM_LISTEN", "host:port to listen on (default 127.0.0.1:8080)"},
     {"data-dir", "ATRIUM_DATA_DIR", "data directory (default ./data)"},
+    {"store", "ATRIUM_STORE",
+     "rocksdb (default, in --data-dir) or a PostgreSQL URL postgresql://... shared by brokers"},
+    {"lease-ttl-s", "ATRIUM_LEASE_TTL_S",
+     "leader lease on a PostgreSQL store, renewed every third (default 10)"},
+    {"advertise-url", "ATRIUM_ADVERTISE_URL",
+     "this broker's URL for the other brokers (default http://<listen>)"},
     {"threads", "ATRIUM_THREADS", "HTTP worker threads (default 16)"},
     {"max-body-bytes", "ATRIUM_MAX_BODY_BYTES", "request body limit (default 1048576)"},
     {"token-ttl-s", "ATRIUM_TOKEN_TTL_S",
@@ -91,7 +98,8 @@ void usage() {
   std::fprintf(
       stderr,
       "usage: atriumd [serve] [--flag=value ...]\n"
-      "       atriumd verify [--data-dir=DIR]   walk the log and its hash chain, read-only\n"
+      "       atriumd verify [--data-dir=DIR | --store=postgresql://...]\n"
+      "                                        walk the log and its hash chain, read-only\n"
       "         (exit 0: ok; 1: damaged: broken chain, corruption, WAL damage that\n"
       "          recovery would drop acknowledged events for; 3: could not check)\n\n");
   for (const auto& f : kFlags) std::fprintf(stderr, "  --%-22s %s [%s]\n", f.name, f.help, f.env);
@@ -181,6 +189,31 @@ int verify(const std::string& data_dir) {
 
 }  // namespace
 
+// atriumd verify on a PostgreSQL store: reads only (it never takes the lease).
+int verify_postgres(const std::string& conninfo) {
+  namespace es = atrium::eventstore;
+  auto log = es::open_postgres(conninfo);
+  if (!log.ok()) {
+    std::fprintf(stderr, "atriumd verify: cannot check: %s\n", log.error().message.c_str());
+    return 3;
+  }
+  auto rep = (*log)->verify();
+  if (!rep.ok()) {
+    std::fprintf(stderr, "atriumd verify: %s\n", rep.error().message.c_str());
+    return 3;
+  }
+  if (!rep->ok) {
+    std::printf("DAMAGED at position %llu: %s (%llu events verified before it)\n",
+                static_cast<unsigned long long>(rep->first_bad_position), rep->problem.c_str(),
+                static_cast<unsigned long long>(rep->events_checked));
+    return 1;
+  }
+  std::printf("ok: %llu events, hash chain intact (%s)\n",
+              static_cast<unsigned long long>(rep->events_checked),
+              es::redact_conninfo(conninfo).c_str());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string command = "serve";
   std::map<std::string, std::string> flags;
@@ -225,8 +258,18 @@ int main(int argc, char** argv) {
 
   atrium::api::DaemonConfig cfg;
   if (auto v = get("data-dir")) cfg.data_dir = *v;
+  if (auto v = get("store")) {
+    if (*v != "rocksdb" && !atrium::api::is_postgres_store(*v)) {
+      std::fprintf(stderr,
+                   "atriumd: bad --store: rocksdb or a PostgreSQL URL (postgresql://...)\n");
+      return 2;
+    }
+    cfg.store = *v;
+  }
 
-  if (command == "verify") return verify(cfg.data_dir);
+  if (command == "verify") {
+    return cfg.store == "rocksdb" ? verify(cfg.data_dir) : verify_postgres(cfg.store);
+  }
   if (command != "serve") {
     usage();
     return 2;
@@ -244,6 +287,18 @@ int main(int argc, char** argv) {
     cfg.api.port = static_cast<uint16_t>(port);
   }
   long long n = 0;
+  if (auto v = get("lease-ttl-s")) {
+    if (!to_int(*v, n) || n < 1 || n > 3600) {
+      return std::fprintf(stderr, "atriumd: bad --lease-ttl-s (1 to 3600 seconds)\n"), 2;
+    }
+    cfg.lease_ttl = std::chrono::seconds(n);
+  }
+  if (auto v = get("advertise-url")) {
+    if (v->rfind("http://", 0) != 0 && v->rfind("https://", 0) != 0) {
+      return std::fprintf(stderr, "atriumd: bad --advertise-url (http://... or https://...)\n"), 2;
+    }
+    cfg.advertise_url = *v;
+  }
   if (auto v = get("threads")) {
     if (!to_int(*v, n) || n < 1 || n > 512) return std::fprintf(stderr, "atriumd: bad --threads\n"), 2;
     cfg.api.threads = static_cast<int>(n);
@@ -434,8 +489,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "atriumd: cannot start: %s\n", daemon.error().message.c_str());
     return 1;
   }
+  const std::string where = cfg.store == "rocksdb"
+                                ? cfg.data_dir
+                                : atrium::eventstore::redact_conninfo(cfg.store) + " (shared log)";
   std::fprintf(stderr, "atriumd: listening on %s:%u%s, data in %s\n", cfg.api.host.c_str(),
-               (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", cfg.data_dir.c_str());
+               (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", where.c_str());
   std::fprintf(stderr,
                "atriumd: at most %zu HTTP connections (%zu per address; %llu descriptors)\n",
                (*daemon)->http_server().max_connections(),

@@ -1,0 +1,210 @@
+// Several atriumd on one PostgreSQL log (issue 12): one leads, the others follow and serve
+// reads; SIGKILL of the leader under writes hands the log to a follower within TTL + 2 s
+// with every acknowledged write kept, positions gap-free and the hash chain intact; a leader
+// paused past its lease (SIGSTOP) that wakes up (SIGCONT) appends nothing and steps down.
+// Real processes on a real PostgreSQL the test starts (tools/pg_test.sh).
+#include <doctest/doctest.h>
+
+#include "support/child_daemon.h"
+#include "support/pg_server.h"
+
+using namespace std::chrono_literals;
+using namespace atrium::testing::child;
+using atrium::testing::PgServer;
+using atrium::testing::shared_pg;
+using atrium::testing::TempDir;
+
+namespace {
+
+std::string fresh_database(PgServer& pg) {
+  static int n = 0;
+  const std::string db = "ha" + std::to_string(::getpid()) + "_" + std::to_string(++n);
+  REQUIRE(pg.psql("CREATE DATABASE " + db) == 0);
+  return "postgresql://postgres@127.0.0.1:" + std::to_string(pg.port()) + "/" + db;
+}
+
+struct Broker {
+  TempDir dir;
+  Child c;
+  std::string log;
+};
+
+// Writers that create users through whichever broker answers: on a 503 or no answer they
+// move to the next broker. Names acknowledged with a 201 go to `acked`.
+struct ClusterWriters {
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::set<std::string> acked;
+  std::vector<std::thread> threads;
+  std::atomic<int64_t> last_ok_ms{0};
+
+  void start(std::vector<uint16_t> ports, int n) {
+    for (int t = 0; t < n; ++t) {
+      threads.emplace_back([this, ports, t] {
+        size_t at = static_cast<size_t>(t) % ports.size();
+        for (int i = 0; !stop; ++i) {
+          const std::string name = "w" + std::to_string(t) + "-" + std::to_string(i);
+          auto r =
+              http(ports[at], "POST", "/v1/users", "{\"name\":\"" + name + "\"}", auth(), 3000);
+          if (r.status == 201) {
+            std::lock_guard l(mu);
+            acked.insert(name);
+            last_ok_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+          } else {
+            at = (at + 1) % ports.size();
+            std::this_thread::sleep_for(5ms);
+          }
+        }
+      });
+    }
+  }
+  void join() {
+    stop = true;
+    for (auto& t : threads) t.join();
+    threads.clear();
+  }
+  ~ClusterWriters() { join(); }
+};
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// The broker that takes a write now (index), or -1.
+int leader_of(const std::vector<Broker*>& bs) {
+  for (size_t i = 0; i < bs.size(); ++i) {
+    if (bs[i]->c.pid < 0) continue;
+    auto r = http(bs[i]->c.port, "POST", "/v1/users",
+                  "{\"name\":\"probe-" + std::to_string(now_ms()) + "-" + std::to_string(i) + "\"}",
+                  auth(), 3000);
+    if (r.status == 201) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+std::set<std::string> user_names(uint16_t port) {
+  std::set<std::string> out;
+  std::string cursor;
+  for (;;) {
+    auto r = http(port, "GET", "/v1/users?limit=1000" + (cursor.empty() ? "" : "&cursor=" + cursor),
+                  "", auth());
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    auto j = r.json();
+    for (auto& u : j["items"]) out.insert(u["name"].get<std::string>());
+    if (j["next_cursor"].is_null()) break;
+    cursor = j["next_cursor"];
+  }
+  return out;
+}
+
+void check_log(uint16_t port, const std::set<std::string>& acked, const std::string& store) {
+  // Caught up (readyz), then every acknowledged write is there.
+  REQUIRE(eventually([&] { return http(port, "GET", "/readyz").status == 200; }, 10s));
+  auto names = user_names(port);
+  size_t missing = 0;
+  for (const auto& a : acked) missing += names.count(a) == 0 ? 1 : 0;
+  CHECK_MESSAGE(missing == 0, missing << " of " << acked.size() << " acknowledged writes missing");
+  auto events = events_after(port, 0);
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i]["position"].get<uint64_t>() != i + 1) {
+      FAIL_CHECK("position gap at " << i + 1);
+      break;
+    }
+  }
+  TempDir out;
+  auto v = run("verify --store=" + store, out.str() + "/verify.out");
+  CHECK_MESSAGE(v.rc == 0, v.out);
+}
+
+}  // namespace
+
+TEST_CASE("12: three brokers on one PostgreSQL log: kill the leader under writes, then pause one") {
+  PgServer* pg = shared_pg();
+  if (pg == nullptr) return;
+  const std::string store = fresh_database(*pg);
+  const int ttl_s = 2;
+  std::vector<std::string> flags = kQuiet;
+  flags.push_back("--store=" + store);
+  flags.push_back("--lease-ttl-s=" + std::to_string(ttl_s));
+  Broker b0, b1, b2;
+  std::vector<Broker*> bs = {&b0, &b1, &b2};
+  for (auto* b : bs) {
+    b->log = b->dir.str() + "/stderr";
+    b->c = spawn_with(b->dir.str(), {flags, b->log, true, -1});
+  }
+  auto kill_all = [&] {
+    for (auto* b : bs) {
+      if (b->c.pid > 0) {
+        ::kill(b->c.pid, SIGCONT);
+        ::kill(b->c.pid, SIGKILL);
+        wait_exit(b->c.pid);
+        b->c.pid = -1;
+      }
+    }
+  };
+  struct Guard {
+    std::function<void()> f;
+    ~Guard() { f(); }
+  } guard{kill_all};
+
+  // One leader; a write through it is read on every broker (once it applied it).
+  int leader = leader_of(bs);
+  REQUIRE(leader >= 0);
+  auto w = http(bs[leader]->c.port, "POST", "/v1/users", R"({"name":"first"})", auth());
+  REQUIRE(w.status == 201);
+  for (auto* b : bs) {
+    CHECK(eventually([&] { return user_names(b->c.port).count("first") == 1; }, 5s));
+  }
+  // A follower refuses writes with 503 and Retry-After; reads keep working.
+  const int follower = (leader + 1) % 3;
+  auto refused = http(bs[follower]->c.port, "POST", "/v1/users", R"({"name":"nope"})", auth());
+  CHECK(refused.status == 503);
+  CHECK(refused.json()["reason"] == "not_leader");
+  CHECK_FALSE(refused.header("retry-after").empty());
+
+  // SIGKILL the leader under concurrent writes.
+  ClusterWriters writers;
+  writers.start({b0.c.port, b1.c.port, b2.c.port}, 6);
+  std::this_thread::sleep_for(1500ms);
+  const int64_t killed_at = now_ms();
+  ::kill(bs[leader]->c.pid, SIGKILL);
+  wait_exit(bs[leader]->c.pid);
+  bs[leader]->c.pid = -1;
+  REQUIRE(eventually([&] { return writers.last_ok_ms.load() > killed_at; }, 30s));
+  const int64_t failover_ms = writers.last_ok_ms.load() - killed_at;
+  MESSAGE("failover after SIGKILL: first acknowledged write " << failover_ms << " ms later");
+  CHECK(failover_ms < (ttl_s + 2) * 1000);
+  std::this_thread::sleep_for(1000ms);
+  writers.join();
+  MESSAGE(writers.acked.size() << " writes acknowledged across the kill");
+  for (auto* b : bs) {
+    if (b->c.pid > 0) check_log(b->c.port, writers.acked, store);
+  }
+
+  // SIGSTOP the new leader past its lease: the other broker takes over; SIGCONT: the old
+  // one appends nothing and steps down.
+  int second = leader_of(bs);
+  REQUIRE(second >= 0);
+  const int other = 3 - leader - second;
+  ::kill(bs[second]->c.pid, SIGSTOP);
+  REQUIRE(eventually(
+      [&] {
+        return http(bs[other]->c.port, "POST", "/v1/users", R"({"name":"while-paused"})", auth(),
+                    2000)
+                   .status == 201;
+      },
+      std::chrono::seconds(ttl_s + 5)));
+  ::kill(bs[second]->c.pid, SIGCONT);
+  auto woke = http(bs[second]->c.port, "POST", "/v1/users", R"({"name":"stale"})", auth(), 5000);
+  CHECK(woke.status == 503);
+  CHECK(eventually([&] { return slurp(bs[second]->log).find("stepped down") != std::string::npos; },
+                   5s));
+  CHECK(eventually([&] { return user_names(bs[second]->c.port).count("while-paused") == 1; }, 5s));
+  CHECK(user_names(bs[other]->c.port).count("stale") == 0);
+  writers.acked.insert("while-paused");
+  check_log(bs[other]->c.port, writers.acked, store);
+}
