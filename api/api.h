@@ -128,6 +128,12 @@ class Api {
   void set_started() { started_ = true; }
   bool started() const { return started_.load() && pipeline_.ready(); }
 
+  // On a follower of a shared log: where writes go instead of the pipeline (Api::run
+  // forwards them to the leader and answers once this broker applied their position).
+  void set_leader_lookup(std::function<std::optional<std::string>()> lookup) {
+    leader_url_ = std::move(lookup);
+  }
+
   void begin_drain() { draining_ = true; }
   bool draining() const { return draining_.load(); }
   bool wait_idle(std::chrono::milliseconds timeout);
@@ -151,6 +157,7 @@ class Api {
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
+  HttpResponse forward(const HttpRequest& req);
   static std::string stream_class(const Principal& p);
   void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
               std::chrono::steady_clock::time_point t0);
@@ -166,6 +173,7 @@ class Api {
   Router router_;
   AccessLog log_;
 
+  std::function<std::optional<std::string>()> leader_url_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> started_{false};
   std::atomic<size_t> in_flight_{0};

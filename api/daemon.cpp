@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "api/crypto.h"
+#include "api/forwarder.h"
 
 namespace atrium::api {
 
@@ -154,6 +155,15 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     };
     d->leadership_ = std::make_unique<Leadership>(*d->shared_log_, *d->pipeline_, lo, on_lead,
                                                   on_step_down);
+    forwarder_init();
+    d->api_->set_leader_lookup([log = d->shared_log_, me = lo.member_id]()
+                                   -> std::optional<std::string> {
+      auto h = log->head();
+      if (!h.ok() || h->leader_id.empty() || h->leader_id == me || h->lease_remaining_ms <= 0) {
+        return std::nullopt;
+      }
+      return h->leader_url;
+    });
     d->leadership_->start();
   }
   d->api_->set_started();

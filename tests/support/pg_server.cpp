@@ -60,6 +60,16 @@ int PgServer::psql(const std::string& sql) const {
                      " -qAt -d postgres -c \"" + sql + "\" >/dev/null 2>&1");
 }
 
+std::string PgServer::query(const std::string& sql, const std::string& db) const {
+  TempDir out;
+  const std::string file = out.str() + "/out";
+  run_command(script() + " psql " + dir_.str() + " " + std::to_string(port_) + " -qAt -d " + db +
+              " -c \"" + sql + "\" > " + file + " 2>&1");
+  std::string s = child::slurp(file);
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
 std::string PgServer::fresh_schema() {
   const std::string name = "t" + std::to_string(::getpid()) + "_" + std::to_string(++schemas_);
   REQUIRE_MESSAGE(psql("CREATE SCHEMA " + name) == 0, "CREATE SCHEMA " << name << " failed");

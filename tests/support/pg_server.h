@@ -28,6 +28,8 @@ class PgServer {
   std::string fresh_schema();
   // Runs SQL as the superuser; the exit code of psql.
   int psql(const std::string& sql) const;
+  // The unaligned output of one query (trimmed) on database `db`.
+  std::string query(const std::string& sql, const std::string& db = "postgres") const;
   void stop(const std::string& mode = "fast");
   bool start();  // again, after stop()
 
