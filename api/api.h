@@ -25,6 +25,10 @@ namespace atrium::adapters {
 class PoolWorker;
 }
 
+namespace atrium::eventstore {
+class SharedLog;
+}
+
 namespace atrium::api {
 
 struct ApiConfig {
@@ -195,5 +199,9 @@ void register_host_routes(Api& api);
 // Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call
 // after register_appcloud_routes: it shares POST /v1/launches and /v1/sessions with it.
 void register_pool_routes(Api& api, adapters::PoolWorker* worker);
+// GET /v1/cluster (api/routes_cluster.cpp); log is null on the embedded store.
+class Leadership;
+void register_cluster_routes(Api& api, eventstore::SharedLog* log,
+                             std::function<const Leadership*()> leadership);
 
 }  // namespace atrium::api

@@ -118,6 +118,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
                                                        cfg.pools, clock);
   }
   register_pool_routes(*d->api_, d->pools_.get());
+  register_cluster_routes(*d->api_, d->shared_log_,
+                          [self = d.get()]() -> const Leadership* { return self->leadership(); });
   d->server_ = std::make_unique<HttpServer>(*d->api_);
   if (auto st = d->server_->start(); !st) return st.error();
 
@@ -133,6 +135,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
                  ? "http://" + cfg.api.host + ":" + std::to_string(d->server_->port())
                  : cfg.advertise_url;
     lo.ttl = cfg.lease_ttl;
+    lo.applied = [self = d.get()] { return self->views().position(); };
     Daemon* self = d.get();
     // Leading: fold the whole log first (bootstrap decides on the views), then bootstrap,
     // then the side-effect workers. Following: the workers stop before anything else.

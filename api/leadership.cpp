@@ -79,6 +79,19 @@ void Leadership::step_down(const std::string& why) {
                static_cast<unsigned long long>(term_.load()), why.c_str());
 }
 
+void Leadership::report() {
+  const auto now = Clock::now();
+  if (now - reported_ < std::chrono::seconds(1)) return;
+  reported_ = now;
+  eventstore::MemberReport m;
+  m.member_id = opts_.member_id;
+  m.url = opts_.url;
+  m.role = leading_.load() ? "leader" : "follower";
+  m.term = leading_.load() ? term_.load() : 0;
+  m.applied = opts_.applied ? opts_.applied() : 0;
+  (void)log_.report_member(m);  // best effort: only GET /v1/cluster reads it
+}
+
 void Leadership::loop() {
   const auto renew_every = opts_.ttl / 3;
   // Step down once 4/5 of the TTL passed since the last renewal was sent: the database
@@ -86,6 +99,7 @@ void Leadership::loop() {
   const auto margin = opts_.ttl / 5;
   auto next_renew = Clock::now();
   for (;;) {
+    report();
     if (!leading_.load()) {
       if (campaign()) {
         next_renew = Clock::now() + renew_every;

@@ -29,6 +29,8 @@ struct LeadershipOptions {
   // How often a follower tries to take the lease (a dead leader's session ends at once,
   // so this bounds the failover time after a crash).
   std::chrono::milliseconds campaign_every{250};
+  // The position this broker's views applied, reported with its role about once a second.
+  std::function<uint64_t()> applied;
 };
 
 class Leadership {
@@ -52,6 +54,7 @@ class Leadership {
   bool campaign();
   void step_down(const std::string& why);
   bool wait(std::chrono::milliseconds d);  // false once stopping
+  void report();                           // at most once a second
 
   eventstore::SharedLog& log_;
   pipeline::Pipeline& pipeline_;
@@ -60,6 +63,7 @@ class Leadership {
   std::atomic<bool> leading_{false};
   std::atomic<uint64_t> term_{0};
   std::chrono::steady_clock::time_point deadline_{};
+  std::chrono::steady_clock::time_point reported_{};
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;

@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS atrium_events (
 );
 CREATE TABLE IF NOT EXISTS atrium_idempotency (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS atrium_checkpoints (name bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS atrium_members (
+  member_id text PRIMARY KEY,
+  url text NOT NULL,
+  role text NOT NULL,
+  term bigint NOT NULL,
+  applied bigint NOT NULL,
+  seen_at timestamptz NOT NULL
+);
 CREATE OR REPLACE FUNCTION atrium_append(p_term bigint, p_expected bigint, p_last bigint,
     p_hash bytea, p_streams bytea[], p_versions bigint[], p_bodies bytea[],
     p_idem_keys bytea[], p_idem_values bytea[], p_ck_names bytea[], p_ck_values bytea[])
@@ -665,6 +673,52 @@ class PgStore final : public SharedLog {
   uint64_t writer_term() const override {
     std::lock_guard<std::mutex> lk(writer_mu_);
     return fenced_ ? 0 : term_;
+  }
+
+  Status report_member(const MemberReport& m) override {
+    return guarded("report_member", [&]() -> Status {
+      Params p;
+      p.bytes(m.member_id)
+          .bytes(m.url)
+          .bytes(m.role)
+          .i64(static_cast<int64_t>(m.term))
+          .i64(static_cast<int64_t>(m.applied));
+      auto c = readers_.take();
+      auto r =
+          read_exec(*c,
+                    "INSERT INTO atrium_members (member_id, url, role, term, applied, seen_at) "
+                    "VALUES ($1::text, $2::text, $3::text, $4, $5, now()) "
+                    "ON CONFLICT (member_id) DO UPDATE SET url = EXCLUDED.url, role = "
+                    "EXCLUDED.role, term = EXCLUDED.term, applied = EXCLUDED.applied, "
+                    "seen_at = EXCLUDED.seen_at",
+                    p);
+      if (!r.ok()) return r.error();
+      return Status::Ok();
+    });
+  }
+
+  Result<std::vector<MemberRow>> members() override {
+    return guarded("members", [&]() -> Result<std::vector<MemberRow>> {
+      auto c = readers_.take();
+      auto d =
+          read_exec(*c, "DELETE FROM atrium_members WHERE seen_at < now() - interval '1 hour'");
+      if (!d.ok()) return d.error();
+      auto r = read_exec(*c,
+                         "SELECT member_id, url, role, term, applied, "
+                         "(extract(epoch FROM (now() - seen_at)) * 1000)::int8 "
+                         "FROM atrium_members ORDER BY member_id");
+      if (!r.ok()) return r.error();
+      std::vector<MemberRow> out(static_cast<size_t>(r->rows()));
+      for (int i = 0; i < r->rows(); ++i) {
+        out[i].report.member_id = std::string(r->bytes(i, 0));
+        out[i].report.url = std::string(r->bytes(i, 1));
+        out[i].report.role = std::string(r->bytes(i, 2));
+        out[i].report.term = static_cast<uint64_t>(r->i64(i, 3));
+        out[i].report.applied = static_cast<uint64_t>(r->i64(i, 4));
+        out[i].seen_ms_ago = r->i64(i, 5);
+      }
+      return out;
+    });
   }
 
  private:

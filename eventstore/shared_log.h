@@ -38,6 +38,20 @@ struct Candidate {
   std::chrono::milliseconds ttl{10000};
 };
 
+// What one broker says about itself (GET /v1/cluster).
+struct MemberReport {
+  std::string member_id;
+  std::string url;
+  std::string role;  // "leader" or "follower"
+  uint64_t term = 0;
+  uint64_t applied = 0;  // last position folded into its views
+};
+
+struct MemberRow {
+  MemberReport report;
+  int64_t seen_ms_ago = 0;  // by the database's clock
+};
+
 struct Lease {
   uint64_t term = 0;
   uint64_t position = 0;  // the log's last position when the lease was taken
@@ -67,6 +81,12 @@ class SharedLog : public EventStore {
   // from; failed_precondition "fenced" when `term` is no longer the head row's term.
   virtual Status set_writer_term(uint64_t term) = 0;
   virtual uint64_t writer_term() const = 0;
+
+  // ---- members (GET /v1/cluster) ---------------------------------------------------------
+  // Upserts this broker's row, stamped with the database's now.
+  virtual Status report_member(const MemberReport& m) = 0;
+  // Members seen within the last hour (older rows are deleted), ordered by id.
+  virtual Result<std::vector<MemberRow>> members() = 0;
 };
 
 struct PostgresOptions {

@@ -203,6 +203,18 @@ void Pipeline::run() {
         std::lock_guard lock(mu_);
         if (stopping_ && !leading_.load()) return;
       }
+      if (!leading_.load() && broken_) {
+        // A failed (e.g. fenced) batch may be folded into the writer state: start over from
+        // the log, as recover() does, before following it.
+        if (auto st = rebuild(); !st) {
+          std::fprintf(stderr, "atriumd: rebuilding from the log failed: %s\n",
+                       st.error().message.c_str());
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          continue;
+        }
+        broken_ = false;
+        storage_ok_ = true;
+      }
       if (state_.position < store_.last_position()) {
         if (auto st = tail(); !st) {
           std::fprintf(stderr, "atriumd: following the log failed: %s\n",
@@ -212,8 +224,6 @@ void Pipeline::run() {
         continue;
       }
       if (!leading_.load()) {
-        broken_ = false;  // a follower writes nothing: nothing to recover
-        storage_ok_ = true;
         store_.wait_for(state_.position, std::chrono::milliseconds(50));
         continue;
       }

@@ -30,6 +30,12 @@ struct Broker {
   std::string log;
 };
 
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Writers that create users through whichever broker answers: on a 503 or no answer they
 // move to the next broker. Names acknowledged with a 201 go to `acked`.
 struct ClusterWriters {
@@ -37,7 +43,9 @@ struct ClusterWriters {
   std::mutex mu;
   std::set<std::string> acked;
   std::vector<std::thread> threads;
-  std::atomic<int64_t> last_ok_ms{0};
+  // The first write sent after `mark` and acknowledged: when it was acknowledged.
+  std::atomic<int64_t> mark{INT64_MAX};
+  std::atomic<int64_t> first_after_mark{0};
 
   void start(std::vector<uint16_t> ports, int n) {
     for (int t = 0; t < n; ++t) {
@@ -45,14 +53,13 @@ struct ClusterWriters {
         size_t at = static_cast<size_t>(t) % ports.size();
         for (int i = 0; !stop; ++i) {
           const std::string name = "w" + std::to_string(t) + "-" + std::to_string(i);
+          const int64_t sent = now_ms();
           auto r =
               http(ports[at], "POST", "/v1/users", "{\"name\":\"" + name + "\"}", auth(), 3000);
           if (r.status == 201) {
             std::lock_guard l(mu);
             acked.insert(name);
-            last_ok_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
+            if (sent > mark.load() && first_after_mark.load() == 0) first_after_mark = now_ms();
           } else {
             at = (at + 1) % ports.size();
             std::this_thread::sleep_for(5ms);
@@ -69,22 +76,27 @@ struct ClusterWriters {
   ~ClusterWriters() { join(); }
 };
 
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-// The broker that takes a write now (index), or -1.
+// The broker that leads now, by GET /v1/cluster on any live broker (index), or -1.
 int leader_of(const std::vector<Broker*>& bs) {
-  for (size_t i = 0; i < bs.size(); ++i) {
-    if (bs[i]->c.pid < 0) continue;
-    auto r = http(bs[i]->c.port, "POST", "/v1/users",
-                  "{\"name\":\"probe-" + std::to_string(now_ms()) + "-" + std::to_string(i) + "\"}",
-                  auth(), 3000);
-    if (r.status == 201) return static_cast<int>(i);
+  for (int round = 0; round < 200; ++round) {
+    for (auto* asked : bs) {
+      if (asked->c.pid < 0) continue;
+      auto r = http(asked->c.port, "GET", "/v1/cluster", "", auth(), 3000);
+      if (r.status != 200 || r.json()["leader"].is_null()) continue;
+      const std::string url = r.json()["leader"]["url"];
+      for (size_t i = 0; i < bs.size(); ++i) {
+        if (bs[i]->c.pid > 0 && url == "http://127.0.0.1:" + std::to_string(bs[i]->c.port)) {
+          return static_cast<int>(i);
+        }
+      }
+    }
+    std::this_thread::sleep_for(50ms);
   }
   return -1;
+}
+
+int follower_of(int leader) {
+  return (leader + 1) % 3;
 }
 
 std::set<std::string> user_names(uint16_t port) {
@@ -167,6 +179,27 @@ TEST_CASE("12: three brokers on one PostgreSQL log: kill the leader under writes
   for (auto* b : bs) {
     CHECK(eventually([&] { return user_names(b->c.port).count("ryw-0") == 1; }, 5s));
   }
+  // GET /v1/cluster on any broker: three members, one leader (the head row's), lag 0.
+  CHECK(eventually(
+      [&] {
+        auto c = http(bs[follower_of(leader)]->c.port, "GET", "/v1/cluster", "", auth());
+        if (c.status != 200) return false;
+        auto j = c.json();
+        if (j["store"] != "postgresql" || j["members"].size() != 3 || j["leader"].is_null()) {
+          return false;
+        }
+        int leaders = 0, selves = 0;
+        for (auto& m : j["members"]) {
+          leaders += m["role"] == "leader" ? 1 : 0;
+          selves += m["self"].get<bool>() ? 1 : 0;
+          if (m["lag"].get<uint64_t>() != 0) return false;
+        }
+        return leaders == 1 && selves == 1 && j["term"].get<uint64_t>() >= 1 &&
+               j["leader"]["url"] == "http://127.0.0.1:" + std::to_string(bs[leader]->c.port);
+      },
+      10s));
+  CHECK(http(bs[leader]->c.port, "GET", "/v1/cluster").status == 401);
+
   // The same Idempotency-Key through a follower and through the leader: one user.
   const int follower = (leader + 1) % 3;
   auto k1 = http(bs[follower]->c.port, "POST", "/v1/users", R"({"name":"idem"})",
@@ -183,11 +216,22 @@ TEST_CASE("12: three brokers on one PostgreSQL log: kill the leader under writes
   writers.start({b0.c.port, b1.c.port, b2.c.port}, 6);
   std::this_thread::sleep_for(1500ms);
   const int64_t killed_at = now_ms();
+  writers.mark = killed_at;
   ::kill(bs[leader]->c.pid, SIGKILL);
   wait_exit(bs[leader]->c.pid);
   bs[leader]->c.pid = -1;
-  REQUIRE(eventually([&] { return writers.last_ok_ms.load() > killed_at; }, 30s));
-  const int64_t failover_ms = writers.last_ok_ms.load() - killed_at;
+  if (!eventually([&] { return writers.first_after_mark.load() > 0; }, 30s)) {
+    for (auto* b : bs) {
+      if (b->c.pid < 0) continue;
+      auto t0 = now_ms();
+      auto r = http(b->c.port, "POST", "/v1/users", R"({"name":"diag"})", auth(), 5000);
+      auto g = http(b->c.port, "GET", "/readyz", "", {}, 5000);
+      MESSAGE("port " << b->c.port << ": POST " << r.status << " in " << now_ms() - t0
+                      << " ms, readyz " << g.status << " " << g.body);
+    }
+    FAIL("no write acknowledged after the kill");
+  }
+  const int64_t failover_ms = writers.first_after_mark.load() - killed_at;
   MESSAGE("failover after SIGKILL: first acknowledged write " << failover_ms << " ms later");
   CHECK(failover_ms < (ttl_s + 2) * 1000);
   std::this_thread::sleep_for(1000ms);
