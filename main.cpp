@@ -29,6 +29,8 @@ const std::vector<Flag> kFlags = {
     {"data-dir", "ATRIUM_DATA_DIR", "data directory (default ./data)"},
     {"store", "ATRIUM_STORE",
      "rocksdb (default, in --data-dir) or a PostgreSQL URL postgresql://... shared by brokers"},
+    {"from", "ATRIUM_MIGRATE_FROM", "atriumd migrate: the source, rocksdb:DATA_DIR"},
+    {"to", "ATRIUM_MIGRATE_TO", "atriumd migrate: the target, an empty postgresql://... log"},
     {"lease-ttl-s", "ATRIUM_LEASE_TTL_S",
      "leader lease on a PostgreSQL store, renewed every third (default 10)"},
     {"advertise-url", "ATRIUM_ADVERTISE_URL",
@@ -101,7 +103,11 @@ void usage() {
       "       atriumd verify [--data-dir=DIR | --store=postgresql://...]\n"
       "                                        walk the log and its hash chain, read-only\n"
       "         (exit 0: ok; 1: damaged: broken chain, corruption, WAL damage that\n"
-      "          recovery would drop acknowledged events for; 3: could not check)\n\n");
+      "          recovery would drop acknowledged events for; 3: could not check)\n"
+      "       atriumd migrate --from=rocksdb:DATA_DIR --to=postgresql://...\n"
+      "                                        copy a stopped broker's log, with its hash\n"
+      "                                        chain, records and snapshots, to an empty\n"
+      "                                        PostgreSQL log (exit 0: copied and verified)\n\n");
   for (const auto& f : kFlags) std::fprintf(stderr, "  --%-22s %s [%s]\n", f.name, f.help, f.env);
 }
 
@@ -214,6 +220,94 @@ int verify_postgres(const std::string& conninfo) {
   return 0;
 }
 
+// atriumd migrate: copies a RocksDB log verbatim (positions, versions, hashes), its
+// idempotency records and checkpoints into an empty PostgreSQL log, then verifies the copy.
+int migrate(const std::string& from, const std::string& to) {
+  namespace es = atrium::eventstore;
+  if (from.rfind("rocksdb:", 0) != 0 || !atrium::api::is_postgres_store(to)) {
+    std::fprintf(stderr,
+                 "atriumd migrate: --from=rocksdb:DATA_DIR --to=postgresql://... are needed\n");
+    return 2;
+  }
+  const std::string dir = from.substr(8) + "/events";
+  if (es::rocksdb_locked(dir)) {
+    std::fprintf(stderr, "atriumd migrate: a broker runs on %s; stop it first\n", dir.c_str());
+    return 1;
+  }
+  es::RocksOptions ro;
+  ro.mode = es::OpenMode::read_only;
+  ro.create_if_missing = false;
+  auto src = es::open_rocksdb(dir, ro);
+  if (!src.ok()) {
+    std::fprintf(stderr, "atriumd migrate: %s: %s\n", dir.c_str(), src.error().message.c_str());
+    return 1;
+  }
+  auto dst = es::open_postgres(to);
+  if (!dst.ok()) {
+    std::fprintf(stderr, "atriumd migrate: %s\n", dst.error().message.c_str());
+    return 1;
+  }
+  es::SharedLog& log = **dst;
+  auto lease = log.try_acquire({"migrate", "", std::chrono::minutes(10)});
+  if (!lease.ok() || !lease->has_value()) {
+    std::fprintf(stderr, "atriumd migrate: a broker leads the target log; stop it first\n");
+    return 1;
+  }
+  const uint64_t term = (*lease)->term;
+  auto fail = [&](const std::string& why) {
+    (void)log.release(term, "migrate");
+    std::fprintf(stderr, "atriumd migrate: %s\n", why.c_str());
+    return 1;
+  };
+  if ((*lease)->position != 0) return fail("the target log is not empty");
+  if (auto st = log.set_writer_term(term); !st) return fail(st.error().message);
+  std::vector<es::RecordedEvent> batch;
+  atrium::Status copied = atrium::Status::Ok();
+  auto flush = [&] {
+    if (batch.empty() || !copied.ok()) return;
+    auto r = log.import(batch);
+    if (!r.ok()) copied = r.error();
+    batch.clear();
+  };
+  auto scanned = (*src)->scan(0, 0, [&](const es::RecordedEvent& e) {
+    batch.push_back(e);
+    if (batch.size() == 1000) flush();
+    return copied.ok();
+  });
+  flush();
+  if (!scanned.ok()) return fail(scanned.error().message);
+  if (!copied.ok()) return fail(copied.error().message);
+  uint64_t records[2] = {0, 0};
+  for (bool checkpoints : {false, true}) {
+    std::vector<std::pair<std::string, std::string>> recs;
+    auto put = [&] {
+      if (recs.empty() || !copied.ok()) return;
+      if (auto st = log.import_records(recs, checkpoints); !st) copied = st.error();
+      records[checkpoints ? 1 : 0] += recs.size();
+      recs.clear();
+    };
+    auto st = (*src)->scan_records(checkpoints, [&](std::string_view k, std::string_view v) {
+      recs.emplace_back(std::string(k), std::string(v));
+      if (recs.size() == 500) put();
+      return copied.ok();
+    });
+    put();
+    if (!st.ok()) return fail(st.error().message);
+    if (!copied.ok()) return fail(copied.error().message);
+  }
+  auto rep = log.verify();
+  if (!rep.ok()) return fail(rep.error().message);
+  if (!rep->ok) return fail("the copy does not verify: " + rep->problem);
+  if (rep->events_checked != *scanned) return fail("the copy holds a different number of events");
+  (void)log.release(term, "migrate");
+  std::printf(
+      "migrated %llu events (hash chain verified), %llu idempotency records and %llu "
+      "checkpoints to %s\n",
+      static_cast<unsigned long long>(*scanned), static_cast<unsigned long long>(records[0]),
+      static_cast<unsigned long long>(records[1]), es::redact_conninfo(to).c_str());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string command = "serve";
   std::map<std::string, std::string> flags;
@@ -267,6 +361,9 @@ int main(int argc, char** argv) {
     cfg.store = *v;
   }
 
+  if (command == "migrate") {
+    return migrate(get("from").value_or(""), get("to").value_or(""));
+  }
   if (command == "verify") {
     return cfg.store == "rocksdb" ? verify(cfg.data_dir) : verify_postgres(cfg.store);
   }

@@ -311,23 +311,9 @@ class PgStore final : public SharedLog {
       for (const auto& [k, v] : idem) ik.push_back(k), iv.push_back(v);
       for (const auto& [k, v] : ck) cn.push_back(k), cv.push_back(v);
 
-      Params p;
-      p.i64(static_cast<int64_t>(term_))
-          .i64(static_cast<int64_t>(pos_))
-          .i64(static_cast<int64_t>(pos))
-          .bytes(hash_bytes(hash))
-          .bytes_array(streams)
-          .i64_array(versions)
-          .bytes_array(body_views)
-          .bytes_array(ik)
-          .bytes_array(iv)
-          .bytes_array(cn)
-          .bytes_array(cv);
-      auto r = writer_.exec(
-          "SELECT atrium_append($1, $2, $3, $4::bytea, $5::bytea[], $6::int8[], $7::bytea[], "
-          "$8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
-          p);
-      if (!r.ok()) return failed(r.error());
+      if (Status s = call_append(pos, hash, streams, versions, body_views, ik, iv, cn, cv); !s) {
+        return s.error();
+      }
       const uint64_t first = pos_ + 1;
       pos_ = pos;
       hash_ = hash;
@@ -675,6 +661,59 @@ class PgStore final : public SharedLog {
     return fenced_ ? 0 : term_;
   }
 
+  Result<uint64_t> import(const std::vector<RecordedEvent>& events) override {
+    return guarded("import", [&]() -> Result<uint64_t> {
+      std::lock_guard<std::mutex> lk(writer_mu_);
+      if (Status s = writable_locked(); !s) return s.error();
+      Hash hash = hash_;
+      std::vector<std::string> bodies;
+      std::vector<std::string_view> streams;
+      std::vector<int64_t> versions;
+      for (size_t i = 0; i < events.size(); ++i) {
+        const RecordedEvent& e = events[i];
+        if (e.position != pos_ + 1 + i) {
+          return Error::make(Code::failed_precondition,
+                             "import: event at position " + std::to_string(e.position) +
+                                 " does not continue the log at " + std::to_string(pos_ + i),
+                             "position_gap");
+        }
+        if (chain_hash(hash, e) != e.hash) {
+          return Error::make(Code::failed_precondition,
+                             "import: the hash of the event at position " +
+                                 std::to_string(e.position) + " does not continue the chain",
+                             "hash_mismatch");
+        }
+        hash = e.hash;
+        bodies.emplace_back();
+        detail::encode_stored(e, bodies.back());
+        streams.push_back(e.stream);
+        versions.push_back(static_cast<int64_t>(e.stream_version));
+      }
+      const uint64_t last = pos_ + events.size();
+      std::vector<std::string_view> views(bodies.begin(), bodies.end());
+      if (Status s = call_append(last, hash, streams, versions, views, {}, {}, {}, {}); !s) {
+        return s.error();
+      }
+      pos_ = last;
+      hash_ = hash;
+      versions_.clear();
+      publish(pos_);
+      return static_cast<uint64_t>(events.size());
+    });
+  }
+
+  Status import_records(const std::vector<std::pair<std::string, std::string>>& records,
+                        bool checkpoints) override {
+    return guarded("import_records", [&]() -> Status {
+      std::lock_guard<std::mutex> lk(writer_mu_);
+      if (Status s = writable_locked(); !s) return s;
+      std::vector<std::string_view> k, v;
+      for (const auto& [a, b] : records) k.push_back(a), v.push_back(b);
+      if (checkpoints) return call_append(pos_, hash_, {}, {}, {}, {}, {}, k, v);
+      return call_append(pos_, hash_, {}, {}, {}, k, v, {}, {});
+    });
+  }
+
   Status report_member(const MemberReport& m) override {
     return guarded("report_member", [&]() -> Status {
       Params p;
@@ -722,6 +761,44 @@ class PgStore final : public SharedLog {
   }
 
  private:
+  Status writable_locked() {
+    if (term_ == 0) {
+      return Error::make(Code::failed_precondition,
+                         "this broker does not lead the log; it cannot append", "not_leader");
+    }
+    if (fenced_) return fenced_error(term_);
+    if (stale_) return reload_locked();
+    return Status::Ok();
+  }
+
+  // One atrium_append() call continuing from pos_ (writer_mu_ held).
+  Status call_append(uint64_t last, const Hash& hash, const std::vector<std::string_view>& streams,
+                     const std::vector<int64_t>& versions,
+                     const std::vector<std::string_view>& bodies,
+                     const std::vector<std::string_view>& ik,
+                     const std::vector<std::string_view>& iv,
+                     const std::vector<std::string_view>& cn,
+                     const std::vector<std::string_view>& cv) {
+    Params p;
+    p.i64(static_cast<int64_t>(term_))
+        .i64(static_cast<int64_t>(pos_))
+        .i64(static_cast<int64_t>(last))
+        .bytes(hash_bytes(hash))
+        .bytes_array(streams)
+        .i64_array(versions)
+        .bytes_array(bodies)
+        .bytes_array(ik)
+        .bytes_array(iv)
+        .bytes_array(cn)
+        .bytes_array(cv);
+    auto r = writer_.exec(
+        "SELECT atrium_append($1, $2, $3, $4::bytea, $5::bytea[], $6::int8[], $7::bytea[], "
+        "$8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
+        p);
+    if (!r.ok()) return failed(r.error());
+    return Status::Ok();
+  }
+
   // Reads the head row again (after a failed append whose outcome is unknown, or a new
   // term): the position and hash to continue from, or fenced when the term has passed.
   Status reload_locked() {

@@ -81,6 +81,13 @@ class SharedLog : public EventStore {
   // from; failed_precondition "fenced" when `term` is no longer the head row's term.
   virtual Status set_writer_term(uint64_t term) = 0;
   virtual uint64_t writer_term() const = 0;
+  // Copies events verbatim (positions, versions, hashes) after the last position, for
+  // `atriumd migrate`. They must continue the positions and the hash chain
+  // (failed_precondition otherwise, nothing written); needs the writer term like append().
+  virtual Result<uint64_t> import(const std::vector<RecordedEvent>& events) = 0;
+  // Copies idempotency records (checkpoints = false) or checkpoints verbatim (migrate).
+  virtual Status import_records(const std::vector<std::pair<std::string, std::string>>& records,
+                                bool checkpoints) = 0;
 
   // ---- members (GET /v1/cluster) ---------------------------------------------------------
   // Upserts this broker's row, stamped with the database's now.
