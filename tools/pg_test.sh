@@ -82,8 +82,10 @@ EOF
   standby)
     pdir=$1 pport=$2 dir=$3 port=$4; shift 4
     own_dir "$dir"
-    as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -D "$dir/data" -R \
-      -X stream --application-name=standby1 >/dev/null
+    # application_name goes into the primary_conninfo that -R writes: the name the primary
+    # waits for.
+    as_pg "$bindir/pg_basebackup" -d "host=127.0.0.1 port=$pport user=postgres application_name=standby1" \
+      -D "$dir/data" -R -X stream >/dev/null
     # The primary waits for this standby's flush before it answers a commit.
     as_pg "$bindir/psql" -h 127.0.0.1 -p "$pport" -U postgres -d postgres -qAt -c \
       "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby1)'" >/dev/null

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "eventstore/shared_log.h"
+#include "support/child_daemon.h"
 #include "support/pg_server.h"
 
 using namespace std::chrono_literals;
@@ -227,4 +228,56 @@ TEST_CASE("postgres: reopening keeps the log; a database restart costs appends, 
   REQUIRE(v.ok());
   CHECK_MESSAGE(v->ok, v->problem);
   CHECK(v->events_checked == 3);
+}
+
+TEST_CASE("postgres: a synchronous standby promoted after the primary dies keeps every append") {
+  if (shared_pg() == nullptr) return;  // the binaries are absent (said once)
+  PgServer primary;
+  REQUIRE_MESSAGE(primary.ok(), primary.why());
+  atrium::testing::TempDir sdir;
+  const uint16_t sport = atrium::testing::child::free_port();
+  const std::string script = std::string(ATRIUM_SOURCE_DIR) + "/tools/pg_test.sh";
+  REQUIRE(atrium::testing::run_command(script + " standby " + primary.dir() + " " +
+                                       std::to_string(primary.port()) + " " + sdir.str() + " " +
+                                       std::to_string(sport) + " > /dev/null 2>&1") == 0);
+  struct StopStandby {
+    std::string cmd;
+    ~StopStandby() { atrium::testing::run_command(cmd); }
+  } stop_standby{script + " stop " + sdir.str() + " immediate > /dev/null 2>&1"};
+  // Both hosts; libpq takes the one that accepts writes.
+  const std::string ci = "host=127.0.0.1,127.0.0.1 port=" + std::to_string(primary.port()) + "," +
+                         std::to_string(sport) +
+                         " user=postgres dbname=postgres target_session_attrs=read-write";
+  auto log = open_log(ci);
+  lead(*log, cand("a"));
+  constexpr int kAcked = 200;
+  for (int i = 0; i < kAcked; ++i) {
+    auto r = log->append(one("s", std::to_string(i)));
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  }
+  // The primary dies; the standby is promoted.
+  primary.stop("immediate");
+  REQUIRE(atrium::testing::run_command(script + " promote " + sdir.str() + " > /dev/null 2>&1") ==
+          0);
+  // The first append finds the connection broken (unavailable: its outcome unknown to the
+  // caller); recovery reconnects to the promoted standby and reads the head row again.
+  atrium::Result<AppendResult> after = atrium::Error::make(Code::unavailable, "not tried");
+  for (int i = 0; i < 200 && !after.ok(); ++i) {
+    after = log->append(one("s", "after"));
+    if (!after.ok()) {
+      CHECK(after.error().code == Code::unavailable);
+      (void)log->recover_storage();
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  REQUIRE_MESSAGE(after.ok(), (after.ok() ? "" : after.error().message));
+  auto v = log->verify();
+  REQUIRE_MESSAGE(v.ok(), (v.ok() ? "" : v.error().message));
+  CHECK_MESSAGE(v->ok, v->problem);
+  CHECK(after->first_position == v->events_checked);
+  auto events = log->read_stream("s", 0, 0);
+  REQUIRE(events.ok());
+  REQUIRE(events->size() >= kAcked + 1);
+  for (int i = 0; i < kAcked; ++i) CHECK((*events)[i].data == std::to_string(i));  // none lost
+  CHECK(events->back().data == "after");
 }
