@@ -747,6 +747,15 @@ class Agents extends Page {
     return api.request('POST', `/v1/agents/${enc(a.id)}/bind`, { body: a.kind === 'vm' ? { vm_id: target } : { server_id: target } });
   }
 
+  // Bind an unbound agent to a server (server agents) or a VM (VM agents) without an agent.
+  bindForm(a, targets) {
+    return html`<form id=${`bind-${a.id}`} class="inline-form" @submit=${(e) => { e.preventDefault(); this.act(this.bindReq(a), t('agents.bound')); }}>
+      <select name="target" aria-label=${t('agents.bind_to', { name: a.hostname || a.id })}>
+        ${targets.map((x) => html`<option value=${x.id}>${x.name}</option>`)}</select>
+      <button type="submit" class="small" ?disabled=${this.ro || !targets.length}>${t('agents.bind')}</button>
+      <at-curl .req=${() => this.bindReq(a)}></at-curl></form>`;
+  }
+
   boundTo(a, n) {
     if (a.server_id) return t('agents.for_server', { name: n.servers[a.server_id] || a.server_id });
     if (a.vm_id) return n.vms[a.vm_id] || a.vm_id;
@@ -785,11 +794,7 @@ class Agents extends Page {
         <td>${fmtTime(a.last_heartbeat_at_ms)}</td>
         <td>${this.loadText(a.load)}</td>
         <td class="actions">
-          ${bindable(a) ? html`<form id=${`bind-${a.id}`} class="inline-form" @submit=${(e) => { e.preventDefault(); this.act(this.bindReq(a), t('agents.bound')); }}>
-              <select name="target" aria-label=${t('agents.bind_to', { name: a.hostname || a.id })}>
-                ${(a.kind === 'vm' ? d.vms : d.servers).filter((x) => !taken.has(x.id)).map((x) => html`<option value=${x.id}>${x.name}</option>`)}</select>
-              <button type="submit" class="small" ?disabled=${this.ro}>${t('agents.bind')}</button>
-              <at-curl .req=${() => this.bindReq(a)}></at-curl></form>` : nothing}
+          ${bindable(a) ? this.bindForm(a, (a.kind === 'vm' ? d.vms : d.servers).filter((x) => !taken.has(x.id))) : nothing}
           ${a.registration !== 'revoked' ? this.action(t('agents.revoke'), () => api.request('DELETE', `/v1/agents/${enc(a.id)}`),
             { secondary: true, danger: true, withCurl: true, message: t('agents.revoked') }) : nothing}
         </td></tr>`)}</tbody></table>
