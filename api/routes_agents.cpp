@@ -229,6 +229,8 @@ Json beat_to_json(const std::optional<pipeline::AgentBeat>& b) {
 Json agent_view(Api& api, const State& s, const domain::Agent& a) {
   Json j = domain::agent_to_json(s, a);
   auto beat = api.liveness().agent(a.id);
+  // A registration counts for the miss deadline only: no heartbeat, no figures to show yet.
+  if (beat && !beat->heartbeat) beat.reset();
   j["last_heartbeat_at"] = beat ? Json(utc_iso8601(beat->at_ms)) : Json(nullptr);
   j["last_heartbeat_at_ms"] = beat ? Json(beat->at_ms) : Json(nullptr);
   j["load"] = beat_to_json(beat);

@@ -434,3 +434,21 @@ TEST_CASE(
   CHECK(hist.back()["type"] == "DesktopSessionDisconnected");
   CHECK(hist.back()["data"]["reason"] == "agent_logged_out");
 }
+
+TEST_CASE(
+    "13: an agent that registered but never heartbeat shows no last heartbeat and no load "
+    "(the console showed its registration as a 0% load)") {
+  TestBroker b;
+  auto a = enroll_agent(b, {{"kind", "server"}}, "m-quiet");
+  REQUIRE(agent_call(b, a, "register").status == 200);
+  auto g = b.call("GET", "/v1/agents/" + a.id).json();
+  CHECK(g["registration"] == "soft");
+  CHECK(g["last_heartbeat_at"].is_null());
+  CHECK(g["last_heartbeat_at_ms"].is_null());
+  CHECK(g["load"].is_null());
+  auto hb = agent_call(b, a, "heartbeat", beat(0.4, 0.5));
+  REQUIRE_MESSAGE(hb.status == 200, hb.body);
+  g = b.call("GET", "/v1/agents/" + a.id).json();
+  CHECK(g["last_heartbeat_at"].is_string());
+  CHECK(g["load"]["cpu_load"] == 0.4);
+}

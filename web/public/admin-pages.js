@@ -702,37 +702,126 @@ class Sessions extends Page {
 customElements.define('at-sessions', Sessions);
 
 // ---- agents ------------------------------------------------------------------------------
-// Agents are users with the agent role, each bound to the server it reports for. An agent
-// registry (GET /v1/agents) is read only once the broker's own openapi.yaml documents it (the
-// pages call documented operations only); until then the page says so.
-let agentRegistry;  // a promise: does this broker document GET /v1/agents?
-const documentsAgents = () => {
-  agentRegistry ||= api.send({ ...api.request('GET', '/openapi.yaml'), public: true })
-    .then((r) => /\n {2}\/v1\/agents:\s*\n/.test(r.data)).catch(() => false);
-  return agentRegistry;
-};
+// The agent registry (GET /v1/agents): registration state, what each agent is bound to, its
+// last heartbeat and latest load; bind, revoke; enrollment tokens (the secret shown once).
+// Registration changes are events (the live stream reloads the view); heartbeats are not, so
+// the page also re-reads itself every 10 s while it is open on "now".
+const REFRESH_MS = 10000;
 class Agents extends Page {
+  static properties = { token: { state: true } };
+
+  connectedCallback() {
+    super.connectedCallback();
+    this.timer = setInterval(() => { if (!this.asOf && !document.hidden) this.reload(); }, REFRESH_MS);
+  }
+
+  disconnectedCallback() {
+    super.disconnectedCallback();
+    clearInterval(this.timer);
+  }
+
   async load() {
     const q = this.q();
-    const [users, servers, documented] = await Promise.all([
-      api.getAll('/v1/users', q), api.getAll('/v1/servers', q), documentsAgents()]);
-    const registry = documented ? await api.getAll('/v1/agents', q) : null;
-    return { agents: users.filter((u) => u.roles.includes('agent')), servers, registry };
+    const [agents, tokens, servers, vms, pools] = await Promise.all([api.getAll('/v1/agents', q),
+      api.getAll('/v1/agents/enrollment-tokens', q), api.getAll('/v1/servers', q), api.getAll('/v1/vms', q), api.getAll('/v1/pools', q)]);
+    return { agents, tokens, servers, vms, pools };
+  }
+
+  tokenReq() {
+    const f = this.form('add-token');
+    const [what, id] = (f.for || 'kind:server').split(':');
+    const body = what === 'kind' ? { kind: id } : { [`${what}_id`]: id };
+    if (f.uses !== undefined) body.uses = f.uses;
+    if (f.expires_in_s !== undefined) body.expires_in_s = f.expires_in_s;
+    return api.request('POST', '/v1/agents/enrollment-tokens', { body });
+  }
+
+  async createToken(e) {
+    e.preventDefault();
+    const r = await this.act(this.tokenReq(), t('agents.token_created'));
+    this.token = r ? r.data : null;
+  }
+
+  bindReq(a) {
+    const target = this.form(`bind-${a.id}`).target || '';
+    return api.request('POST', `/v1/agents/${enc(a.id)}/bind`, { body: a.kind === 'vm' ? { vm_id: target } : { server_id: target } });
+  }
+
+  // Bind an unbound agent to a server (server agents) or a VM (VM agents) without an agent.
+  bindForm(a, targets) {
+    return html`<form id=${`bind-${a.id}`} class="inline-form" @submit=${(e) => { e.preventDefault(); this.act(this.bindReq(a), t('agents.bound')); }}>
+      <select name="target" aria-label=${t('agents.bind_to', { name: a.hostname || a.id })}>
+        ${targets.map((x) => html`<option value=${x.id}>${x.name}</option>`)}</select>
+      <button type="submit" class="small" ?disabled=${this.ro || !targets.length}>${t('agents.bind')}</button>
+      <at-curl .req=${() => this.bindReq(a)}></at-curl></form>`;
+  }
+
+  boundTo(a, n) {
+    if (a.server_id) return t('agents.for_server', { name: n.servers[a.server_id] || a.server_id });
+    if (a.vm_id) return n.vms[a.vm_id] || a.vm_id;
+    if (a.pool_id) return t('agents.pool_any', { name: n.pools[a.pool_id] || a.pool_id });
+    return html`<span class="muted">${t('agents.unbound')}</span>`;
+  }
+
+  loadText(l) {
+    if (!l) return '—';
+    const pct = (x) => fmtNumber(Math.round((x || 0) * 100));
+    return t('agents.load_text', { cpu: pct(l.cpu_load), mem: pct(l.memory_load), sessions: l.sessions ?? 0 });
+  }
+
+  tokenState(k) {
+    if (k.revoked) return 'revoked';
+    if (k.used >= k.uses) return 'used_up';
+    if (k.expires_at_ms <= Date.now()) return 'expired';
+    return 'enabled';
   }
 
   render() {
-    const d = this.d || { agents: [], servers: [], registry: null };
-    const servers = Object.fromEntries(d.servers.map((s) => [s.id, s]));
+    const d = this.d || { agents: [], tokens: [], servers: [], vms: [], pools: [] };
+    const n = { servers: names(d.servers), vms: names(d.vms), pools: names(d.pools) };
+    const taken = new Set(d.agents.filter((a) => a.registration !== 'revoked').flatMap((a) => [a.server_id, a.vm_id]).filter(Boolean));
+    const bindable = (a) => a.registration !== 'revoked' && !(a.kind === 'vm' ? a.vm_id : a.server_id);
     return html`${this.heading('agents')}${this.status()}
-      ${d.registry === null ? html`<p class="note" role="note">${t('agents.no_registry')}</p>` : html`
-        <table><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('agents.kind')}</th><th scope="col">${t('agents.registration')}</th><th scope="col">${t('agents.last_seen')}</th></tr></thead>
-        <tbody>${d.registry.map((a) => html`<tr><td>${a.name || a.id}</td><td>${a.kind || ''}</td><td>${stateBadge(a.registration || a.state || 'unknown')}</td><td>${fmtTime(a.last_heartbeat_ms || a.last_seen_ms)}</td></tr>`)}</tbody></table>`}
-      <h2>${t('agents.bound')}</h2>
-      <table><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('apps.server')}</th><th scope="col">${t('agents.last_report')}</th><th scope="col">${t('apps.in_sync')}</th></tr></thead>
-      <tbody>${d.agents.map((u) => { const s = servers[u.agent_server_id]; return html`<tr><td>${u.name}</td>
-        <td>${s ? s.name : u.agent_server_id ? u.agent_server_id : html`<span class="muted">${t('agents.unbound')}</span>`}</td>
-        <td>${s?.load ? fmtTime(s.load.reported_at_ms) : '—'}</td><td>${s ? (s.in_sync ? t('common.yes') : t('common.no')) : '—'}</td></tr>`; })}</tbody></table>
-      ${d.agents.length ? nothing : html`<p class="empty">${t('agents.none')}</p>`}`;
+      <p class="muted">${t('agents.refresh_note')}</p>
+      <table><caption class="visually-hidden">${t('admin.page.agents')}</caption><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('agents.kind')}</th>
+        <th scope="col">${t('agents.registration')}</th><th scope="col">${t('agents.bound_to')}</th><th scope="col">${t('agents.last_seen')}</th>
+        <th scope="col">${t('agents.load')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
+      <tbody>${d.agents.map((a) => html`<tr data-agent=${a.id}>
+        <td>${a.hostname || a.id}<br><code class="muted">${a.id}</code></td>
+        <td>${t(`agents.kind.${a.kind}`)}</td>
+        <td>${stateBadge(a.registration)}${a.reason ? html` <span class="muted">${a.reason}</span>` : nothing}</td>
+        <td>${this.boundTo(a, n)}</td>
+        <td>${fmtTime(a.last_heartbeat_at_ms)}</td>
+        <td>${this.loadText(a.load)}</td>
+        <td class="actions">
+          ${bindable(a) ? this.bindForm(a, (a.kind === 'vm' ? d.vms : d.servers).filter((x) => !taken.has(x.id))) : nothing}
+          ${a.registration !== 'revoked' ? this.action(t('agents.revoke'), () => api.request('DELETE', `/v1/agents/${enc(a.id)}`),
+            { secondary: true, danger: true, withCurl: true, message: t('agents.revoked') }) : nothing}
+        </td></tr>`)}</tbody></table>
+      ${d.agents.length ? nothing : html`<p class="empty">${t('agents.none')}</p>`}
+      <section aria-labelledby="tok-h"><h2 id="tok-h">${t('agents.tokens')}</h2>
+        <form id="add-token" class="card row" @submit=${(e) => this.createToken(e)}>
+          <h3>${t('agents.create_token')}</h3>
+          <label>${t('agents.token_for')}<select name="for">
+            <option value="kind:server">${t('agents.for_kind_server')}</option><option value="kind:vm">${t('agents.for_kind_vm')}</option>
+            ${d.servers.map((s) => html`<option value=${`server:${s.id}`}>${t('agents.for_server', { name: s.name })}</option>`)}
+            ${d.pools.map((p) => html`<option value=${`pool:${p.id}`}>${t('agents.for_pool', { name: p.name })}</option>`)}</select></label>
+          <label>${t('agents.uses')}<input name="uses" type="number" min="1" max="100000" value="1" class="narrow"></label>
+          <label>${t('agents.expires_in_s')}<input name="expires_in_s" type="number" min="1" max="31536000" value="86400" class="narrow"></label>
+          ${this.buttons(t('agents.create_token'), () => this.tokenReq())}
+        </form>
+        ${this.token ? html`<div class="card" role="status"><p>${t('agents.token_once')}</p>
+          <label>${t('agents.token_value')}<input class="secret" readonly .value=${this.token.token} @focus=${(e) => e.target.select()}></label>
+          <button type="button" class="small secondary" @click=${() => { this.token = null; }}>${t('common.close')}</button></div>` : nothing}
+        <table><thead><tr><th scope="col">${t('agents.token_id')}</th><th scope="col">${t('agents.token_for')}</th><th scope="col">${t('agents.uses')}</th>
+          <th scope="col">${t('agents.expires')}</th><th scope="col">${t('common.state')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
+        <tbody>${d.tokens.map((k) => html`<tr><td><code>${k.id}</code></td>
+          <td>${k.server_id ? t('agents.for_server', { name: n.servers[k.server_id] || k.server_id }) : k.pool_id ? t('agents.for_pool', { name: n.pools[k.pool_id] || k.pool_id })
+            : k.vm_id ? n.vms[k.vm_id] || k.vm_id : t(k.kind === 'vm' ? 'agents.for_kind_vm' : 'agents.for_kind_server')}</td>
+          <td>${t('agents.used', { used: k.used, uses: k.uses })}</td><td>${fmtTime(k.expires_at_ms)}</td><td>${stateBadge(this.tokenState(k))}</td>
+          <td>${this.tokenState(k) !== 'enabled' ? nothing : this.action(t('agents.revoke'), () => api.request('DELETE', `/v1/agents/enrollment-tokens/${enc(k.id)}`), { secondary: true, danger: true })}</td></tr>`)}</tbody></table>
+        ${d.tokens.length ? nothing : html`<p class="empty">${t('agents.no_tokens')}</p>`}
+      </section>`;
   }
 }
 customElements.define('at-agents', Agents);

@@ -24,7 +24,10 @@ export function missing() {
 
 export async function startBroker(extra = []) {
   const dir = mkdtempSync(join(tmpdir(), 'atrium-web-'));
+  // --allow-test-hosts: the console adds libvirt's test:///default, which POST /v1/hosts
+  // refuses by default (a test:/// URI reads a local file).
   const args = ['serve', '--listen=127.0.0.1:0', `--data-dir=${dir}`, '--default-host=none', '--access-log=off',
+    '--allow-test-hosts=on',
     // 64 workers: each long-poll (a page's live view) blocks the Pistache worker it landed on
     // for up to 15 s, and with it the other keep-alive connections of that worker (README,
     // "Web portal"); more workers make a page load that shares one rare in these tests.
