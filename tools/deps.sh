@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config ccache
       libpistache-dev librocksdb-dev nlohmann-json3-dev libvirt-dev prometheus-cpp-dev
       doctest-dev libsodium-dev libssl-dev libyaml-dev libicu-dev
-      libvirt-daemon libvirt-clients wrk nginx-light prometheus curl openssl)
+      libvirt-daemon libvirt-clients wrk nginx-light prometheus curl openssl
+      libldap-dev liboath-dev slapd ldap-utils)
 # The OpenAPI linter runs with npx; a machine that already has Node.js keeps its own.
 command -v npx >/dev/null 2>&1 || pkgs+=(nodejs npm)
 missing=()
@@ -14,5 +15,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
+  # slapd: the tests start their own (tools/ldap_test_server.sh); no system directory is
+  # configured or started by the package.
+  echo 'slapd slapd/no_configuration boolean true' | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
