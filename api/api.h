@@ -23,6 +23,10 @@
 
 namespace atrium::adapters {
 class PoolWorker;
+class DirectoryClient;
+}
+namespace atrium::domain {
+struct Directory;
 }
 
 namespace atrium::api {
@@ -53,6 +57,10 @@ struct ApiConfig {
   std::map<std::string, size_t> stream_budgets{{"admin", 2}, {"user", 4}, {"agent", 2}};
   LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
+  // Directory users (api/directory_auth.cpp): a token of one is checked against its directory
+  // again once this old (--directory-recheck-s); the key that seals bind passwords.
+  int64_t directory_recheck_ms = 300'000;
+  std::string secret_key;  // kSecretKeyBytes (api/crypto.h); empty: bind_password refused
 };
 
 struct Page {
@@ -148,6 +156,26 @@ class Api {
                                              const std::string& user_id,
                                              const std::optional<std::string>& hash,
                                              const std::string& password, const Error& on_mismatch);
+  // The parts of check_password for checks that are not a local password (a directory bind,
+  // a second factor): the throttle's refusal if engaged; a failure counted (and recorded when
+  // it engages the throttle) with its answer; a success clearing the name's failures.
+  std::optional<HttpResponse> login_gate(const HttpRequest& req, const std::string& name);
+  HttpResponse login_failed(const HttpRequest& req, const std::string& name,
+                            const std::string& user_id, const Error& answer);
+  void login_succeeded(const std::string& name);
+
+  // ---- directories (api/directory_auth.cpp) ---------------------------------------------
+  void set_directory_client(std::shared_ptr<adapters::DirectoryClient> c) { directory_ = std::move(c); }
+  adapters::DirectoryClient* directory_client() { return directory_.get(); }
+  // Sign-in of `login` against directory `d`: 200 with a token, 401 bad_credentials, 429,
+  // 503 directory_unavailable (never 401 when the directory cannot answer).
+  HttpResponse directory_sign_in(HttpRequest& req, const domain::Directory& d,
+                                 const std::string& login, const std::string& password);
+  // For an authenticated directory user whose last check is older than the recheck
+  // interval: asks the directory again; the answer to give instead of the route's (401 when
+  // the directory no longer has the user, 503 when it is unreachable), else nullopt.
+  std::optional<HttpResponse> recheck_directory_user(const HttpRequest& req);
+  Result<std::string> bind_password(const domain::Directory& d) const;
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
@@ -177,11 +205,16 @@ class Api {
   prometheus::Counter* login_kdf_ = nullptr;
   std::mutex idle_mu_;
   std::condition_variable idle_cv_;
+  std::shared_ptr<adapters::DirectoryClient> directory_;
+  std::mutex checked_mu_;
+  std::unordered_map<std::string, int64_t> checked_at_ms_;  // directory user -> last check
 };
 
 // Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
 void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
+// Directories (api/directory_auth.cpp).
+void register_directory_routes(Api& api);
 // Hosts, VMs and operations (api/routes_hosts.cpp).
 void register_host_routes(Api& api);
 // Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call

@@ -26,7 +26,7 @@ bool parse_u64(const std::string& s, uint64_t& out) {
 void redact(Json& j) {
   if (j.is_object()) {
     for (auto& [k, v] : j.items()) {
-      if (k == "password_hash" || k == "token_hash") {
+      if (k == "password_hash" || k == "token_hash" || k == "bind_password_sealed") {
         v = "[redacted]";
       } else {
         redact(v);
@@ -129,10 +129,27 @@ void register_auth(Api& api) {
     // Names are stored in NFKC: `ａｄｍｉｎ` signs in as `admin`, and throttles count by it.
     auto norm = domain::normalize_user_name(*raw_name);
     std::string name = norm.ok() ? *norm : *raw_name;
+    // "<login>@<directory>", or a name no local user has while a default directory exists:
+    // the directory checks the password (api/directory_auth.cpp).
+    auto directory = api.views().read([&](const State& s) -> std::optional<std::pair<domain::Directory, std::string>> {
+      if (auto at = name.rfind('@'); at != std::string::npos && at > 0) {
+        if (const domain::Directory* d = s.directories.find_by_name(name.substr(at + 1))) {
+          return std::make_pair(*d, name.substr(0, at));
+        }
+      }
+      if (s.users.find_by_name(name) == nullptr) {
+        if (const domain::Directory* d = s.directories.default_directory()) {
+          return std::make_pair(*d, name);
+        }
+      }
+      return std::nullopt;
+    });
+    if (directory) return api.directory_sign_in(req, directory->first, directory->second, *password);
     auto found =
         api.views().read([&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
           const domain::User* u = s.users.find_by_name(name);
-          if (u == nullptr || u->disabled) return std::nullopt;
+          // A directory user's password is the directory's, never a local one.
+          if (u == nullptr || u->disabled || !u->directory_id.empty()) return std::nullopt;
           return std::make_pair(u->id, u->password_hash);
         });
     // One answer for an unknown user, a user without a password and a wrong password, in

@@ -30,5 +30,8 @@ void register_pools(EvolveTable& t);
 void pools_after_evolve(State& s, const Event& e, const Applied& at);
 Json pools_to_json(const PoolsState& s);
 Status pools_from_json(PoolsState& s, const Json& j);
+void register_directories(EvolveTable& t);
+Json directories_to_json(const DirectoriesState& s);
+Status directories_from_json(DirectoriesState& s, const Json& j);
 
 }  // namespace atrium::domain

@@ -13,6 +13,7 @@ const EvolveTable& table() {
     register_app_sessions(t);
     register_hosts(t);
     register_pools(t);
+    register_directories(t);
     return t;
   }();
   return t;
@@ -50,6 +51,7 @@ Json state_to_json(const State& s) {
   j["appcloud"] = appcloud_to_json(s.appcloud);
   j["hosts"] = hosts_to_json(s.hosts);
   j["pools"] = pools_to_json(s.pools);
+  j["directories"] = directories_to_json(s.directories);
   return j;
 }
 
@@ -64,6 +66,9 @@ Result<State> state_from_json(const Json& j) {
     if (auto st = hosts_from_json(s.hosts, j.at("hosts")); !st) return st.error();
     if (j.contains("pools")) {
       if (auto st = pools_from_json(s.pools, j.at("pools")); !st) return st.error();
+    }
+    if (j.contains("directories")) {
+      if (auto st = directories_from_json(s.directories, j.at("directories")); !st) return st.error();
     }
     if (auto st = appcloud_from_json(s.appcloud, j.at("appcloud")); !st) return st.error();
     return s;

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "domain/appcloud.h"
+#include "domain/directories.h"
 #include "domain/event.h"
 #include "domain/hosts.h"
 #include "domain/pools.h"
@@ -21,6 +22,7 @@ struct State {
   AppCloudState appcloud;
   HostsState hosts;
   PoolsState pools;
+  DirectoriesState directories;
 
   uint64_t version_of(const std::string& stream) const {
     auto it = stream_versions.find(stream);
