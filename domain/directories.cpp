@@ -88,6 +88,16 @@ Status validate_directory(const Directory& d) {
   return Status::Ok();
 }
 
+Status validate_group(const State& s, const std::string& group) {
+  auto at = group.rfind('@');
+  if (at == std::string::npos || at == 0 || group.size() > 256 ||
+      s.directories.find_by_name(group.substr(at + 1)) == nullptr) {
+    return Error{Code::invalid_argument, "group must be <cn>@<directory> of a known directory",
+                 "unknown_group", {{"group", "must be <cn>@<directory> of a known directory"}}};
+  }
+  return Status::Ok();
+}
+
 std::set<std::string> roles_for_groups(const Directory& d, const std::set<std::string>& cns) {
   std::set<std::string> out;
   for (const auto& g : cns) {

@@ -102,6 +102,9 @@ Result<Events> decide(const State& s, const RevokeUserTokens& c, const Context& 
 // Validation of a directory definition (also used by the API before sealing the password).
 Status validate_directory(const Directory& d);
 
+// A group name "<cn>@<directory>" of a known directory, else 400 unknown_group.
+Status validate_group(const State& s, const std::string& group);
+
 // The roles the role_map gives to these group cns (empty: none).
 std::set<std::string> roles_for_groups(const Directory& d, const std::set<std::string>& cns);
 

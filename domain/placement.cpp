@@ -196,8 +196,8 @@ std::string no_candidate_message(const AppCloudState& s, const std::string& user
 
 Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        const std::string& application_id, const PlacementConfig& cfg,
-                       int64_t now_ms) {
-  auto auths = s.authorizations_of(user_id, application_id);
+                       int64_t now_ms, const std::set<std::string>& groups) {
+  auto auths = s.authorizations_of(user_id, groups, application_id);
   if (auths.empty()) {
     return refused("not_authorized",
                    "user " + user_id + " is not authorized for application " + application_id);
@@ -373,7 +373,7 @@ Result<Events> decide(const State& s, const LaunchApplication& c, const Context&
     return Error::make(Code::not_found, "application " + c.application_id + " not found",
                        "application_not_found");
   }
-  auto d = place(ac, c.user_id, c.application_id, c.config, ctx.now_ms);
+  auto d = place(ac, c.user_id, c.application_id, c.config, ctx.now_ms, u->groups);
   if (!d) return d.error();
   return Events{{session_stream(c.session_id), "ApplicationLaunchDecided", 1,
                  Json{{"session_id", c.session_id},

@@ -145,9 +145,10 @@ struct Decision {
 // Errors (failed_precondition): "not_authorized" when the user has no authorization for the
 // application; "no_candidate" when no authorized target has an eligible server, with a message
 // listing each excluded server and its reason.
+// The user's directory groups' authorizations count as its own.
 Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        const std::string& application_id, const PlacementConfig& cfg,
-                       int64_t now_ms);
+                       int64_t now_ms, const std::set<std::string>& groups = {});
 
 Json decision_to_json(const Decision& d);
 

@@ -620,22 +620,12 @@ void pool_entitlement_loss_events(const State& s, const std::string& user_id,
   }
 }
 
-static Status check_group_name(const State& s, const std::string& group) {
-  auto at = group.rfind('@');
-  if (at == std::string::npos || at == 0 || group.size() > 256 ||
-      s.directories.find_by_name(group.substr(at + 1)) == nullptr) {
-    return Error{Code::invalid_argument, "group must be <cn>@<directory> of a known directory",
-                 "unknown_group", {{"group", "must be <cn>@<directory> of a known directory"}}};
-  }
-  return Status::Ok();
-}
-
 Result<Events> decide(const State& s, const AddEntitlement& c, const Context&) {
   const Pool* p = s.pools.pool(c.pool_id);
   if (p == nullptr) return pool_not_found(c.pool_id);
   if (p->deleting) return refused("pool_deleting", "pool " + p->name + " is being deleted");
   if (!c.group.empty()) {
-    if (auto st = check_group_name(s, c.group); !st) return st.error();
+    if (auto st = validate_group(s, c.group); !st) return st.error();
     if (p->entitled_groups.count(c.group) != 0) return Events{};
     return Events{pool_event(c.pool_id, "PoolEntitlementAdded", Json{{"group", c.group}})};
   }

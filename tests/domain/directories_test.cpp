@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include "domain/placement.h"
 #include "pools_fixture.h"
 
 using namespace atrium::domain;
@@ -139,5 +140,54 @@ TEST_CASE(
   g.ok(AddEntitlement{"p", "", "devs@corp"});
   CHECK(types(g.ok(RemoveEntitlement{"p", "", "devs@corp"})) == V{"PoolEntitlementRemoved"});
   CHECK(entitled(g.s, *g.s.pools.pool("p"), "de"));
+  g.check_replay();
+}
+
+TEST_CASE("group authorizations: launches resolve groups; join subset rules hold for groups") {
+  Given g;
+  g.ctx.now_ms = 10'000'000;
+  g.ok(CreateDirectory{dir("d1", "corp")});
+  g.ok(prov("da", "uuid-a", "dana", {"staff@corp"}));
+  g.ok(prov("de", "uuid-e", "eve", {"devs@corp"}));
+  auto srv = [](const std::string& id) {
+    return CreateServer{id, "server " + id, id + ".example.org", "windows", "2019", 4, 8192, true};
+  };
+  auto app_on = [](const std::string& s) {
+    return AddServerApplication{s, "calc", "C:\\calc.exe", "calc", "/calc.desktop"};
+  };
+  std::string calc = application_id("calc", "C:\\calc.exe");
+  g.ok(CreateCluster{"c1", "cluster c1", "", {}});
+  g.ok(srv("s1"));
+  g.ok(srv("s2"));
+  g.ok(app_on("s1"));
+  g.ok(app_on("s2"));
+  g.ok(JoinCluster{"s1", "c1", std::nullopt});
+  g.ok(Publish{"pc", calc, Scope::cluster, "c1"});
+  g.ok(Publish{"ps", calc, Scope::server, "s2"});
+  CHECK(g.err(Authorize{"a0", "group:staff@nowhere", calc, Scope::cluster, "c1"}).reason ==
+        "unknown_group");
+  auto es = g.ok(Authorize{"a1", "group:staff@corp", calc, Scope::cluster, "c1"});
+  CHECK(es[0].data["user_id"] == "group:staff@corp");
+  CHECK(authorization_to_json(*g.s.appcloud.authorization("a1"))["group"] == "staff@corp");
+  CHECK(g.err(Authorize{"a2", "group:staff@corp", calc, Scope::cluster, "c1"}).reason ==
+        "already_authorized");
+  g.ok(ReportServerLoad{"s1", 0.1, 0.1, 0, g.ctx.now_ms});
+  // dana (in staff) may launch, placed in the cluster; eve (in devs) may not.
+  es = g.ok(LaunchApplication{"x1", "da", calc, {}});
+  CHECK(es[0].data["server_id"] == "s1");
+  CHECK(g.err(LaunchApplication{"x2", "de", calc, {}}).reason == "not_authorized");
+  CHECK(g.s.appcloud.entitlements("da", g.s.users.find("da")->groups).size() == 1);
+  CHECK(g.s.appcloud.entitlements("de", g.s.users.find("de")->groups).empty());
+  // A group authorized on s2 but not in c1: s2 may not join (subset rule, as for a user).
+  g.ok(Authorize{"a3", "group:devs@corp", calc, Scope::server, "s2"});
+  CHECK(g.err(JoinCluster{"s2", "c1", std::nullopt}).reason == "join_authorizations_not_subset");
+  g.ok(Unauthorize{"a3", std::nullopt});
+  // staff on s2 as well as in c1: on join the server-scope one is dropped (rule 3).
+  g.ok(Authorize{"a4", "group:staff@corp", calc, Scope::server, "s2"});
+  es = g.ok(JoinCluster{"s2", "c1", std::nullopt});
+  bool dropped = false;
+  for (const auto& e : es)
+    dropped = dropped || (e.type == "ApplicationUnauthorized" && e.stream == "authorization-a4");
+  CHECK(dropped);
   g.check_replay();
 }
