@@ -169,6 +169,9 @@ HttpResponse Api::handle(HttpRequest& req) {
         if (auto stale = recheck_directory_user(req)) {
           resp = std::move(*stale);
           allowed = false;
+        } else if (auto enroll = enforce_totp_enrollment(req, m.tmpl)) {
+          resp = std::move(*enroll);
+          allowed = false;
         }
         const auto& roles = m.route->access.roles;
         bool role_ok = roles.empty() || req.principal->is_admin();
@@ -484,7 +487,10 @@ std::optional<HttpResponse> Api::check_password(const HttpRequest& req, const st
   }
   login_kdf_->Increment();
   if (c == PasswordCheck::match && hash && !hash->empty()) {
-    login_succeeded(name);
+    // With a second factor still to check, the name's failures stand until it passes (else
+    // a known password would reset the count before every guessed code).
+    bool second = views_.read([&](const domain::State& s) { return s.totp.enabled(user_id); });
+    if (!second) login_succeeded(name);
     return std::nullopt;
   }
   return login_failed(req, name, user_id, on_mismatch);

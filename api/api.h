@@ -170,12 +170,27 @@ class Api {
   // Sign-in of `login` against directory `d`: 200 with a token, 401 bad_credentials, 429,
   // 503 directory_unavailable (never 401 when the directory cannot answer).
   HttpResponse directory_sign_in(HttpRequest& req, const domain::Directory& d,
-                                 const std::string& login, const std::string& password);
+                                 const std::string& login, const std::string& password,
+                                 const std::optional<std::string>& totp_code = std::nullopt,
+                                 const std::optional<std::string>& recovery_code = std::nullopt);
   // For an authenticated directory user whose last check is older than the recheck
   // interval: asks the directory again; the answer to give instead of the route's (401 when
   // the directory no longer has the user, 503 when it is unreachable), else nullopt.
   std::optional<HttpResponse> recheck_directory_user(const HttpRequest& req);
   Result<std::string> bind_password(const domain::Directory& d) const;
+
+  // ---- second factor (api/totp.cpp) -----------------------------------------------------
+  // After the password: nullopt when the user has no TOTP or gave a good code (each TOTP step
+  // accepted once) or an unused recovery code; else 401 totp_required, or totp_invalid
+  // counted by the login throttle under `throttle_name`.
+  std::optional<HttpResponse> check_second_factor(const HttpRequest& req,
+                                                  const std::string& throttle_name,
+                                                  const std::string& user_id,
+                                                  const std::optional<std::string>& code,
+                                                  const std::optional<std::string>& recovery);
+  // 403 totp_enrollment_required for a user who must have TOTP and has not enrolled, on every
+  // route but enrollment and logout.
+  std::optional<HttpResponse> enforce_totp_enrollment(const HttpRequest& req, const std::string& tmpl);
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
@@ -208,6 +223,8 @@ class Api {
   std::shared_ptr<adapters::DirectoryClient> directory_;
   std::mutex checked_mu_;
   std::unordered_map<std::string, int64_t> checked_at_ms_;  // directory user -> last check
+  std::mutex totp_mu_;
+  std::unordered_map<std::string, int64_t> totp_last_step_;  // user -> last accepted TOTP step
 };
 
 // Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
@@ -215,6 +232,8 @@ void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
 // Directories (api/directory_auth.cpp).
 void register_directory_routes(Api& api);
+// TOTP enrollment and policy (api/totp.cpp).
+void register_totp_routes(Api& api);
 // Hosts, VMs and operations (api/routes_hosts.cpp).
 void register_host_routes(Api& api);
 // Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call

@@ -78,6 +78,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
                                   clock);
   register_core_routes(*d->api_, openapi_text());
   register_directory_routes(*d->api_);
+  register_totp_routes(*d->api_);
   d->api_->set_directory_client(adapters::make_ldap_directory_client());
   register_appcloud_routes(*d->api_);
   register_host_routes(*d->api_);

@@ -56,7 +56,9 @@ Result<std::string> Api::bind_password(const domain::Directory& d) const {
 }
 
 HttpResponse Api::directory_sign_in(HttpRequest& req, const domain::Directory& d,
-                                    const std::string& login, const std::string& password) {
+                                    const std::string& login, const std::string& password,
+                                    const std::optional<std::string>& totp_code,
+                                    const std::optional<std::string>& recovery_code) {
   const std::string throttle_name = login + "@" + d.name;
   if (auto refusal = login_gate(req, throttle_name)) return *refusal;
   if (!directory_) return unavailable(d);
@@ -89,6 +91,14 @@ HttpResponse Api::directory_sign_in(HttpRequest& req, const domain::Directory& d
     return u != nullptr && u->disabled;
   });
   if (disabled) return login_failed(req, throttle_name, "", kBadCredentials);
+  std::string known = views_.read([&](const State& s) {
+    const domain::User* u = s.users.find_external(d.id, found->external_id);
+    return u != nullptr ? u->id : std::string();
+  });
+  if (!known.empty()) {
+    if (auto r = check_second_factor(req, throttle_name, known, totp_code, recovery_code))
+      return *r;
+  }
   login_succeeded(throttle_name);
 
   domain::ProvisionDirectoryUser prov{new_id(), d.id,  found->external_id, found->dn, *norm,

@@ -38,6 +38,13 @@ const std::vector<QueryRule>& query_rules() {
       {"GET", "/v1/directories", kAsOf},
       {"GET", "/v1/directories/{id}", kAsOf},
       {"DELETE", "/v1/directories/{id}", kNone},
+      // second factor (totp.cpp)
+      {"POST", "/v1/me/totp", kNone},
+      {"POST", "/v1/me/totp/confirm", kNone},
+      {"DELETE", "/v1/users/{id}/totp", kNone},
+      {"PUT", "/v1/users/{id}/totp-required", kNone},
+      {"PUT", "/v1/totp-policy", kNone},
+      {"GET", "/v1/totp-policy", kAsOf},
       // application cloud (routes_appcloud.cpp)
       {"POST", "/v1/clusters", kNone},
       {"GET", "/v1/clusters", list()},

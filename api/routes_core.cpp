@@ -26,7 +26,8 @@ bool parse_u64(const std::string& s, uint64_t& out) {
 void redact(Json& j) {
   if (j.is_object()) {
     for (auto& [k, v] : j.items()) {
-      if (k == "password_hash" || k == "token_hash" || k == "bind_password_sealed") {
+      if (k == "password_hash" || k == "token_hash" || k == "bind_password_sealed" ||
+          k == "secret_sealed" || k == "recovery_code_hashes" || k == "recovery_code_hash") {
         v = "[redacted]";
       } else {
         redact(v);
@@ -122,9 +123,11 @@ void register_auth(Api& api) {
   r.add("POST", "/v1/auth/login", Access::Public(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"name", "password"});
+    BodyReader br(*body, {"name", "password", "totp_code", "recovery_code"});
     auto raw_name = br.str("name", true, 512, 1);
     auto password = br.str("password", true, 1024, 1);
+    auto totp_code = br.str("totp_code", false, 16, 1);
+    auto recovery_code = br.str("recovery_code", false, 64, 1);
     if (auto st = br.finish(); !st) return problem(st.error());
     // Names are stored in NFKC: `ａｄｍｉｎ` signs in as `admin`, and throttles count by it.
     auto norm = domain::normalize_user_name(*raw_name);
@@ -144,7 +147,10 @@ void register_auth(Api& api) {
       }
       return std::nullopt;
     });
-    if (directory) return api.directory_sign_in(req, directory->first, directory->second, *password);
+    if (directory) {
+      return api.directory_sign_in(req, directory->first, directory->second, *password, totp_code,
+                                   recovery_code);
+    }
     auto found =
         api.views().read([&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
           const domain::User* u = s.users.find_by_name(name);
@@ -161,6 +167,10 @@ void register_auth(Api& api) {
                                           *password, kBad)) {
       return *refusal;
     }
+    if (auto refusal = api.check_second_factor(req, name, found->first, totp_code, recovery_code)) {
+      return *refusal;
+    }
+    api.login_succeeded(name);
     std::string token = new_token();
     domain::IssueToken cmd{found->first, sha256_hex(token), api.now_ms() + api.config().token_ttl_ms};
     Command c = command("IssueToken", cmd, 200, [cmd, token](const State& s) {

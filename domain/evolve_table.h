@@ -33,5 +33,8 @@ Status pools_from_json(PoolsState& s, const Json& j);
 void register_directories(EvolveTable& t);
 Json directories_to_json(const DirectoriesState& s);
 Status directories_from_json(DirectoriesState& s, const Json& j);
+void register_totp(EvolveTable& t);
+Json totp_to_json(const TotpState& s);
+Status totp_from_json(TotpState& s, const Json& j);
 
 }  // namespace atrium::domain

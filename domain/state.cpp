@@ -14,6 +14,7 @@ const EvolveTable& table() {
     register_hosts(t);
     register_pools(t);
     register_directories(t);
+    register_totp(t);
     return t;
   }();
   return t;
@@ -52,6 +53,7 @@ Json state_to_json(const State& s) {
   j["hosts"] = hosts_to_json(s.hosts);
   j["pools"] = pools_to_json(s.pools);
   j["directories"] = directories_to_json(s.directories);
+  j["totp"] = totp_to_json(s.totp);
   return j;
 }
 
@@ -66,6 +68,9 @@ Result<State> state_from_json(const Json& j) {
     if (auto st = hosts_from_json(s.hosts, j.at("hosts")); !st) return st.error();
     if (j.contains("pools")) {
       if (auto st = pools_from_json(s.pools, j.at("pools")); !st) return st.error();
+    }
+    if (j.contains("totp")) {
+      if (auto st = totp_from_json(s.totp, j.at("totp")); !st) return st.error();
     }
     if (j.contains("directories")) {
       if (auto st = directories_from_json(s.directories, j.at("directories")); !st) return st.error();

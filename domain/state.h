@@ -11,6 +11,7 @@
 #include "domain/event.h"
 #include "domain/hosts.h"
 #include "domain/pools.h"
+#include "domain/totp.h"
 #include "domain/users.h"
 
 namespace atrium::domain {
@@ -23,6 +24,7 @@ struct State {
   HostsState hosts;
   PoolsState pools;
   DirectoriesState directories;
+  TotpState totp;
 
   uint64_t version_of(const std::string& stream) const {
     auto it = stream_versions.find(stream);
