@@ -39,8 +39,9 @@ TEST_CASE("TOTP: the RFC 6238 appendix B test vectors (SHA-1 and SHA-256, 8 digi
   CHECK(totp_match(sha1_key, 1111111111, "05047") == -1);
   CHECK(totp_match(sha1_key, 1111111111, "05047x") == -1);
   std::string uri = atrium::api::totp_uri("Atrium", "alice@corp", sha1_key);
-  CHECK(uri == "otpauth://totp/Atrium:alice%40corp?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
-               "&issuer=Atrium&algorithm=SHA1&digits=6&period=30");
+  CHECK(uri ==
+        "otpauth://totp/Atrium:alice%40corp?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+        "&issuer=Atrium&algorithm=SHA1&digits=6&period=30");
 }
 
 namespace {
@@ -56,7 +57,9 @@ std::string raw_secret(const std::string& base32) {
 
 }  // namespace
 
-TEST_CASE("TOTP over HTTP: enroll, confirm, login with a code, replay refused, wrong codes throttled, recovery") {
+TEST_CASE(
+    "TOTP over HTTP: enroll, confirm, login with a code, replay refused, wrong codes throttled, "
+    "recovery") {
   int64_t offset_ms = 0;
   TestBroker b;
   auto now_s = [&] { return static_cast<int64_t>(std::time(nullptr)) + offset_ms / 1000; };
@@ -122,8 +125,9 @@ TEST_CASE("TOTP enforcement per role and per user: only enrollment is open until
   auto en = b.call("POST", "/v1/me/totp", nullptr, tok);
   REQUIRE(en.status == 201);
   std::string raw = raw_secret(en.json()["secret"]);
-  REQUIRE(b.call("POST", "/v1/me/totp/confirm", {{"code", *totp_code(raw, std::time(nullptr))}}, tok).status ==
-        200);
+  REQUIRE(
+      b.call("POST", "/v1/me/totp/confirm", {{"code", *totp_code(raw, std::time(nullptr))}}, tok)
+          .status == 200);
   CHECK(b.call("GET", "/v1/users/" + uid, nullptr, tok).status == 200);
   // Admins are not in the policy: the admin token still works; per user, too.
   CHECK(b.call("PUT", "/v1/totp-policy", {{"required_roles", json::array()}}).status == 200);
@@ -131,5 +135,6 @@ TEST_CASE("TOTP enforcement per role and per user: only enrollment is open until
   auto req = b.call("PUT", "/v1/users/" + vid + "/totp-required", {{"required", true}});
   REQUIRE_MESSAGE(req.status == 200, req.body);
   CHECK(req.json()["required"] == true);
-  CHECK(b.call("GET", "/v1/users/" + vid, nullptr, vtok).json()["reason"] == "totp_enrollment_required");
+  CHECK(b.call("GET", "/v1/users/" + vid, nullptr, vtok).json()["reason"] ==
+        "totp_enrollment_required");
 }
