@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "api/daemon.h"
+#include "common/broker_groups.h"
 #include "eventstore/event_store.h"
 
 namespace {
@@ -56,12 +57,18 @@ const std::vector<Flag> kFlags = {
      "file holding the first admin token (ATRIUM_BOOTSTRAP_TOKEN also works)"},
     {"access-log", "ATRIUM_ACCESS_LOG", "on|off (default on, to stderr)"},
     {"queue-capacity", "ATRIUM_QUEUE_CAPACITY", "command queue bound (default 10000)"},
+    {"web-dir", "ATRIUM_WEB_DIR",
+     "serve the web portal from this directory (web/public) instead of the built-in copy"},
     {"default-host", "ATRIUM_DEFAULT_HOST",
      "libvirt URI of the host added on first start (default test:///default; none = no host)"},
-    {"host-reconciler", "ATRIUM_HOST_RECONCILER",
-     "on|off: connect to hosts and reconcile VMs (default on)"},
-    {"host-resync-s", "ATRIUM_HOST_RESYNC_S",
-     "full relist of each host every N seconds (default 30)"},
+    {"allow-test-hosts", "ATRIUM_ALLOW_TEST_HOSTS",
+     "on|off: POST /v1/hosts accepts libvirt test:/// URIs, which read a local file (default off)"},
+    {"allow-tcp-hosts", "ATRIUM_ALLOW_TCP_HOSTS",
+     "on|off: accept qemu+tcp:// host URIs, unencrypted (default off)"},
+    {"host-uri-params", "ATRIUM_HOST_URI_PARAMS",
+     "comma-separated libvirt URI query parameters to allow beyond the safe ones, e.g. keyfile"},
+    {"host-reconciler", "ATRIUM_HOST_RECONCILER", "on|off: connect to hosts and reconcile VMs (default on)"},
+    {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
     {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
      "a host not up after N seconds goes to alert (default 300)"},
     {"client-timeout-s", "ATRIUM_CLIENT_TIMEOUT_S",
@@ -80,6 +87,13 @@ const std::vector<Flag> kFlags = {
      "server load reports older than N seconds are stale (default 90)"},
     {"load-weights", "ATRIUM_LOAD_WEIGHTS",
      "cpu,memory,sessions weights of a target's load (default 0.3,0.6,0.1)"},
+    {"agent-heartbeat-s", "ATRIUM_AGENT_HEARTBEAT_S",
+     "agents heartbeat every N seconds, 1 to 3600 (default 30)"},
+    {"agent-grace-factor", "ATRIUM_AGENT_GRACE_FACTOR",
+     "an agent silent for heartbeat x N is unregistered, 2 to 100 (default 3)"},
+    {"agent-brokers", "ATRIUM_AGENT_BROKERS",
+     "broker groups given to agents, e.g. \"(http://b1:8080 http://b2:8080)(http://b3:8080)\" "
+     "(default: the address the agent reached)"},
     {"accept-data-loss", "ATRIUM_ACCEPT_DATA_LOSS",
      "yes: start although the WAL is damaged mid-log, dropping what follows (default no)"},
 };
@@ -377,6 +391,21 @@ int main(int argc, char** argv) {
     }
     cfg.api.placement.load_weights = {w[0], w[1], w[2]};
   }
+  if (!count("agent-heartbeat-s", 1, 3600, cfg.api.agent_heartbeat_ms) ||
+      !count("agent-grace-factor", 2, 100, cfg.api.agent_grace_factor)) {
+    return 2;
+  }
+  if (get("agent-heartbeat-s")) cfg.api.agent_heartbeat_ms *= 1000;
+  if (auto v = get("agent-brokers")) {
+    if (!atrium::parse_broker_groups(*v)) {
+      std::fprintf(stderr,
+                   "atriumd: bad --agent-brokers '%s' (groups such as \"(http://b1:8080 "
+                   "http://b2:8080)(http://b3:8080)\")\n",
+                   v->c_str());
+      return 2;
+    }
+    cfg.api.agent_brokers = *v;
+  }
   if (auto st = atrium::domain::validate_placement_config(cfg.api.placement); !st.ok()) {
     std::fprintf(stderr, "atriumd: %s\n", st.error().message.c_str());
     return 2;
@@ -388,6 +417,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (auto v = get("access-log")) cfg.api.access_log = *v != "off";
+  if (auto v = get("web-dir")) {
+    std::ifstream index(*v + "/index.html");
+    if (v->empty() || !index) {
+      std::fprintf(stderr, "atriumd: bad --web-dir: %s has no index.html\n", v->c_str());
+      return 2;
+    }
+    cfg.api.web_dir = *v;
+  }
   if (auto v = get("accept-data-loss")) {
     auto b = yes_no(*v);
     if (!b)
@@ -395,6 +432,34 @@ int main(int argc, char** argv) {
     cfg.accept_data_loss = *b;
   }
   if (auto v = get("default-host")) cfg.default_host_uri = *v == "none" ? "" : *v;
+  auto on_off = [&](const char* name, bool& out) {
+    auto v = get(name);
+    if (!v) return true;
+    if (*v != "on" && *v != "off") {
+      std::fprintf(stderr, "atriumd: --%s must be on or off, got '%s'\n", name, v->c_str());
+      return false;
+    }
+    out = *v == "on";
+    return true;
+  };
+  if (!on_off("allow-test-hosts", cfg.host_uris.allow_test) ||
+      !on_off("allow-tcp-hosts", cfg.host_uris.allow_tcp)) {
+    return 2;
+  }
+  if (auto v = get("host-uri-params")) {
+    std::string list = *v + ",";
+    for (size_t p = 0, c; (c = list.find(',', p)) != std::string::npos; p = c + 1) {
+      std::string name = list.substr(p, c - p);
+      bool ok = !name.empty();
+      for (char ch : name) ok = ok && ((ch >= 'a' && ch <= 'z') || ch == '_');
+      if (!ok) {
+        std::fprintf(stderr, "atriumd: --host-uri-params takes names like keyfile,pkipath; got '%s'\n",
+                     v->c_str());
+        return 2;
+      }
+      cfg.host_uris.extra_params.insert(name);
+    }
+  }
   if (const char* t = std::getenv("ATRIUM_BOOTSTRAP_TOKEN"); t && *t) cfg.bootstrap_token = t;
   if (auto v = get("bootstrap-token-file")) {
     std::ifstream in(*v);

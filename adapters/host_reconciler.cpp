@@ -432,6 +432,12 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
         (void)exec(cmd("BeginOperations",
                        domain::BeginOperations{hid, hs.host.epoch, {hs.connect_op_pending}}));
       }
+      if (auto allowed = domain::check_host_uri(hs.host.uri, opts_.uri_policy); !allowed) {
+        log("host " + hid + ": not connecting: " + allowed.error().message);
+        (void)exec(cmd("RecordHostConnectFailed",
+                       domain::RecordHostConnectFailed{hid, allowed.error().message, false, true}));
+        break;  // alert now; POST .../activate checks again
+      }
       ConnectOptions co;
       co.uri = hs.host.uri;
       co.keepalive_interval_s = opts_.keepalive_interval_s;

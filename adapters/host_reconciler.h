@@ -55,6 +55,7 @@
 
 #include "adapters/hypervisor.h"
 #include "adapters/libvirt_hypervisor.h"
+#include "domain/host_uri.h"
 #include "domain/pools.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
@@ -73,6 +74,9 @@ struct HostManagerOptions {
   unsigned keepalive_count = 3;
   bool correct_unmanaged = false;  // policy: also correct drift of VMs no pool manages
   int max_correction_attempts = 3;
+  // Checked again before every connect: a host in the log whose URI is no longer allowed
+  // goes to alert without being opened.
+  domain::HostUriPolicy uri_policy;
 };
 
 // Prometheus families of hosts, VMs and libvirt calls, registered on the shared registry.

@@ -56,7 +56,19 @@ struct LibvirtOptions {
 // Converts libvirt's last error of the calling thread into an Error (message = libvirt's own
 // message, reason = "libvirt_<code>"); `call` names the failed function for the rare case where
 // libvirt set no error. Must run on the thread that made the failed call, right after it.
+// The message is scrubbed (scrub_libvirt_message) of what libxml2 quotes of a document.
 Error libvirt_error(std::string_view call);
+
+// libvirt's error text made fit for events and answers (issue 10.4), otherwise unchanged:
+//  - libxml2 errors (VIR_ERR_XML_DETAIL, `xml_detail`) quote the document they parse on the
+//    lines after the first (the offending line, a caret): only the first line is kept;
+//  - with a `file` (opening test:///<file>: the test driver parses that file, which may be any
+//    file the broker can read), whatever may quote it is withheld as well: libxml2's own
+//    sentence, unless it is one of a few fixed ones that quote nothing ("Start tag expected,
+//    '<' not found"), and every '...' quotation in libvirt's message ("unknown OS type '...'")
+//    but the file's own path. The location (path and line) stays.
+std::string scrub_libvirt_message(std::string_view message, bool xml_detail,
+                                  std::string_view file = {});
 
 class LibvirtConnection;
 

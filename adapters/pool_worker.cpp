@@ -409,7 +409,12 @@ void PoolWorker::run_once() {
       if (m.state == "refreshing") k.refreshing.push_back(id);
       if (!m.display_reset.empty()) k.resetting.push_back(id);
     }
-    k.actions = domain::power_actions(s, now, opts_.client_timeout.count());
+    domain::SessionLiveness live;
+    if (const pipeline::Liveness* l = liveness_) {
+      live.started_at_ms = l->started_at_ms();
+      live.client_seen = [l](const std::string& id) { return l->client_seen_ms(id); };
+    }
+    k.actions = domain::power_actions(s, now, opts_.client_timeout.count(), live);
     return k;
   });
   for (const auto& id : w.provisioning) {

@@ -28,6 +28,7 @@
 
 #include "adapters/host_reconciler.h"
 #include "domain/pools.h"
+#include "pipeline/liveness.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
 
@@ -67,6 +68,9 @@ class PoolWorker {
   PoolWorker(const PoolWorker&) = delete;
   PoolWorker& operator=(const PoolWorker&) = delete;
 
+  // The liveness table whose client reports the session monitor reads (api::Api's); none:
+  // only what the log says (connect/disconnect events).
+  void set_liveness(const pipeline::Liveness* live) { liveness_ = live; }
   void start();  // idempotent
   void stop();   // idempotent; before the host manager and the pipeline stop
 
@@ -153,6 +157,7 @@ class PoolWorker {
   // Display password changes of one broker, one at a time: a launch's fresh ticket and the
   // worker's resets and retirements never interleave (a reset never kills a newer ticket).
   std::mutex display_mu_;
+  const pipeline::Liveness* liveness_ = nullptr;
 };
 
 }  // namespace atrium::adapters

@@ -84,6 +84,7 @@ Api::Api(ApiConfig cfg, eventstore::EventStore& store, projections::Views& views
       pipeline_(pipeline),
       metrics_(metrics),
       clock_(std::move(clock)),
+      liveness_(clock_()),
       log_(cfg_.access_log),
       throttle_(cfg_.login) {
   login_failures_ = &prometheus::BuildCounter()
@@ -119,7 +120,7 @@ Result<Principal> Api::authenticate(const HttpRequest& req) const {
       return Error::make(Code::unauthenticated, "the token is unknown, expired or revoked",
                          "token_invalid");
     }
-    return Principal{u->id, u->name, u->roles, token_hash, u->agent_server_id};
+    return Principal{u->id, u->name, u->roles, token_hash, u->agent_server_id, ""};
   });
 }
 
@@ -203,7 +204,7 @@ HttpResponse Api::handle(HttpRequest& req) {
       }
     }
   }
-  finish(req, m.tmpl, resp, t0);
+  finish(req, m.tmpl, resp, t0, m.route != nullptr && m.route->access.agent);
   {
     std::lock_guard l(idle_mu_);
     in_flight_--;
@@ -221,7 +222,7 @@ HttpResponse Api::refused(HttpRequest& req, HttpResponse resp) {
 }
 
 void Api::finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
-                 std::chrono::steady_clock::time_point t0) {
+                 std::chrono::steady_clock::time_point t0, bool quiet) {
   resp.with_header("X-Request-Id", req.request_id);
   // A 5xx tells the client what failed (status, reason) and where to look, never how: the
   // detail may hold file paths or a library's text, and goes to the log instead.
@@ -237,7 +238,8 @@ void Api::finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record_metrics(tmpl, req.method, resp.status, secs);
-  if (cfg_.access_log) {
+  // Agent endpoints (heartbeats: thousands a second) are counted in metrics, not logged.
+  if (cfg_.access_log && !quiet) {
     char dur[32];
     std::snprintf(dur, sizeof dur, "%.3f", secs * 1000);
     std::string line = iso_now() + " " + log_escape(req.method) + " " + log_escape(req.path) + " " +

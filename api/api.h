@@ -15,8 +15,10 @@
 #include "api/http_types.h"
 #include "api/login_throttle.h"
 #include "api/router.h"
+#include "domain/host_uri.h"
 #include "domain/placement.h"
 #include "eventstore/event_store.h"
+#include "pipeline/liveness.h"
 #include "pipeline/metrics.h"
 #include "pipeline/pipeline.h"
 #include "projections/views.h"
@@ -61,6 +63,16 @@ struct ApiConfig {
   // again once this old (--directory-recheck-s); the key that seals bind passwords.
   int64_t directory_recheck_ms = 300'000;
   std::string secret_key;  // kSecretKeyBytes (api/crypto.h); empty: bind_password refused
+  domain::HostUriPolicy host_uris;    // POST /v1/hosts: which libvirt URIs may be added
+  // The web portal's files: empty = those embedded at build time, else this directory
+  // (--web-dir, for developing the pages without rebuilding).
+  std::string web_dir;
+  // Agents (api/routes_agents.cpp): heartbeat interval, grace factor (a miss past interval x
+  // grace unregisters), and the broker groups given to agents ("(a b)(c)"; empty: the address
+  // the agent reached).
+  int64_t agent_heartbeat_ms = 30'000;
+  int64_t agent_grace_factor = 3;
+  std::string agent_brokers;
 };
 
 struct Page {
@@ -111,6 +123,8 @@ class Api {
   pipeline::Pipeline& pipeline() { return pipeline_; }
   pipeline::Metrics& metrics() { return metrics_; }
   int64_t now_ms() const { return clock_(); }
+  // Heartbeats, load figures and client reports: in memory, never in the log.
+  pipeline::Liveness& liveness() { return liveness_; }
 
   // Runs a command through the pipeline with the request's actor, request id and
   // Idempotency-Key, and maps the outcome to a response (JSON body, ETag from `etag_of`).
@@ -196,7 +210,7 @@ class Api {
   Result<Principal> authenticate(const HttpRequest& req) const;
   static std::string stream_class(const Principal& p);
   void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
-              std::chrono::steady_clock::time_point t0);
+              std::chrono::steady_clock::time_point t0, bool quiet = false);
   void record_metrics(const std::string& route, const std::string& method, int status,
                       double secs);
 
@@ -206,6 +220,7 @@ class Api {
   pipeline::Pipeline& pipeline_;
   pipeline::Metrics& metrics_;
   pipeline::Clock clock_;
+  pipeline::Liveness liveness_;
   Router router_;
   AccessLog log_;
 
@@ -227,6 +242,9 @@ class Api {
   std::unordered_map<std::string, int64_t> totp_last_step_;  // user -> last accepted TOTP step
 };
 
+// Agents: enrollment tokens, enrollment, registration, heartbeats, inventory, admin views
+// (routes_agents.cpp).
+void register_agent_routes(Api& api);
 // Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
 void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
@@ -236,6 +254,8 @@ void register_directory_routes(Api& api);
 void register_totp_routes(Api& api);
 // Hosts, VMs and operations (api/routes_hosts.cpp).
 void register_host_routes(Api& api);
+// The web portal and admin console: GET /, /admin and /web/{file} (api/routes_web.cpp).
+void register_web_routes(Api& api);
 // Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call
 // after register_appcloud_routes: it shares POST /v1/launches and /v1/sessions with it.
 void register_pool_routes(Api& api, adapters::PoolWorker* worker);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 
 #include "adapters/ldap_directory.h"
@@ -49,6 +50,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     return Error::make(Code::unavailable,
                        "cannot create data dir " + cfg.data_dir + ": " + ec.message());
   }
+  cfg.host_uris.exempt_uri = cfg.default_host_uri;
+  cfg.api.host_uris = cfg.host_uris;
+  cfg.hosts.uri_policy = cfg.host_uris;
   // The data dir holds password and token hashes: 0700, and nothing in it readable by others
   // (the store creates its own files 0600 whatever the umask).
   private_tree(cfg.data_dir);
@@ -82,6 +86,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   d->api_->set_directory_client(adapters::make_ldap_directory_client());
   register_appcloud_routes(*d->api_);
   register_host_routes(*d->api_);
+  register_web_routes(*d->api_);
+  register_agent_routes(*d->api_);
   d->host_metrics_ = std::make_unique<adapters::HostMetrics>(*d->metrics_->registry);
   d->metrics_->add_collector([hm = d->host_metrics_.get(), v = &d->views_] { hm->refresh(*v); });
   d->broker_metrics_ = std::make_unique<BrokerMetrics>(*d->metrics_->registry);
@@ -99,6 +105,15 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   if (cfg.pool_worker) {
     d->pools_ = std::make_unique<adapters::PoolWorker>(*d->pipeline_, d->views_, d->hosts_.get(),
                                                        cfg.pools, clock);
+    d->pools_->set_liveness(&d->api_->liveness());
+  }
+  if (cfg.agent_monitor) {
+    adapters::AgentMonitorOptions mo;
+    mo.heartbeat_ms = cfg.api.agent_heartbeat_ms;
+    mo.grace_factor = cfg.api.agent_grace_factor;
+    mo.interval = std::chrono::milliseconds(std::clamp<int64_t>(mo.heartbeat_ms / 4, 100, 1000));
+    d->agents_ = std::make_unique<adapters::AgentMonitor>(*d->pipeline_, d->views_,
+                                                          d->api_->liveness(), mo, clock);
   }
   register_pool_routes(*d->api_, d->pools_.get());
   d->server_ = std::make_unique<HttpServer>(*d->api_);
@@ -106,6 +121,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
 
   if (auto st = d->pipeline_->start(); !st) return st.error();
   if (auto st = d->bootstrap(cfg); !st) return st.error();
+  // Liveness starts now: nobody is missing before one full grace period from here.
+  d->api_->liveness().restart(clock());
+  if (d->agents_) d->agents_->start();
   if (d->hosts_) d->hosts_->start();
   if (d->pools_) d->pools_->start();
   d->api_->set_started();
@@ -122,6 +140,7 @@ void Daemon::stop() {
     api_->wait_idle(std::chrono::seconds(10));
   }
   if (server_) server_->shutdown();
+  if (agents_) agents_->stop();
   if (pools_) pools_->stop();  // uses the host manager's connections: before it
   if (hosts_) hosts_->stop();  // its workers submit commands: before the pipeline
   if (pipeline_) pipeline_->stop();

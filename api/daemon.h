@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "adapters/agent_monitor.h"
 #include "adapters/host_reconciler.h"
 #include "adapters/pool_worker.h"
 #include "api/api.h"
@@ -20,6 +21,9 @@ struct DaemonConfig {
   std::string data_dir = "./data";
   // Host added on the very first start (empty log); empty = none.
   std::string default_host_uri = "test:///default";
+  // Which libvirt URIs may be added and opened (domain/host_uri.h); the one source for the
+  // API and the host reconciler. The default host's URI is always allowed.
+  domain::HostUriPolicy host_uris;
   ApiConfig api;
   // ATRIUM_BOOTSTRAP_TOKEN: at least kMinBootstrapTokenChars characters. It lives
   // bootstrap_token_ttl_ms from the start that first registered it; a start that names
@@ -38,6 +42,9 @@ struct DaemonConfig {
   // The desktop pool worker (adapters/pool_worker.h): on by default.
   bool pool_worker = true;
   adapters::PoolWorkerOptions pools;
+  // The agent monitor (adapters/agent_monitor.h): on by default; its heartbeat interval and
+  // grace come from api.agent_heartbeat_ms and api.agent_grace_factor.
+  bool agent_monitor = true;
   std::shared_ptr<adapters::Hypervisor> hypervisor;  // null: libvirt
 };
 
@@ -57,6 +64,7 @@ class Daemon {
   pipeline::Pipeline& pipeline() { return *pipeline_; }
   adapters::HostManager* host_manager() { return hosts_.get(); }
   adapters::PoolWorker* pool_worker() { return pools_.get(); }
+  adapters::AgentMonitor* agent_monitor() { return agents_.get(); }
   const std::string& admin_credentials_path() const { return credentials_path_; }
 
   // Graceful stop: refuse new requests, finish in-flight ones (bounded), flush the queue,
@@ -76,6 +84,7 @@ class Daemon {
   std::unique_ptr<BrokerMetrics> broker_metrics_;
   std::unique_ptr<adapters::HostManager> hosts_;
   std::unique_ptr<adapters::PoolWorker> pools_;
+  std::unique_ptr<adapters::AgentMonitor> agents_;
   std::unique_ptr<HttpServer> server_;
   std::string credentials_path_;
   bool stopped_ = false;

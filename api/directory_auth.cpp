@@ -103,7 +103,7 @@ HttpResponse Api::directory_sign_in(HttpRequest& req, const domain::Directory& d
 
   domain::ProvisionDirectoryUser prov{new_id(), d.id,  found->external_id, found->dn, *norm,
                                       roles,    groups};
-  req.principal = Principal{"system", *norm, {}, "", ""};
+  req.principal = Principal{"system", *norm, {}, "", "", ""};
   req.headers.erase("idempotency-key");
   Command pc = command("ProvisionDirectoryUser", prov, 200, [prov](const State& s) {
     const domain::User* u = s.users.find_external(prov.directory_id, prov.external_id);
@@ -126,7 +126,7 @@ HttpResponse Api::directory_sign_in(HttpRequest& req, const domain::Directory& d
                 {"user_id", cmd.user_id},
                 {"roles", u ? u->roles : std::set<std::string>{}}};
   });
-  req.principal = Principal{user_id, *norm, {}, "", ""};
+  req.principal = Principal{user_id, *norm, {}, "", "", ""};
   HttpResponse resp = run(req, std::move(c));
   resp.with_header("Cache-Control", "no-store");
   return resp;

@@ -21,7 +21,8 @@ struct Principal {
   std::string name;
   std::set<std::string> roles;
   std::string token_hash;
-  std::string agent_server_id;  // role agent: the server it acts for ("" = none)
+  std::string agent_server_id;  // a legacy agent user (before issue 11): its server ("" = none)
+  std::string agent_id;         // an enrolled agent's credential (api/routes_agents.cpp)
   bool has_role(const std::string& r) const { return roles.count(r) > 0; }
   bool is_admin() const { return has_role("admin"); }
 };

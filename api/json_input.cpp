@@ -108,9 +108,9 @@ Result<Json> parse_object(std::string_view body) {
 }
 
 BodyReader::BodyReader(const Json& obj, std::initializer_list<const char*> allowed) : obj_(obj) {
-  for (const auto& [k, v] : obj_.items()) {
-    bool ok = std::any_of(allowed.begin(), allowed.end(),
-                          [&](const char* a) { return k == a; });
+  for (const auto& item : obj_.items()) {
+    const std::string& k = item.key();  // not a structured binding: clang 14 cannot capture one
+    bool ok = std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; });
     if (!ok) errors_.push_back({k, "unknown field"});
   }
 }

@@ -110,6 +110,22 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/users/{id}/messages", kNone},
       {"POST", "/v1/users/{id}/commands", kNone},
       {"GET", "/v1/me/notifications", {"after"}},
+      // the web portal and admin console (routes_web.cpp)
+      {"GET", "/", kNone},
+      {"GET", "/admin", kNone},
+      {"GET", "/web/{file}", kNone},
+      // agents (routes_agents.cpp)
+      {"POST", "/v1/agents/enrollment-tokens", kNone},
+      {"GET", "/v1/agents/enrollment-tokens", list()},
+      {"DELETE", "/v1/agents/enrollment-tokens/{id}", kNone},
+      {"POST", "/v1/agents/enroll", kNone},
+      {"GET", "/v1/agents", list({"kind", "registration", "server_id"})},
+      {"GET", "/v1/agents/{id}", kAsOf},
+      {"DELETE", "/v1/agents/{id}", kNone},
+      {"POST", "/v1/agents/{id}/bind", kNone},
+      {"POST", "/v1/agents/{id}/register", kNone},
+      {"POST", "/v1/agents/{id}/heartbeat", kNone},
+      {"POST", "/v1/agents/{id}/inventory", kNone},
   };
   return rules;
 }

@@ -18,10 +18,15 @@ using Handler = std::function<HttpResponse(HttpRequest&)>;
 struct Access {
   bool authenticated = true;
   std::set<std::string> roles;  // empty with authenticated = any role
+  // An agent endpoint (api/routes_agents.cpp): its handler authenticates the agent credential
+  // itself (rejections with Retry-After, counted, logged once per agent and interval), and its
+  // requests are not access-logged one line each (metrics count them).
+  bool agent = false;
   static Access Public() { return {false, {}}; }
   static Access AnyRole() { return {true, {}}; }
   static Access Roles(std::set<std::string> r) { return {true, std::move(r)}; }
   static Access Admin() { return {true, {"admin"}}; }
+  static Access Agent() { return {false, {}, true}; }
 };
 
 struct Route {

@@ -138,8 +138,28 @@ Json cluster_view(const domain::AppCloudState& ac, const domain::Cluster& c) {
   return j;
 }
 
-Json server_view(const domain::AppCloudState& ac, const domain::Server& s) {
+Json load_json(const domain::LoadReport& l) {
+  return Json{{"cpu_load", l.cpu_load},
+              {"memory_load", l.memory_load},
+              {"sessions", l.sessions},
+              {"reported_at_ms", l.reported_at_ms}};
+}
+
+// A server as admins see it: the live load (liveness table) where there is one, its agent.
+Json server_view(Api& api, const State& st, const domain::Server& s) {
+  const domain::AppCloudState& ac = st.appcloud;
   Json j = domain::server_to_json(s);
+  if (auto l = api.liveness().load(s.id)) {
+    j["load"] = load_json(*l);
+    j["load_source"] = "live";
+  } else {
+    j["load_source"] = s.load ? "log" : "none";
+  }
+  if (const domain::Agent* a = st.agents.of_server(s.id)) {
+    j["agent"] = Json{{"id", a->id}, {"registration", domain::effective_registration(st, *a)}};
+  } else {
+    j["agent"] = nullptr;
+  }
   if (auto d = ac.desired_state(s.id)) j["desired_state"] = domain::desired_state_to_json(*d);
   if (auto st = ac.sync_status(s.id)) {
     j["in_sync"] = st->in_sync;
@@ -218,10 +238,10 @@ void register_clusters(Api& api) {
 }
 
 // ---- servers ----------------------------------------------------------------------------
-std::function<Json(const State&)> render_server(const std::string& id) {
-  return [id](const State& s) {
+std::function<Json(const State&)> render_server(Api& api, const std::string& id) {
+  return [&api, id](const State& s) {
     const domain::Server* v = s.appcloud.server(id);
-    return v ? server_view(s.appcloud, *v) : Json::object();
+    return v ? server_view(api, s, *v) : Json::object();
   };
 }
 
@@ -248,7 +268,7 @@ void register_servers(Api& api) {
                              static_cast<uint32_t>(cpus.value_or(0)),
                              static_cast<uint64_t>(memory.value_or(0)),
                              service.value_or(true)};
-    auto c = command("CreateServer", cmd, 201, render_server(cmd.id));
+    auto c = command("CreateServer", cmd, 201, render_server(api, cmd.id));
     return run_created(api, req, std::move(c), "/v1/servers/");
   });
 
@@ -278,7 +298,7 @@ void register_servers(Api& api) {
     const std::string& id = req.param("id");
     return api.with_state(req, [&](const State& s) {
       return entity_response(s.appcloud.server(id), "server", id, [&](const domain::Server& x) {
-        return server_view(s.appcloud, x);
+        return server_view(api, s, x);
       });
     });
   });
@@ -302,7 +322,7 @@ void register_servers(Api& api) {
                              std::nullopt, service};
     if (cpus) cmd.cpus = static_cast<uint32_t>(*cpus);
     if (memory) cmd.memory_mb = static_cast<uint64_t>(*memory);
-    return api.run(req, command("UpdateServer", cmd, 200, render_server(id)));
+    return api.run(req, command("UpdateServer", cmd, 200, render_server(api, id)));
   });
 
   r.add("DELETE", "/v1/servers/{id}", Access::Admin(), [&api](HttpRequest& req) {
@@ -322,7 +342,7 @@ void register_servers(Api& api) {
     if (!expected.ok()) return problem(expected.error());
     std::string id = req.param("id");
     domain::JoinCluster cmd{id, *cluster, *expected};
-    return api.run(req, command("JoinCluster", cmd, 200, render_server(id)));
+    return api.run(req, command("JoinCluster", cmd, 200, render_server(api, id)));
   });
 
   r.add("POST", "/v1/servers/{id}/leave", Access::Admin(), [&api](HttpRequest& req) {
@@ -334,7 +354,7 @@ void register_servers(Api& api) {
     if (!expected.ok()) return problem(expected.error());
     std::string id = req.param("id");
     domain::LeaveCluster cmd{id, *expected};
-    return api.run(req, command("LeaveCluster", cmd, 200, render_server(id)));
+    return api.run(req, command("LeaveCluster", cmd, 200, render_server(api, id)));
   });
 
   r.add("POST", "/v1/servers/{id}/applications", Access::Admin(), [&api](HttpRequest& req) {
@@ -377,9 +397,11 @@ void register_servers(Api& api) {
           return api.run(req, command("RemoveServerApplication", cmd, 204));
         });
 
-  // Load (and optionally inventory) from the server's agent, or an admin. An agent acts only
-  // for the server an admin bound it to (users.agent_server_id); a report may not be dated
-  // more than kMaxReportSkewMs ahead of the broker's clock (it would never go stale).
+  // Load (and optionally inventory) reported by hand: an admin, or a legacy agent user (role
+  // agent, bound with agent_server_id before enrolled agents existed; enrolled agents use
+  // /v1/agents/{id}/heartbeat and /inventory). The load goes to the liveness table, never the
+  // log; an inventory is recorded only when what the server holds changed. A report may not
+  // be dated more than kMaxReportSkewMs ahead of the broker's clock (it would never go stale).
   r.add("POST", "/v1/servers/{id}/report", Access::Roles({"agent"}), [&api](HttpRequest& req) {
     constexpr int64_t kMaxReportSkewMs = 60'000;
     const Principal& who = *req.principal;
@@ -425,20 +447,20 @@ void register_servers(Api& api) {
                            {{"reported_at_ms", "is in the future"}}});
     }
     std::string id = req.param("id");
-    domain::ReportServerLoad load{id, *cpu, *mem, static_cast<uint32_t>(*sessions),
-                                  at.value_or(0)};
-    Command c;
-    c.name = "ReportServer";
-    c.decide = [load, inventory](const State& s, const domain::Context& ctx)
-        -> Result<domain::Events> {
-      auto out = domain::decide(s, load, ctx);
-      if (!out.ok() || !inventory) return out;
-      auto more = domain::decide(s, *inventory, ctx);
-      if (!more.ok()) return more.error();
-      for (auto& e : *more) out->push_back(std::move(e));
-      return out;
-    };
-    c.render = render_server(id);
+    domain::LoadReport load{*cpu, *mem, static_cast<uint32_t>(*sessions),
+                            at.value_or(api.now_ms()), api.views().position()};
+    if (auto st = domain::validate_load(load); !st) return problem(st.error());
+    bool known = api.views().read([&](const State& s) { return s.appcloud.server(id) != nullptr; });
+    if (!known) {
+      return problem(Error::make(Code::not_found, "server " + id + " not found", "server_not_found"));
+    }
+    api.liveness().server_load(id, load);
+    if (!inventory) {
+      return api.views().read([&](const State& s) {
+        return HttpResponse::json(200, render_server(api, id)(s));
+      });
+    }
+    Command c = command("ReportServerInventory", *inventory, 200, render_server(api, id));
     return api.run(req, std::move(c));
   });
 }
@@ -744,7 +766,10 @@ void register_user_side(Api& api) {
     auto app = br.str("application_id", true, 128, 1);
     if (auto st = br.finish(); !st) return api.count_launch("application", t0, problem(st.error()));
     domain::LaunchApplication cmd{new_id(), req.principal->user_id, *app,
-                                  api.config().placement};
+                                  api.config().placement,
+                                  [&api](const std::string& server_id) {
+                                    return api.liveness().load(server_id);
+                                  }};
     auto c = command("LaunchApplication", cmd, 201, [id = cmd.session_id](const State& s) {
       const domain::AppSession* a = s.appcloud.session(id);
       if (a == nullptr) return Json::object();

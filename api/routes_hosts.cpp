@@ -4,6 +4,7 @@
 #include "api/api.h"
 #include "api/crypto.h"
 #include "api/json_input.h"
+#include "domain/host_uri.h"
 #include "domain/hosts.h"
 #include "domain/state.h"
 
@@ -70,6 +71,10 @@ void register_hosts(Api& api) {
       }
     }
     if (auto st = br.finish(); !st) return problem(st.error());
+    // 10.4: a libvirt URI can run commands and read files here; only allowed ones pass.
+    if (auto st = domain::check_host_uri(*uri, api.config().host_uris); !st) {
+      return problem(st.error());
+    }
     domain::AddHost c{new_id(), new_id(), *name, *uri, address.value_or(""), ports, ca, subject};
     Command cmd = command("AddHost", c, 202);
     cmd.render = [op = c.operation_id](const State& s) {

@@ -163,13 +163,31 @@ std::optional<HttpResponse> validate_with_libvirt(Api& api, adapters::PoolWorker
   return problem(st.error());
 }
 
+// "policy" (the desktop policy pushed to the members' agents) over `base`: fields left out keep
+// base's value.
+std::optional<domain::PoolPolicy> read_policy(BodyReader& br, const domain::PoolPolicy& base) {
+  const Json* pj = br.object("policy", false);
+  if (pj == nullptr) return std::nullopt;
+  Json merged = domain::pool_policy_to_json(base);
+  if (pj->is_object()) {
+    for (const auto& [k, v] : pj->items()) merged[k] = v;
+  }
+  auto pol = domain::pool_policy_from_json(pj->is_object() ? merged : *pj);
+  if (!pol.ok()) {
+    for (const auto& fe : pol.error().fields) br.fail(fe.field, fe.message);
+    return std::nullopt;
+  }
+  return *pol;
+}
+
 void register_pools(Api& api, adapters::PoolWorker* worker) {
   Router& r = api.router();
   r.add("POST", "/v1/pools", Access::Admin(), [&api, worker](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"name", "kind", "template", "host_ids", "min_ready", "min_standby",
-                          "max_size", "power_policy", "idle_timeout_s", "reconnect", "grace_s"});
+                          "max_size", "power_policy", "idle_timeout_s", "reconnect", "grace_s",
+                          "policy"});
     domain::CreatePool c;
     c.id = new_id();
     auto name = br.str("name", true, 128, 1);
@@ -183,6 +201,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     auto idle = br.integer("idle_timeout_s", false, 1, 30LL * 24 * 3600);
     auto reconnect = br.one_of("reconnect", false, {"always", "disconnected_only"});
     auto grace = br.integer("grace_s", false, 0, 7LL * 24 * 3600);
+    auto desktop_policy = read_policy(br, domain::PoolPolicy{});
     if (const Json* t = br.object("template", true)) c.tmpl = read_template(br, *t, hosts);
     if (auto st = br.finish(); !st) return problem(st.error());
     if (auto failed = export_named_template(api, worker, c.tmpl)) return *failed;
@@ -197,6 +216,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     c.idle_timeout_s = idle.value_or(3600);
     c.reconnect = reconnect.value_or("always");
     c.grace_s = grace.value_or(300);
+    c.policy = desktop_policy.value_or(domain::PoolPolicy{});
     Command cmd = command("CreatePool", c, 201);
     cmd.render = render_pool(c.id);
     HttpResponse resp = api.run(req, std::move(cmd));
@@ -269,9 +289,14 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
     BodyReader br(*body, {"name", "host_ids", "min_ready", "min_standby", "max_size",
-                          "power_policy", "idle_timeout_s", "reconnect", "grace_s", "template"});
+                          "power_policy", "idle_timeout_s", "reconnect", "grace_s", "template",
+                          "policy"});
     domain::UpdatePool c;
     c.id = req.param("id");
+    c.policy = read_policy(br, api.views().read([&](const State& s) {
+      const domain::Pool* p = s.pools.pool(c.id);
+      return p ? p->policy : domain::PoolPolicy{};
+    }));
     c.name = br.str("name", false, 128, 1);
     c.host_ids = read_ids(br, "host_ids", false);
     if (auto v = br.integer("min_ready", false, 0, 10000)) c.min_ready = static_cast<int>(*v);
@@ -582,7 +607,8 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
     };
   });
 
-  // The client reports its display connection (connected|disconnected); also a heartbeat.
+  // The client reports its display connection (connected|disconnected). The report itself is
+  // liveness (kept in memory for the client timeout); only a change of state is an event.
   r.add("POST", "/v1/sessions/{id}/report", Access::Roles({"user"}), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
@@ -595,6 +621,13 @@ void register_sessions(Api& api, adapters::PoolWorker* worker) {
       return d != nullptr && (req.principal->is_admin() || d->user_id == req.principal->user_id);
     });
     if (!mine) return problem(not_found("session " + id + " not found"));
+    api.liveness().client_seen(id, api.now_ms());
+    auto unchanged = api.views().read([&](const State& s) -> std::optional<Json> {
+      const auto* d = s.pools.session(id);
+      if (d == nullptr || d->state != *state) return std::nullopt;
+      return domain::desktop_session_to_json(*d);
+    });
+    if (unchanged) return HttpResponse::json(200, *unchanged);
     Command cmd = command("ReportSession", domain::ReportSession{id, *state});
     cmd.render = [id](const State& s) { return domain::desktop_session_to_json(*s.pools.session(id)); };
     return api.run(req, std::move(cmd));

@@ -222,11 +222,12 @@ int main(int argc, char** argv) {
                 bad ? " (FAILURES!)" : "");
   }
   int64_t now = pipeline::system_now_ms();
-  run_phase("load reports", p, kServers, [&](size_t i) {
-    return cmd("ReportServerLoad",
-               domain::ReportServerLoad{id("s", i), (i % 97) / 100.0, (i % 89) / 100.0,
-                                        static_cast<uint32_t>(i % 30), now});
-  });
+  // Load figures are liveness (in memory, not events): the servers' agents report them.
+  for (size_t i = 0; i < kServers; ++i) {
+    d.api().liveness().server_load(
+        id("s", i), domain::LoadReport{(i % 97) / 100.0, (i % 89) / 100.0,
+                                       static_cast<uint32_t>(i % 30), now, d.views().position()});
+  }
   double build_secs = since(t_all);
   uint64_t events = d.store().last_position();
   long rss1 = rss_kib();
@@ -278,7 +279,9 @@ int main(int argc, char** argv) {
         size_t a = user_app(u, rng() % kAuthPerUser);
         std::string uid = id("u", u);
         auto t0 = SteadyClock::now();
-        auto dec = domain::place(s.appcloud, uid, app_ids[a], pc, now + 1000);
+        domain::PlacementLive live;
+        live.load = [&d](const std::string& sid) { return d.api().liveness().load(sid); };
+        auto dec = domain::place(s.appcloud, uid, app_ids[a], pc, now + 1000, live);
         us.push_back(since(t0) * 1e6);
         ok += dec.ok() ? 1 : 0;
       }

@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   opts.resync_interval = std::chrono::milliseconds(resync_ms);
   opts.poll_interval = 20ms;
   opts.call_timeout = 60s;
+  opts.uri_policy.allow_test = true;  // a generated test:/// host
   adapters::HostManager manager(pipe, views, hv, opts, pipeline::system_now_ms, &hm);
   manager.start();
 

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   cfg.api.port = 0;
   cfg.api.threads = 64;
   cfg.api.access_log = false;
+  cfg.host_uris.allow_test = true;  // test:/// hosts
   cfg.hosts.resync_interval = std::chrono::milliseconds(2000);
   cfg.pools.interval = std::chrono::milliseconds(100);
   cfg.pools.client_timeout = std::chrono::hours(1);

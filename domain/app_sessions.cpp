@@ -79,6 +79,7 @@ void on_launch_decided(State& s, const Event& e, const Applied& at) {
   a.decision = e.data.value("decision", Json::object());
   a.version = at.stream_version;
   if (Server* v = server_named(s, a.server_id)) v->launches_since_report++;
+  s.appcloud.index.active_launches[a.server_id].insert(a.decided_position);
   if (a.decision.contains("advance")) {
     for (const auto& key : a.decision["advance"]) s.appcloud.round_robin[key.get<std::string>()]++;
   }
@@ -95,6 +96,11 @@ void on_session_ended(State& s, const Event& e, const Applied& at) {
   a.version = at.stream_version;
   // A launch decided after the server's last load report is still counted on top of the
   // reported sessions; once ended it no longer runs there.
+  if (auto al = s.appcloud.index.active_launches.find(a.server_id);
+      al != s.appcloud.index.active_launches.end()) {
+    al->second.erase(a.decided_position);
+    if (al->second.empty()) s.appcloud.index.active_launches.erase(al);
+  }
   Server* v = server_named(s, a.server_id);
   if (v != nullptr && a.decided_position > v->load_position && v->launches_since_report > 0) {
     v->launches_since_report--;

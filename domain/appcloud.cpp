@@ -341,6 +341,9 @@ void AppCloudState::reindex() {
   }
   for (const auto& [id, p] : publications) index_publication(p, true);
   for (const auto& [id, a] : authorizations) index_authorization(a, true);
+  for (const auto& [id, a] : sessions) {
+    if (a.active()) index.active_launches[a.server_id].insert(a.decided_position);
+  }
 }
 
 const Publication* AppCloudState::find_publication(const std::string& app_id, Scope scope,
@@ -684,8 +687,9 @@ Result<Events> decide(const State& s, const AddServerApplication& c, const Conte
                         {"executable_path", c.executable_path},
                         {"desktop_file", c.desktop_file}}});
   }
-  out.push_back({server_stream(c.server_id), "ServerApplicationAdded", 1,
-                 Json{{"server_id", c.server_id}, {"application_id", id}}});
+  Json added{{"server_id", c.server_id}, {"application_id", id}};
+  if (c.source == "agent") added["source"] = "agent";
+  out.push_back({server_stream(c.server_id), "ServerApplicationAdded", 1, added});
   return out;
 }
 
@@ -887,23 +891,20 @@ Result<Events> decide(const State& s, const Unauthorize& c, const Context&) {
 }
 
 // ---- decide: reports --------------------------------------------------------------------
-Result<Events> decide(const State& s, const ReportServerLoad& c, const Context& ctx) {
-  const Server* srv = s.appcloud.server(c.server_id);
-  if (srv == nullptr) return missing("server_not_found", "server " + c.server_id + " not found");
-  if (!std::isfinite(c.cpu_load) || c.cpu_load < 0 || c.cpu_load > 1) {
+Status validate_load(const LoadReport& l) {
+  if (!std::isfinite(l.cpu_load) || l.cpu_load < 0 || l.cpu_load > 1) {
     return field_error("cpu_load", "must be between 0 and 1", "invalid_load");
   }
-  if (!std::isfinite(c.memory_load) || c.memory_load < 0 || c.memory_load > 1) {
+  if (!std::isfinite(l.memory_load) || l.memory_load < 0 || l.memory_load > 1) {
     return field_error("memory_load", "must be between 0 and 1", "invalid_load");
   }
-  int64_t at = c.reported_at_ms > 0 ? c.reported_at_ms : ctx.now_ms;
-  if (srv->load && at < srv->load->reported_at_ms) return Events{};
-  return Events{{server_load_stream(c.server_id), "ServerLoadReported", 1,
-                 Json{{"server_id", c.server_id},
-                      {"cpu_load", c.cpu_load},
-                      {"memory_load", c.memory_load},
-                      {"sessions", c.sessions},
-                      {"reported_at_ms", at}}}};
+  return Status::Ok();
+}
+
+uint32_t AppCloudState::launches_after(const std::string& server_id, uint64_t after) const {
+  auto it = index.active_launches.find(server_id);
+  if (it == index.active_launches.end()) return 0;
+  return static_cast<uint32_t>(std::distance(it->second.upper_bound(after), it->second.end()));
 }
 
 Result<Events> decide(const State& s, const ReportServerInventory& c, const Context& ctx) {
@@ -1008,6 +1009,7 @@ Json server_to_json(const Server& s) {
               {"remote_app_service", s.remote_app_service ? "enabled" : "disabled"},
               {"cluster_id", s.standalone() ? Json(nullptr) : Json(s.cluster_id)},
               {"applications", s.applications},
+              {"agent_applications", s.agent_applications},
               {"load", load_to_json(s.load)},
               {"load_position", s.load_position},
               {"launches_since_report", s.launches_since_report},
@@ -1204,6 +1206,7 @@ void on_server_app_added(State& s, const Event& e, const Applied& at) {
   Server* v = server_of(s, e);
   if (v == nullptr) return;
   v->applications.insert(str(e, "application_id"));
+  if (e.data.value("source", "") == "agent") v->agent_applications.insert(str(e, "application_id"));
   touch(*v, at);
 }
 
@@ -1211,6 +1214,7 @@ void on_server_app_removed(State& s, const Event& e, const Applied& at) {
   Server* v = server_of(s, e);
   if (v == nullptr) return;
   v->applications.erase(str(e, "application_id"));
+  v->agent_applications.erase(str(e, "application_id"));
   touch(*v, at);
 }
 
@@ -1239,6 +1243,7 @@ void on_load(State& s, const Event& e, const Applied& at) {
   l.memory_load = e.data.at("memory_load").get<double>();
   l.sessions = e.data.at("sessions").get<uint32_t>();
   l.reported_at_ms = e.data.at("reported_at_ms").get<int64_t>();
+  l.since_position = at.position;
   v->load = l;
   v->load_position = at.position;
   v->launches_since_report = 0;
@@ -1375,11 +1380,15 @@ void read_all(AppCloudState& s, const Json& j) {
     v.remote_app_service = get<std::string>(vj, "remote_app_service") == "enabled";
     if (!vj.at("cluster_id").is_null()) v.cluster_id = get<std::string>(vj, "cluster_id");
     v.applications = get<std::set<std::string>>(vj, "applications");
-    if (const Json& l = vj.at("load"); !l.is_null()) {
-      v.load = LoadReport{get<double>(l, "cpu_load"), get<double>(l, "memory_load"),
-                          get<uint32_t>(l, "sessions"), get<int64_t>(l, "reported_at_ms")};
+    if (vj.contains("agent_applications")) {  // absent in older snapshots
+      v.agent_applications = get<std::set<std::string>>(vj, "agent_applications");
     }
     v.load_position = get<uint64_t>(vj, "load_position");
+    if (const Json& l = vj.at("load"); !l.is_null()) {
+      v.load = LoadReport{get<double>(l, "cpu_load"), get<double>(l, "memory_load"),
+                          get<uint32_t>(l, "sessions"), get<int64_t>(l, "reported_at_ms"),
+                          v.load_position};
+    }
     v.launches_since_report = get<uint32_t>(vj, "launches_since_report");
     if (const Json& r = vj.at("reported"); !r.is_null()) {
       v.reported = InventoryReport{get<std::set<std::string>>(r, "apps"),

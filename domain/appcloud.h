@@ -6,15 +6,18 @@
 //   cluster-<id>           ClusterCreated, ClusterUpdated, ClusterDeleted
 //   server-<id>            ServerCreated, ServerUpdated, ServerDeleted, ServerApplicationAdded,
 //                          ServerApplicationRemoved, ServerJoinedCluster, ServerLeftCluster
-//   server-load-<id>       ServerLoadReported
-//   server-inventory-<id>  ServerInventoryReported
+//   server-load-<id>       ServerLoadReported (logs from before issue 11 only: load is liveness
+//                          now, kept in memory by the broker, pipeline/liveness.h)
+//   server-inventory-<id>  ServerInventoryReported (on change only)
 //   application-<id>       ApplicationRegistered
 //   publication-<id>       ApplicationPublished, ApplicationUnpublished
 //   authorization-<id>     ApplicationAuthorized, ApplicationUnauthorized
 //   session-<id>           ApplicationLaunchDecided (decided in domain/placement.cpp),
 //                          ApplicationSessionEnded (domain/app_sessions.cpp)
-// Load and inventory reports have streams of their own: they arrive every few seconds, and on
-// "server-<id>" they would move the server's version under every If-Match an admin sends.
+// Inventory reports have a stream of their own, so that an agent's report does not move the
+// server's version under an admin's If-Match. Load figures are not events: placement takes them
+// from the liveness table (LaunchApplication.live) and records the ones it used in its
+// decision; the load folded from an older log's ServerLoadReported counts until it is stale.
 //
 // Rules (refusal reasons in brackets; codes: failed_precondition unless noted):
 //   - publish at server scope only on a standalone server [server_in_cluster] that has the
@@ -117,7 +120,12 @@ struct LoadReport {
   double memory_load = 0;  // 0..1
   uint32_t sessions = 0;
   int64_t reported_at_ms = 0;
+  // The log position when the report arrived: launches decided after it are not in `sessions`
+  // yet and are added to it (a burst between two reports spreads out).
+  uint64_t since_position = 0;
 };
+// invalid_argument (invalid_load) unless cpu_load and memory_load are within 0..1.
+Status validate_load(const LoadReport& l);
 
 // What the server says its remote-app list and remote-user list hold.
 struct InventoryReport {
@@ -137,7 +145,10 @@ struct Server {
   bool remote_app_service = true;      // false: maintenance, never chosen for a launch
   std::string cluster_id;              // empty: standalone
   std::set<std::string> applications;  // ids of the applications present
-  std::optional<LoadReport> load;
+  // Those the server's agent found (ServerApplicationAdded source "agent"): the ones its
+  // inventory may remove again; applications added by hand stay.
+  std::set<std::string> agent_applications;
+  std::optional<LoadReport> load;  // folded from an older log's ServerLoadReported
   uint64_t load_position = 0;  // log position of the load report kept (0: none)
   // Launches decided onto this server since its last load report and not ended since: added
   // to the reported session count so that a burst of launches between two reports spreads out.
@@ -254,7 +265,11 @@ struct AppCloudState {
     std::unordered_map<std::string, std::set<std::string>> members;  // cluster -> servers
     std::unordered_map<std::string, std::string> cluster_by_name;
     std::unordered_map<std::string, std::string> server_by_name;
+    // Decided positions of the active application sessions on each server.
+    std::unordered_map<std::string, std::set<uint64_t>> active_launches;
   } index;
+  // Active launches on `server_id` decided after log position `after`.
+  uint32_t launches_after(const std::string& server_id, uint64_t after) const;
   void reindex();
   void index_publication(const Publication& p, bool add);
   void index_authorization(const Authorization& a, bool add);
@@ -368,6 +383,7 @@ struct AddServerApplication {
   std::string executable_path;
   std::string description;
   std::string desktop_file;
+  std::string source = "admin";  // admin|agent (ServerApplicationAdded.source)
 };
 
 struct RemoveServerApplication {
@@ -411,16 +427,6 @@ struct Unauthorize {
   std::optional<uint64_t> expected_version;
 };
 
-// A load report; reported_at_ms = 0 means "now" (ctx.now_ms). A report older than the one
-// kept changes nothing (reports may arrive out of order).
-struct ReportServerLoad {
-  std::string server_id;
-  double cpu_load = 0;
-  double memory_load = 0;
-  uint32_t sessions = 0;
-  int64_t reported_at_ms = 0;
-};
-
 // What the server's remote-app and remote-user lists hold (agent or admin report).
 // A report equal to the one kept changes nothing.
 struct ReportServerInventory {
@@ -459,7 +465,6 @@ Result<Events> decide(const State& s, const Publish& c, const Context& ctx);
 Result<Events> decide(const State& s, const Unpublish& c, const Context& ctx);
 Result<Events> decide(const State& s, const Authorize& c, const Context& ctx);
 Result<Events> decide(const State& s, const Unauthorize& c, const Context& ctx);
-Result<Events> decide(const State& s, const ReportServerLoad& c, const Context& ctx);
 Result<Events> decide(const State& s, const ReportServerInventory& c, const Context& ctx);
 Result<Events> decide(const State& s, const EndApplicationSession& c, const Context& ctx);
 

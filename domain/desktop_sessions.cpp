@@ -9,8 +9,23 @@ namespace atrium::domain {
 
 using namespace pools_detail;
 
+namespace {
+
+// Issue 11: a session takes its connected/disconnected state from the VM's agent (the user
+// logged in or out inside the desktop) once that agent is registered and has spoken about the
+// session; before that (or without an agent) from the display's graphics events, and without
+// those from the client's reports.
+bool agent_in_charge(const State& s, const DesktopSession& d) {
+  if (!d.agent_signal) return false;
+  const Agent* a = s.agents.of_vm(d.vm_id);
+  return a != nullptr && a->registered();
+}
+
+}  // namespace
+
 // ---- monitor and power policy ---------------------------------------------------------
-std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms) {
+std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms,
+                                       const SessionLiveness& liveness) {
   std::vector<PowerAction> out;
   std::vector<const DesktopSession*> live;
   for (const auto& [uid, ids] : s.pools.live_by_user) {
@@ -44,10 +59,21 @@ std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t c
       }
       continue;
     }
+    const Agent* agent = s.agents.of_vm(d->vm_id);
+    bool agent_watches =
+        agent != nullptr && (agent->registered() || agent->registration == "unregistered");
+    int64_t seen = std::max(d->last_seen_ms, liveness.started_at_ms);
+    if (liveness.client_seen) seen = std::max(seen, liveness.client_seen(d->id));
     if (!vm_state.empty()) {
       out.push_back({"deactivate_session", d->id, "vm_" + vm_state});
-    } else if (!d->display_signal && client_timeout_ms > 0 &&
-               now_ms - d->last_seen_ms > client_timeout_ms) {
+    } else if (agent_watches && (d->agent_signal || !d->display_signal)) {
+      // The VM's agent is in charge: silent once it missed its heartbeats.
+      if (agent->registration == "unregistered") {
+        out.push_back({"deactivate_session", d->id, "agent_silent"});
+      }
+    } else if (d->display_signal) {
+      // The display itself says whether the client is there.
+    } else if (client_timeout_ms > 0 && now_ms - seen > client_timeout_ms) {
       // Only sessions whose display reports nothing: with graphics events the display itself
       // says whether the client is there.
       out.push_back({"deactivate_session", d->id, "client_timeout"});
@@ -214,6 +240,8 @@ Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx
     return field_error("state", "must be connected or disconnected", "invalid_state");
   }
   if (!d->live()) return refused("session_ended", "session " + c.session_id + " has ended");
+  // The VM's agent says whether the user is in the desktop: the client's report is liveness.
+  if (agent_in_charge(s, *d)) return Events{};
   bool flip = (c.state == "connected" && d->state != "connected") ||
               (c.state == "disconnected" && d->state != "disconnected");
   if (flip) {
@@ -233,10 +261,8 @@ Result<Events> decide(const State& s, const ReportSession& c, const Context& ctx
     return Events{session_event(d->id, "DesktopSessionDisconnected",
                                 Json{{"reason", "client"}, {"source", "client"}})};
   }
-  // A heartbeat is recorded at most every 5 s, enough for the monitor's timeouts.
-  if (ctx.now_ms - d->last_seen_ms >= 5000) {
-    return Events{session_event(d->id, "DesktopSessionHeartbeat", Json::object())};
-  }
+  // Not a change: the report is liveness only, kept in memory by the API (the liveness table),
+  // never a DesktopSessionHeartbeat in the log.
   return Events{};
 }
 
@@ -249,6 +275,7 @@ Result<Events> decide(const State& s, const RecordDisplayClients& c, const Conte
   if (m == nullptr || m->session_id.empty()) return Events{};
   const DesktopSession* d = s.pools.session(m->session_id);
   if (d == nullptr || !d->live()) return Events{};
+  if (agent_in_charge(s, *d)) return Events{};  // the VM's agent says it (issue 11)
   if (c.connected) {
     if (d->state == "connected" && d->display_signal && d->client_address == c.client_address) {
       return Events{};  // a repeat

@@ -36,5 +36,10 @@ Status directories_from_json(DirectoriesState& s, const Json& j);
 void register_totp(EvolveTable& t);
 Json totp_to_json(const TotpState& s);
 Status totp_from_json(TotpState& s, const Json& j);
+void register_agents(EvolveTable& t);
+// Agents also fold other modules' events (a deleted server unbinds its agent).
+void agents_after_evolve(State& s, const Event& e);
+Json agents_to_json(const AgentsState& s);
+Status agents_from_json(AgentsState& s, const Json& j);
 
 }  // namespace atrium::domain

@@ -274,8 +274,8 @@ Result<Events> decide(const State& s, const RecordHostConnectFailed& c, const Co
   if (h->connected || h->state == "removed" || h->state == "alert") return Events{};
   Events out{host_event(c.host_id, "HostConnectAttemptFailed",
                         Json{{"error", c.error}, {"attempt", h->failed_attempts + 1}})};
-  if (c.final && h->state != "maintenance") {
-    Json d{{"reason", "connect timeout: " + c.error}};
+  if (c.refused || (c.final && h->state != "maintenance")) {
+    Json d{{"reason", (c.refused ? "refused: " : "connect timeout: ") + c.error}};
     if (!h->connect_operation.empty()) d["operation_id"] = h->connect_operation;
     out.push_back(host_event(c.host_id, "HostFailed", d));
     if (const Operation* op = s.hosts.operation(h->connect_operation); op && op->active()) {

@@ -154,6 +154,9 @@ struct RecordHostConnectFailed {
   std::string host_id;
   std::string error;  // libvirt's own message
   bool final = false;  // the connect timeout has passed: alert, fail the operation
+  // The broker may not open the host's URI (domain/host_uri.h): alert at once, even in
+  // maintenance, and fail the operation; `error` says why.
+  bool refused = false;
 };
 
 struct RecordHostDisconnected {

@@ -119,6 +119,7 @@ namespace {
 struct Eligible {
   const Server* server;
   double sessions;  // effective
+  LoadReport load;  // the figures used
 };
 
 struct Target {
@@ -132,17 +133,34 @@ std::string seconds(int64_t ms) {
   return std::to_string(ms / 1000) + " s";
 }
 
+// The load placement uses for `srv`: live, else folded from an older log; with the log
+// position after which launches are not in its session count.
+std::optional<LoadReport> load_of(const Server& srv, const PlacementLive& live) {
+  if (live.load) {
+    if (auto l = live.load(srv.id)) return l;
+  }
+  return srv.load;
+}
+
 // The reason `srv` cannot run `app_id` now, or nullopt when it can.
 std::optional<std::pair<std::string, std::string>> exclusion(const Server& srv,
+                                                             const std::optional<LoadReport>& load,
                                                              const std::string& app_id,
                                                              const PlacementConfig& cfg,
+                                                             const PlacementLive& live,
                                                              int64_t now_ms) {
   if (!srv.has(app_id)) return {{"application_not_present", "application not present"}};
   if (!srv.remote_app_service) {
     return {{"remote_app_service_disabled", "remote-app service disabled"}};
   }
-  if (!srv.load) return {{"no_load_report", "no load report"}};
-  int64_t age = now_ms - srv.load->reported_at_ms;
+  if (live.agent_registration) {
+    std::string reg = live.agent_registration(srv.id);
+    if (!reg.empty() && reg != "hard") {
+      return {{"agent_unregistered", "the server's agent is " + reg + ", not hard-registered"}};
+    }
+  }
+  if (!load) return {{"no_load_report", "no load report"}};
+  int64_t age = now_ms - load->reported_at_ms;
   if (age > cfg.stale_after_ms) {
     return {{"load_report_stale", "load report stale (" + seconds(age) + " old, limit " +
                                       seconds(cfg.stale_after_ms) + ")"}};
@@ -196,7 +214,8 @@ std::string no_candidate_message(const AppCloudState& s, const std::string& user
 
 Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        const std::string& application_id, const PlacementConfig& cfg,
-                       int64_t now_ms, const std::set<std::string>& groups) {
+                       int64_t now_ms, const PlacementLive& live,
+                       const std::set<std::string>& groups) {
   auto auths = s.authorizations_of(user_id, groups, application_id);
   if (auths.empty()) {
     return refused("not_authorized",
@@ -215,11 +234,12 @@ Result<Decision> place(const AppCloudState& s, const std::string& user_id,
       servers = s.members(a->target_id);
     }
     for (const Server* srv : servers) {
-      if (auto why = exclusion(*srv, application_id, cfg, now_ms)) {
+      std::optional<LoadReport> load = load_of(*srv, live);
+      if (auto why = exclusion(*srv, load, application_id, cfg, live, now_ms)) {
         d.excluded.push_back({srv->id, a->scope, a->target_id, why->first, why->second});
       } else {
-        double sessions = srv->load->sessions + srv->launches_since_report;
-        t.eligible.push_back({srv, sessions});
+        double sessions = load->sessions + s.launches_after(srv->id, load->since_position);
+        t.eligible.push_back({srv, sessions, *load});
       }
     }
     targets.push_back(std::move(t));
@@ -256,7 +276,7 @@ Result<Decision> place(const AppCloudState& s, const std::string& user_id,
     double sum = 0;
     for (const Eligible& e : t.eligible) {
       double sn = s_max > 0 ? e.sessions / s_max : 0;
-      sum += lw.cpu * e.server->load->cpu_load + lw.memory * e.server->load->memory_load +
+      sum += lw.cpu * e.load.cpu_load + lw.memory * e.load.memory_load +
              lw.sessions * sn;
     }
     double load = sum / static_cast<double>(t.eligible.size());
@@ -275,8 +295,8 @@ Result<Decision> place(const AppCloudState& s, const std::string& user_id,
   d.inter_target = inter_policy_name(cfg.inter_target);
   d.stale_after_ms = cfg.stale_after_ms;
   auto candidate = [](const Eligible& e, double score) {
-    return Candidate{e.server->id, e.server->load->cpu_load, e.server->load->memory_load,
-                     static_cast<uint32_t>(e.sessions), score};
+    return Candidate{e.server->id, e.load.cpu_load, e.load.memory_load,
+                     static_cast<uint32_t>(e.sessions), score, e.load.reported_at_ms};
   };
   if (chosen.scope == Scope::server) {
     d.intra_target = "single_server";
@@ -295,8 +315,8 @@ Result<Decision> place(const AppCloudState& s, const std::string& user_id,
   for (size_t i = 0; i < chosen.eligible.size(); ++i) {
     const Eligible& e = chosen.eligible[i];
     ScoreInput in;
-    in.cpu = e.server->load->cpu_load;
-    in.memory = e.server->load->memory_load;
+    in.cpu = e.load.cpu_load;
+    in.memory = e.load.memory_load;
     in.sessions = e.sessions;
     if (cp.max_sessions > 0) {
       in.sessions_norm = std::min(1.0, e.sessions / cp.max_sessions);
@@ -331,7 +351,8 @@ Json decision_to_json(const Decision& d) {
                               {"cpu_load", c.cpu_load},
                               {"memory_load", c.memory_load},
                               {"sessions", c.sessions},
-                              {"score", c.score}});
+                              {"score", c.score},
+                              {"reported_at_ms", c.reported_at_ms}});
   }
   Json excluded = Json::array();
   for (const auto& x : d.excluded) {
@@ -373,7 +394,13 @@ Result<Events> decide(const State& s, const LaunchApplication& c, const Context&
     return Error::make(Code::not_found, "application " + c.application_id + " not found",
                        "application_not_found");
   }
-  auto d = place(ac, c.user_id, c.application_id, c.config, ctx.now_ms, u->groups);
+  PlacementLive live;
+  live.load = c.live_load;
+  live.agent_registration = [&s](const std::string& server_id) -> std::string {
+    const Agent* a = s.agents.of_server(server_id);
+    return a == nullptr ? std::string() : effective_registration(s, *a);
+  };
+  auto d = place(ac, c.user_id, c.application_id, c.config, ctx.now_ms, live, u->groups);
   if (!d) return d.error();
   return Events{{session_stream(c.session_id), "ApplicationLaunchDecided", 1,
                  Json{{"session_id", c.session_id},

@@ -8,6 +8,9 @@
 //    applies, in this order):
 //      application_not_present      the server lacks the application
 //      remote_app_service_disabled  the remote-app service is disabled (maintenance)
+//      agent_unregistered           the server has an agent (domain/agents.h) and it is not
+//                                   hard-registered; servers without an agent (added and
+//                                   reported by hand) are not concerned
 //      no_load_report               the server never reported its load
 //      load_report_stale            now_ms - reported_at_ms > stale_after_ms (default 90 s)
 //    The others are eligible.
@@ -35,7 +38,10 @@
 //                      count among these servers (0 when S = 0)
 //      round_robin     score = (i - k) mod n, k = counter "cluster:<cluster id>"
 //    where cpu and mem are the last reported loads (0..1) and sessions = the reported session
-//    count + launches decided onto the server since that report.
+//    count + launches decided onto the server since that report. The loads are live figures
+//    (PlacementLive.load: the broker's liveness table), else the load folded from an older
+//    log; each candidate's figures (and when they were reported) are recorded in the decision,
+//    so a replay never needs the load history to explain a choice.
 // 6. Round-robin counters live in AppCloudState::round_robin and advance only when the
 //    ApplicationLaunchDecided event of a decision that used them is applied (Decision.advance),
 //    so a replay of the log makes the same choices.
@@ -45,6 +51,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -107,6 +114,7 @@ struct Candidate {
   double memory_load = 0;
   uint32_t sessions = 0;  // effective: reported + launched since
   double score = 0;
+  int64_t reported_at_ms = 0;  // of the load figures used
 };
 
 struct Exclusion {
@@ -145,10 +153,18 @@ struct Decision {
 // Errors (failed_precondition): "not_authorized" when the user has no authorization for the
 // application; "no_candidate" when no authorized target has an eligible server, with a message
 // listing each excluded server and its reason.
-// The user's directory groups' authorizations count as its own.
+// Live inputs of a decision, read from the broker's memory (none in a replay: the decision
+// records what it used).
+using LoadLookup = std::function<std::optional<LoadReport>(const std::string& server_id)>;
+struct PlacementLive {
+  LoadLookup load;  // the server's live load; empty or nullopt: the folded one, if any
+  // The registration of the server's agent ("" when it has none), from domain/agents.h.
+  std::function<std::string(const std::string& server_id)> agent_registration;
+};
 Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        const std::string& application_id, const PlacementConfig& cfg,
-                       int64_t now_ms, const std::set<std::string>& groups = {});
+                       int64_t now_ms, const PlacementLive& live = {},
+                       const std::set<std::string>& groups = {});  // the user's directory groups
 
 Json decision_to_json(const Decision& d);
 
@@ -159,6 +175,7 @@ struct LaunchApplication {
   std::string user_id;
   std::string application_id;
   PlacementConfig config;  // filled by the pipeline from the daemon's configuration
+  LoadLookup live_load = {};  // the liveness table (the agent registration comes from state)
 };
 
 // Emits ApplicationLaunchDecided on "session-<id>": {session_id, user_id, application_id,

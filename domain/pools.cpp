@@ -322,6 +322,7 @@ Json pool_to_json(const State& s, const Pool& p) {
               {"idle_timeout_s", p.idle_timeout_s},
               {"reconnect", p.reconnect},
               {"grace_s", p.grace_s},
+              {"policy", pool_policy_to_json(p.policy)},
               {"state", p.deleting ? "deleting" : "active"},
               {"entitled_users", p.entitled},
               {"entitled_groups", p.entitled_groups},
@@ -351,6 +352,39 @@ Json member_to_json(const State& s, const PoolMember& m) {
   return j;
 }
 
+Json pool_policy_to_json(const PoolPolicy& p) {
+  return Json{{"clipboard", p.clipboard},
+              {"usb_redirection", p.usb_redirection},
+              {"folder_redirection", p.folder_redirection},
+              {"idle_timeout_s", p.idle_timeout_s}};
+}
+
+Result<PoolPolicy> pool_policy_from_json(const Json& j) {
+  PoolPolicy p;
+  if (!j.is_object()) return field_error("policy", "must be an object");
+  for (auto [key, dst] : {std::pair{"clipboard", &p.clipboard},
+                          std::pair{"usb_redirection", &p.usb_redirection},
+                          std::pair{"folder_redirection", &p.folder_redirection}}) {
+    if (!j.contains(key)) continue;
+    if (!j[key].is_boolean()) return field_error(std::string("policy.") + key, "must be a boolean");
+    *dst = j[key].get<bool>();
+  }
+  if (j.contains("idle_timeout_s")) {
+    const Json& v = j["idle_timeout_s"];
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 30LL * 24 * 3600) {
+      return field_error("policy.idle_timeout_s", "must be an integer from 0 to 2592000");
+    }
+    p.idle_timeout_s = v.get<int64_t>();
+  }
+  for (const auto& [k, v] : j.items()) {
+    if (k != "clipboard" && k != "usb_redirection" && k != "folder_redirection" &&
+        k != "idle_timeout_s") {
+      return field_error("policy." + k, "is not a policy field");
+    }
+  }
+  return p;
+}
+
 Json desktop_session_to_json(const DesktopSession& d) {
   Json j{{"id", d.id},
          {"kind", "desktop"},
@@ -363,6 +397,8 @@ Json desktop_session_to_json(const DesktopSession& d) {
          {"ticket_applied", d.ticket_applied},
          {"ticket_retired", d.ticket_retired},
          {"display_signal", d.display_signal},
+         {"agent_signal", d.agent_signal},
+         {"agent_present", d.agent_present},
          {"last_seen_ms", d.last_seen_ms},
          {"created_at_ms", d.created_at_ms},
          {"updated_at_ms", d.updated_at_ms},
@@ -418,6 +454,7 @@ Status validate_pool(const State& s, const Pool& p, const std::string& self_id) 
     return field_error("reconnect", "must be always or disconnected_only");
   }
   if (p.grace_s < 0) return field_error("grace_s", "must be >= 0");
+  if (p.policy.idle_timeout_s < 0) return field_error("policy.idle_timeout_s", "must be >= 0");
   return Status::Ok();
 }
 
@@ -430,7 +467,8 @@ Json pool_settings(const Pool& p) {
               {"power_policy", p.power_policy},
               {"idle_timeout_s", p.idle_timeout_s},
               {"reconnect", p.reconnect},
-              {"grace_s", p.grace_s}};
+              {"grace_s", p.grace_s},
+              {"policy", pool_policy_to_json(p.policy)}};
 }
 
 }  // namespace
@@ -514,6 +552,7 @@ Result<Events> decide(const State& s, const CreatePool& c, const Context&) {
   p.idle_timeout_s = c.idle_timeout_s;
   p.reconnect = c.reconnect;
   p.grace_s = c.grace_s;
+  p.policy = c.policy;
   if (auto st = validate_pool(s, p, c.id); !st) return st.error();
   auto tmpl = resolve_template(s, c.tmpl);
   if (!tmpl.ok()) return tmpl.error();
@@ -540,6 +579,7 @@ Result<Events> decide(const State& s, const UpdatePool& c, const Context&) {
   if (c.idle_timeout_s) p.idle_timeout_s = *c.idle_timeout_s;
   if (c.reconnect) p.reconnect = *c.reconnect;
   if (c.grace_s) p.grace_s = *c.grace_s;
+  if (c.policy) p.policy = *c.policy;
   if (auto st = validate_pool(s, p, c.id); !st) return st.error();
   Json before = pool_settings(*cur), after = pool_settings(p), changes = Json::object();
   for (auto& [k, v] : after.items()) {
@@ -805,6 +845,9 @@ void apply_settings(Pool& p, const Json& d) {
   p.idle_timeout_s = d.value("idle_timeout_s", p.idle_timeout_s);
   p.reconnect = d.value("reconnect", p.reconnect);
   p.grace_s = d.value("grace_s", p.grace_s);
+  if (d.contains("policy")) {
+    if (auto pol = pool_policy_from_json(d["policy"]); pol.ok()) p.policy = *pol;
+  }
   if (d.contains("template")) p.tmpl = template_from_json(d["template"]);
   p.template_version = d.value("template_version", p.template_version);
 }
@@ -972,9 +1015,24 @@ void on_connected(State& s, const Event& e, const Applied& at) {
       d->display_signal = true;
       d->client_address = e.data.value("client_address", "");
     }
+    if (e.data.value("source", "") == "agent") {
+      d->agent_signal = true;
+      d->agent_present = true;
+    }
     touch(*d, at);
   }
 }
+// The agent's view changed without changing the session's state (e.g. the user logged in
+// inside a desktop whose display already said connected).
+void on_agent_seen(State& s, const Event& e, const Applied& at) {
+  if (DesktopSession* d = session_of(s, e)) {
+    d->agent_signal = true;
+    d->agent_present = e.data.value("present", false);
+    touch(*d, at);
+  }
+}
+// Logs from before issue 11 only: client reports no longer append heartbeats (their
+// liveness is in memory, pipeline/liveness.h).
 void on_heartbeat(State& s, const Event& e, const Applied& at) {
   if (DesktopSession* d = session_of(s, e)) {
     d->last_seen_ms = at.recorded_at_ms;
@@ -989,7 +1047,13 @@ void on_disconnected(State& s, const Event& e, const Applied& at) {
     std::string reason = e.data.value("reason", "");
     if (reason == "client") d->last_seen_ms = at.recorded_at_ms;
     if (reason == "display_closed") d->display_signal = true;
-    if (reason != "client" && reason != "display_closed") {
+    if (e.data.value("source", "") == "agent") {
+      d->agent_signal = true;
+      d->agent_present = false;
+    }
+    // The user logged out inside the desktop (agent): like a closed display, the grace applies
+    // and nothing is reset yet.
+    if (reason != "client" && reason != "display_closed" && reason != "agent_logged_out") {
       // Deactivated by the broker (client timeout, VM lost): whatever viewer may still be
       // attached is dropped and the ticket killed; a reconnect gets a fresh one.
       if (auto it = s.pools.members.find(d->vm_id);
@@ -1114,6 +1178,7 @@ void register_pools(EvolveTable& t) {
   t["PoolVmDisplayReset"] = on_display_reset;
   t["DesktopSessionConnected"] = on_connected;
   t["DesktopSessionHeartbeat"] = on_heartbeat;
+  t["DesktopSessionAgentSeen"] = on_agent_seen;
   t["DesktopSessionDisconnected"] = on_disconnected;
   t["DesktopSessionEnded"] = on_ended;
   t["AdminMessageSent"] = on_notice;

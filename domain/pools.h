@@ -51,6 +51,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -79,6 +80,19 @@ struct PoolTemplate {
   uint64_t memory_kib = 0;     // from the XML, for host choice
 };
 
+// Desktop policy pushed to the VM agents of a pool's members (seed 000: device and folder
+// redirection): clipboard and USB redirection, folder redirection, and the idle time after
+// which the agent locks the desktop (0: never). Carried in PoolCreated/PoolUpdated "policy".
+struct PoolPolicy {
+  bool clipboard = true;
+  bool usb_redirection = true;
+  bool folder_redirection = false;
+  int64_t idle_timeout_s = 0;
+};
+Json pool_policy_to_json(const PoolPolicy& p);
+// Absent fields keep the defaults; invalid_argument (invalid_pool) on a wrong shape.
+Result<PoolPolicy> pool_policy_from_json(const Json& j);
+
 struct Pool {
   std::string id;
   std::string name;
@@ -92,6 +106,7 @@ struct Pool {
   int64_t idle_timeout_s = 3600;
   std::string reconnect = "always";  // always|disconnected_only
   int64_t grace_s = 300;
+  PoolPolicy policy;
   bool deleting = false;
   int template_version = 1;  // +1 on each template update (PATCH template)
   std::set<std::string> entitled;
@@ -145,6 +160,10 @@ struct DesktopSession {
   // does not apply. client_address: the remote address of the display client.
   bool display_signal = false;
   std::string client_address;
+  // The VM's agent reports who is logged in inside the desktop (source "agent"):
+  // agent_signal once it said anything about this session, agent_present its last view.
+  bool agent_signal = false;
+  bool agent_present = false;
   // Client-reported state flips in the current minute (rate limit).
   int64_t flip_window_start_ms = 0;
   int flips_in_window = 0;
@@ -193,6 +212,7 @@ struct CreatePool {
   int64_t idle_timeout_s = 3600;
   std::string reconnect = "always";
   int64_t grace_s = 300;
+  PoolPolicy policy = {};
 };
 
 struct UpdatePool {
@@ -205,6 +225,7 @@ struct UpdatePool {
   std::optional<int64_t> idle_timeout_s;
   std::optional<std::string> reconnect;
   std::optional<int64_t> grace_s;
+  std::optional<PoolPolicy> policy = {};
   // A new template: a new template version. It must keep the pool's disk layout (a base volume
   // or none, and the same storage pool); free members are refreshed to it, at most
   // max(1, max_size / 5) at a time, busy ones once they are free (assigned members of dedicated
@@ -430,7 +451,21 @@ struct PowerAction {
 // whose launch is still under way (created, no ticket yet, younger than client_timeout_ms):
 // its VM may be the one being powered on; free running
 // members of shutdown_when_idle pools idle past idle_timeout_s are shut down.
-std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms);
+//
+// Signals of a session combine by their changes: each source records a transition only when
+// its own view changes (display: first client in, last client out; agent: the user logged in
+// or out inside the desktop; client: its report), and the latest transition wins. Silence is
+// judged by the source in charge: a session with a display signal is never timed out; one on a
+// VM with a registered agent is watched by the agent (deactivated, agent_silent, once the agent
+// is unregistered for missed heartbeats); any other by its client's reports (client_timeout).
+// Client reports are liveness, kept in memory: `live` gives the last one of a session (0: none)
+// and the moment the broker started (nobody is silent before started_at_ms + the timeout).
+struct SessionLiveness {
+  std::function<int64_t(const std::string& session_id)> client_seen;
+  int64_t started_at_ms = 0;
+};
+std::vector<PowerAction> power_actions(const State& s, int64_t now_ms, int64_t client_timeout_ms,
+                                       const SessionLiveness& live = {});
 
 std::string pool_stream(const std::string& id);
 std::string desktop_session_stream(const std::string& id);

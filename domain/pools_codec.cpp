@@ -19,7 +19,8 @@ Json pools_to_json(const PoolsState& s) {
                      {"host_ids", p.host_ids}, {"min_ready", p.min_ready}, {"min_standby", p.min_standby},
                      {"max_size", p.max_size}, {"power_policy", p.power_policy},
                      {"idle_timeout_s", p.idle_timeout_s}, {"reconnect", p.reconnect},
-                     {"grace_s", p.grace_s}, {"deleting", p.deleting}, {"entitled", p.entitled},
+                     {"grace_s", p.grace_s}, {"policy", pool_policy_to_json(p.policy)},
+                     {"deleting", p.deleting}, {"entitled", p.entitled},
                      {"entitled_groups", p.entitled_groups},
                      {"template_version", p.template_version},
                      {"created_at_ms", p.created_at_ms}, {"updated_at_ms", p.updated_at_ms},
@@ -67,6 +68,11 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     p.idle_timeout_s = pj.at("idle_timeout_s").get<int64_t>();
     p.reconnect = pj.at("reconnect").get<std::string>();
     p.grace_s = pj.at("grace_s").get<int64_t>();
+    if (pj.contains("policy")) {  // absent in older snapshots
+      auto pol = pool_policy_from_json(pj["policy"]);
+      if (!pol.ok()) return pol.error();
+      p.policy = *pol;
+    }
     p.deleting = pj.at("deleting").get<bool>();
     p.template_version = pj.value("template_version", 1);  // absent in older snapshots
     p.entitled = pj.at("entitled").get<std::set<std::string>>();
@@ -118,6 +124,8 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     d.ticket_issued_at_ms = dj.value("ticket_issued_at_ms", int64_t{0});
     d.ticket_retired = dj.value("ticket_retired", false);
     d.display_signal = dj.value("display_signal", false);
+    d.agent_signal = dj.value("agent_signal", false);
+    d.agent_present = dj.value("agent_present", false);
     if (auto it = dj.find("client_address"); it != dj.end() && it->is_string()) {
       d.client_address = it->get<std::string>();
     }

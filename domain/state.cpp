@@ -15,6 +15,7 @@ const EvolveTable& table() {
     register_pools(t);
     register_directories(t);
     register_totp(t);
+    register_agents(t);
     return t;
   }();
   return t;
@@ -27,6 +28,7 @@ void evolve(State& s, const Event& e, const Applied& at) {
   auto it = table().find(e.type);
   if (it != table().end()) it->second(s, e, at);
   pools_after_evolve(s, e, at);
+  agents_after_evolve(s, e);
 }
 
 Status check_expected(const State& s, const std::string& stream,
@@ -54,6 +56,7 @@ Json state_to_json(const State& s) {
   j["pools"] = pools_to_json(s.pools);
   j["directories"] = directories_to_json(s.directories);
   j["totp"] = totp_to_json(s.totp);
+  j["agents"] = agents_to_json(s.agents);
   return j;
 }
 
@@ -76,6 +79,9 @@ Result<State> state_from_json(const Json& j) {
       if (auto st = directories_from_json(s.directories, j.at("directories")); !st) return st.error();
     }
     if (auto st = appcloud_from_json(s.appcloud, j.at("appcloud")); !st) return st.error();
+    if (j.contains("agents")) {  // absent in snapshots from before issue 11
+      if (auto st = agents_from_json(s.agents, j.at("agents")); !st) return st.error();
+    }
     return s;
   } catch (const std::exception& ex) {
     return Error::make(Code::invalid_argument, std::string("snapshot unreadable: ") + ex.what());

@@ -6,6 +6,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "domain/agents.h"
 #include "domain/appcloud.h"
 #include "domain/directories.h"
 #include "domain/event.h"
@@ -25,6 +26,7 @@ struct State {
   PoolsState pools;
   DirectoriesState directories;
   TotpState totp;
+  AgentsState agents;
 
   uint64_t version_of(const std::string& stream) const {
     auto it = stream_versions.find(stream);

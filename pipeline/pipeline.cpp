@@ -22,7 +22,57 @@ Pipeline::~Pipeline() { stop(); }
 namespace {
 constexpr const char* kSnapshotName = "snapshot";
 constexpr int kSnapshotFormat = 1;
+// Deeper than any state_to_json (about 8 levels); the CBOR reader recurses once per level, so
+// a corrupt snapshot of nested arrays must stop long before the stack does.
+constexpr int kMaxSnapshotDepth = 128;
+
+// nlohmann's DOM builder with a nesting limit (from_cbor takes no parser callback).
+class BoundedDomSax : public nlohmann::detail::json_sax_dom_parser<Json> {
+  using Base = nlohmann::detail::json_sax_dom_parser<Json>;
+
+ public:
+  explicit BoundedDomSax(Json& out) : Base(out, /*allow_exceptions=*/false) {}
+  bool start_object(std::size_t n) { return ++depth_ <= kMaxSnapshotDepth && Base::start_object(n); }
+  bool start_array(std::size_t n) { return ++depth_ <= kMaxSnapshotDepth && Base::start_array(n); }
+  bool end_object() { return --depth_, Base::end_object(); }
+  bool end_array() { return --depth_, Base::end_array(); }
+  bool too_deep() const { return depth_ > kMaxSnapshotDepth; }
+
+ private:
+  int depth_ = 0;
+};
 }  // namespace
+
+std::string encode_snapshot(const domain::State& s) {
+  Json j{{"format", kSnapshotFormat}, {"state", domain::state_to_json(s)}};
+  std::vector<uint8_t> bytes = Json::to_cbor(j);
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+Result<domain::State> decode_snapshot(std::string_view bytes) {
+  Json j;
+  try {
+    // As Json::from_cbor(bytes, strict, allow_exceptions=false), with a depth limit. Even
+    // without exceptions nlohmann 3.11.2 throws out_of_range (408, "excessive array size")
+    // for a length header past max_size().
+    BoundedDomSax sax(j);
+    bool ok = Json::sax_parse(bytes.begin(), bytes.end(), &sax, nlohmann::json::input_format_t::cbor,
+                              /*strict=*/true);
+    if (sax.too_deep()) {
+      return invalid("the snapshot nests deeper than " + std::to_string(kMaxSnapshotDepth) +
+                     " levels");
+    }
+    if (!ok || sax.is_errored()) return invalid("the snapshot is not CBOR");
+  } catch (const std::exception& ex) {
+    return invalid(std::string("the snapshot is not CBOR: ") + ex.what());
+  }
+  const auto* format = j.is_object() && j.contains("format") ? &j["format"] : nullptr;
+  if (format == nullptr || !format->is_number_integer() || *format != kSnapshotFormat ||
+      !j.contains("state")) {
+    return invalid("the snapshot is not in format " + std::to_string(kSnapshotFormat));
+  }
+  return domain::state_from_json(j["state"]);
+}
 
 // Start-up and recovery: the latest snapshot (if readable and not ahead of the log), then
 // the events after it. An unreadable or incompatible snapshot costs a full replay, never
@@ -31,19 +81,13 @@ Status Pipeline::rebuild() {
   domain::State fresh;
   auto snap = store_.get_checkpoint(kSnapshotName);
   if (snap.ok() && snap->has_value()) {
-    const std::string& bytes = **snap;
-    Json j = Json::from_cbor(bytes.begin(), bytes.end(), true, false);
-    if (!j.is_discarded() && j.value("format", 0) == kSnapshotFormat && j.contains("state")) {
-      auto st = domain::state_from_json(j["state"]);
-      if (st.ok() && st->position <= store_.last_position()) {
-        fresh = std::move(*st);
-        snapshot_position_ = fresh.position;
-      } else {
-        std::fprintf(stderr, "atriumd: ignoring snapshot (%s); replaying the whole log\n",
-                     st.ok() ? "ahead of the log" : st.error().message.c_str());
-      }
+    auto st = decode_snapshot(**snap);
+    if (st.ok() && st->position <= store_.last_position()) {
+      fresh = std::move(*st);
+      snapshot_position_ = fresh.position;
     } else {
-      std::fprintf(stderr, "atriumd: ignoring unreadable snapshot; replaying the whole log\n");
+      std::fprintf(stderr, "atriumd: ignoring snapshot (%s); replaying the whole log\n",
+                   st.ok() ? "ahead of the log" : st.error().message.c_str());
     }
   }
   auto r = projections::replay(store_, fresh);
@@ -59,11 +103,7 @@ Status Pipeline::write_snapshot() {
   std::lock_guard lock(snapshot_mu_);
   domain::State copy = views_.read([](const domain::State& s) { return s; });
   if (copy.position == snapshot_position_.load()) return Status::Ok();
-  Json j{{"format", kSnapshotFormat}, {"state", domain::state_to_json(copy)}};
-  std::vector<uint8_t> bytes = Json::to_cbor(j);
-  auto st = store_.put_checkpoint(kSnapshotName,
-                                  std::string_view(reinterpret_cast<const char*>(bytes.data()),
-                                                   bytes.size()));
+  auto st = store_.put_checkpoint(kSnapshotName, encode_snapshot(copy));
   if (st.ok()) snapshot_position_ = copy.position;
   return st;
 }

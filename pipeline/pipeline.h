@@ -64,6 +64,12 @@ struct Outcome {
   bool replayed = false;  // answered from an earlier idempotent request
 };
 
+// The snapshot checkpoint: CBOR of {format, state: domain::state_to_json}.
+std::string encode_snapshot(const domain::State& s);
+// Its inverse: invalid_argument (never an exception, never a partial state) for bytes that
+// are not a snapshot this binary can read.
+Result<domain::State> decode_snapshot(std::string_view bytes);
+
 struct PipelineOptions {
   size_t queue_capacity = 10000;
   size_t max_batch = 1000;

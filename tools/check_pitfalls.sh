@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if grep -rnE 'for \([^;]*:[^;]*\)\s*\[' --include=*.cpp --include=*.h \
-    common domain eventstore projections pipeline adapters api tests bench tools main.cpp |
+    common domain eventstore projections pipeline adapters api tests bench fuzz tools main.cpp |
     grep -E '\.json\(\)|parse\(' ; then
   echo "check_pitfalls: range-for over a member of a temporary JSON (see the comment in $0)"
   exit 1

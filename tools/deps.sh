@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Atrium builds and tests with. Idempotent; needs root (or sudo).
+# clang-14 and libFuzzer build the fuzz targets (tools/fuzz.sh); libclang-rt-14-dev also holds
+# fuzzer/FuzzedDataProvider.h, which the normal build's corpus replay uses.
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config ccache
       libpistache-dev librocksdb-dev nlohmann-json3-dev libvirt-dev prometheus-cpp-dev
-      doctest-dev libsodium-dev libssl-dev libyaml-dev libicu-dev
+      doctest-dev libsodium-dev libssl-dev libyaml-dev libicu-dev libcurl4-openssl-dev
+      clang-14 libclang-rt-14-dev libfuzzer-14-dev
       libvirt-daemon libvirt-clients wrk nginx-light prometheus curl openssl
       libldap-dev liboath-dev slapd ldap-utils)
 # The OpenAPI linter runs with npx; a machine that already has Node.js keeps its own.

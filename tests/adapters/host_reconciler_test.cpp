@@ -11,13 +11,17 @@
 // from the fixture's initial state again.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "adapters/host_reconciler.h"
 #include "adapters/libvirt_hypervisor.h"
 #include "domain/hosts.h"
 #include "eventstore/event_store.h"
+#include "support/test_support.h"
 
 using namespace atrium;
 using namespace atrium::adapters;
@@ -38,6 +42,8 @@ HostManagerOptions fast_options() {
   o.connect_timeout = 1500ms;
   o.call_timeout = 5s;
   o.shutdown_timeout = 1s;
+  o.uri_policy.allow_test = true;  // test:/// hosts and fixture files
+  o.uri_policy.allow_tcp = true;   // an unreachable qemu+tcp host below
   return o;
 }
 
@@ -351,6 +357,7 @@ TEST_CASE("a dead host does not block the others") {
   HostManagerOptions o = fast_options();
   o.call_timeout = 3s;
   o.connect_timeout = 60s;
+  o.uri_policy.exempt_uri = "slow://nowhere";  // SlowHypervisor's fake driver
   Broker b(o);
   std::string dead = b.add_host("dead", "slow://nowhere");
   std::this_thread::sleep_for(50ms);  // the dead host's worker is inside connect()
@@ -419,4 +426,38 @@ TEST_CASE("metrics: hosts by state, VMs by state, libvirt calls, ports free") {
   CHECK(text.find("atrium_libvirt_call_duration_seconds_count{call=\"virConnectListAllDomains\"}") !=
         std::string::npos);
   CHECK(text.find("atrium_reconcile_duration_seconds_count") != std::string::npos);
+}
+
+// 10.4: hosts already in the log (added before the URI check existed) are checked again
+// before every connect; a refused one goes to alert without libvirt opening its URI.
+TEST_CASE("10.4: a host in the log with a command URI goes to alert and its command never runs") {
+  atrium::testing::TempDir dir;
+  std::string marker = dir.str() + "/ran";
+  std::string script = dir.str() + "/x.sh";
+  {
+    std::ofstream(script) << "#!/bin/sh\ntouch " << marker << "\n";
+  }
+  std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  HostManagerOptions o = fast_options();
+  o.uri_policy.allow_test = false;
+  Broker b(o, /*start_manager=*/false);
+  std::string ext = b.add_host("ext", "qemu+ext:///system?command=" + script);
+  std::string file = b.add_host("file", kFixtureUri);  // test hosts no longer allowed
+  b.start_hosts();
+  REQUIRE(b.wait_for([&](const State& s) {
+    return s.hosts.host(ext)->state == "alert" && s.hosts.host(file)->state == "alert";
+  }));
+  CHECK(b.op("op-" + ext).state == "failed");
+  CHECK(b.op("op-" + ext).error.find("qemu+ext") != std::string::npos);
+  CHECK(b.views.read([&](const State& s) { return s.hosts.host(file)->reason; })
+            .find("--allow-test-hosts") != std::string::npos);
+  // One refused attempt each, then nothing: no retries, no worker.
+  REQUIRE(b.wait_for([&](const State&) { return b.manager->worker_count() == 0; }, 3s));
+  auto types = b.stream_types("host-" + ext);
+  CHECK(std::count(types.begin(), types.end(), "HostConnectAttemptFailed") == 1);
+  CHECK_FALSE(std::filesystem::exists(marker));
+  // Activating checks again, and refuses again.
+  REQUIRE(b.run("ActivateHost", domain::ActivateHost{ext, std::nullopt}).ok());
+  REQUIRE(b.wait_for([&](const State& s) { return s.hosts.host(ext)->state == "alert"; }));
+  CHECK_FALSE(std::filesystem::exists(marker));
 }

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -746,4 +747,75 @@ TEST_CASE("overlay volume errors keep libvirt's message") {
   REQUIRE_FALSE(closed.ok());
   CHECK(closed.error().code == Code::unavailable);
   CHECK(conn->delete_volume(*base).error().code == Code::unavailable);
+}
+
+// ---- 10.4: libvirt errors do not quote the files a test:///<file> URI names -------------------
+
+TEST_CASE("10.4: scrub_libvirt_message keeps libvirt's first line and withholds quotes of a file") {
+  // Not from a file: libxml2's quotation (the lines after the first) goes, the rest stays.
+  CHECK(scrub_libvirt_message("at line 3: Opening and ending tag mismatch: a line 1 and b\n<a></b>\n--^",
+                              true) == "at line 3: Opening and ending tag mismatch: a line 1 and b");
+  CHECK(scrub_libvirt_message("Domain not found: no domain with matching name 'x'", false) ==
+        "Domain not found: no domain with matching name 'x'");
+  const std::string f = "/etc/shadow";
+  struct Row {
+    std::string in;
+    bool xml_detail;
+    std::string out;
+  };
+  const std::vector<Row> rows = {
+      {"/etc/shadow:1: Start tag expected, '<' not found\nroot:$y$j9T$secret:19000::\n^", true,
+       "/etc/shadow:1: Start tag expected, '<' not found"},
+      {"/etc/shadow:1: Entity 'SECRET' not defined\n<a>&SECRET;</a>\n------^", true,
+       "/etc/shadow:1: malformed XML (libxml2's detail withheld: it quotes the file)"},
+      {"/etc/shadow:7: Opening and ending tag mismatch: SECRET line 1 and b", true,
+       "/etc/shadow:7: malformed XML (libxml2's detail withheld: it quotes the file)"},
+      {"no location at all SECRET", true, "malformed XML (libxml2's detail withheld: it quotes the file)"},
+      {"XML error: expecting root element of 'node', not 'SECRET'", false,
+       "XML error: expecting root element of '...', not '...'"},
+      {"unsupported configuration: unknown OS type 'SECRET'", false,
+       "unsupported configuration: unknown OS type '...'"},
+      {"XML error: failed to parse xml document '/etc/shadow'", false,
+       "XML error: failed to parse xml document '/etc/shadow'"},
+      {"internal error: unterminated 'SECRET", false, "internal error: unterminated '...'"},
+      {"line one\nSECRET", false, "line one"},
+  };
+  for (const auto& row : rows) {
+    CAPTURE(row.in);
+    CHECK(scrub_libvirt_message(row.in, row.xml_detail, f) == row.out);
+  }
+}
+
+TEST_CASE("10.4: connecting to test:///<file> does not put the file's content in the error") {
+  char tmpl[] = "/tmp/atrium-secret-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  const std::vector<std::string> contents = {
+      "root:$y$j9T$SECRETHASH:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",  // like /etc/shadow
+      "<SECRETROOT/>\n",
+      "<node><domain type='test'><name>a</name><memory>1024</memory><os><type>SECRETTYPE</type>"
+      "</os></domain></node>\n",
+      "<a>&SECRETENTITY;</a>\n",
+      "<a b='x'></SECRETTAG>\n",
+      "<node><network><name>SECRETNET</name><ip address='SECRETADDR'/></network></node>\n",
+  };
+  LibvirtHypervisor hv;
+  for (size_t i = 0; i < contents.size(); ++i) {
+    std::string path = dir + "/f" + std::to_string(i);
+    {
+      FILE* fp = std::fopen(path.c_str(), "w");
+      REQUIRE(fp != nullptr);
+      std::fputs(contents[i].c_str(), fp);
+      std::fclose(fp);
+    }
+    auto c = hv.connect(options("test://" + path));
+    REQUIRE_FALSE(c.ok());
+    CAPTURE(contents[i]);
+    MESSAGE("libvirt said, scrubbed: " << c.error().message);
+    CHECK(c.error().message.find("SECRET") == std::string::npos);
+    CHECK(c.error().message.find('\n') == std::string::npos);
+    CHECK_FALSE(c.error().message.empty());
+    std::remove(path.c_str());
+  }
+  std::remove(dir.c_str());
 }

@@ -6,6 +6,7 @@
 #include "api/daemon.h"
 #include "domain/state.h"
 #include "projections/views.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 
 using atrium::testing::TestBroker;
@@ -497,17 +498,17 @@ TEST_CASE("launch refusals: not authorized, disabled service, stale load; why th
   REQUIRE(l4.status == 201);
   CHECK(l4.json()["server"]["id"] == s2);
 
-  // An agent may report (for the server it is bound to); a user may not; an agent may not
-  // launch.
-  auto [agent, agt] = b.user("agent-1", {"agent"});
-  REQUIRE(b.call("PATCH", "/v1/users/" + agent, {{"agent_server_id", s1}}).status == 200);
-  CHECK(b.call("POST", "/v1/servers/" + s1 + "/report",
-               {{"cpu_load", 0.1}, {"memory_load", 0.1}, {"sessions", 0}}, agt)
-            .status == 200);
+  // An enrolled agent reports its server's load by heartbeat; a user's token is no agent
+  // credential, and an agent's credential cannot launch.
+  auto agent = atrium::testing::enroll_agent(b, {{"server_id", s1}}, "m-s1");
+  REQUIRE(atrium::testing::agent_call(b, agent, "register").status == 200);
+  CHECK(atrium::testing::agent_call(b, agent, "heartbeat", atrium::testing::beat()).status == 200);
+  CHECK(b.call("POST", "/v1/agents/" + agent.id + "/heartbeat", atrium::testing::beat(), at)
+            .status == 401);
   CHECK(b.call("POST", "/v1/servers/" + s1 + "/report",
                {{"cpu_load", 0.1}, {"memory_load", 0.1}, {"sessions", 0}}, at)
             .status == 403);
-  CHECK(b.call("POST", "/v1/launches", {{"application_id", A}}, agt).status == 403);
+  CHECK(b.call("POST", "/v1/launches", {{"application_id", A}}, agent.credential).status == 401);
   CHECK(b.call("GET", "/v1/clusters", nullptr, at).status == 403);
 }
 

@@ -144,8 +144,47 @@ TEST_CASE("configuration flags: pool and placement settings are accepted, bad va
   }
 }
 
-// ---- issue 10: full disk, WAL damage, file modes, the kill loop ---------------------------
+TEST_CASE("10.4: host URI flags: --allow-test-hosts, --allow-tcp-hosts, --host-uri-params") {
+  TempDir dir;
+  auto add = [&](const Child& c, const std::string& uri) {
+    nlohmann::json body{{"name", "h" + std::to_string(std::hash<std::string>()(uri))}, {"uri", uri}};
+    return http(c.port, "POST", "/v1/hosts", body.dump(), auth()).status;
+  };
+  const std::string fixture = std::string("test://") + ATRIUM_SOURCE_DIR + "/tests/adapters/fixtures/host.xml";
+  {
+    Child c = spawn(dir.str() + "/default", {"--host-reconciler=off"});
+    CHECK(add(c, fixture) == 400);
+    CHECK(add(c, "qemu+tcp://kvm1/system") == 400);
+    CHECK(add(c, "qemu+ssh://kvm1/system?keyfile=/k") == 400);
+    CHECK(add(c, "qemu+ssh://kvm1/system") == 202);
+    ::kill(c.pid, SIGTERM);
+    CHECK(wait_exit(c.pid) == 0);
+  }
+  {
+    Child c = spawn(dir.str() + "/on", {"--host-reconciler=off", "--allow-test-hosts=on",
+                                        "--allow-tcp-hosts=on", "--host-uri-params=keyfile,pkipath"});
+    CHECK(add(c, fixture) == 202);
+    CHECK(add(c, "qemu+tcp://kvm1/system") == 202);
+    CHECK(add(c, "qemu+ssh://kvm1/system?keyfile=/k") == 202);
+    CHECK(add(c, "qemu+ssh://kvm1/system?command=/k") == 400);
+    ::kill(c.pid, SIGTERM);
+    CHECK(wait_exit(c.pid) == 0);
+  }
+  for (const char* flag : {"--allow-test-hosts=yes", "--allow-tcp-hosts=1", "--host-uri-params=Key-File",
+                           "--host-uri-params=keyfile,,pkipath"}) {
+    CAPTURE(flag);
+    std::string name = std::string(flag).substr(0, std::string(flag).find('='));
+    std::string err = dir.str() + "/err.txt";
+    std::string cmd = std::string(ATRIUMD_PATH) + " serve --data-dir=" + dir.str() + "/bad " + flag +
+                      " 2> " + err;
+    CHECK(atrium::testing::run_command(cmd) == 2);
+    std::ifstream in(err);
+    std::string said((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK_MESSAGE(said.find(name) != std::string::npos, said);
+  }
+}
 
+// ---- issue 10: full disk, WAL damage, file modes, the kill loop ---------------------------
 
 TEST_CASE("10.5: a full disk answers 503 and the daemon recovers by itself, every round") {
   atrium::testing::TmpfsMount mnt("16m");

@@ -188,7 +188,10 @@ TEST_CASE("maintenance refuses starts with 409; activate; display ports exhauste
 }
 
 TEST_CASE("an unreachable host: its operation fails with libvirt's message; cancel; alert") {
-  TestBroker b(fast);
+  TestBroker b([](atrium::api::DaemonConfig& cfg) {
+    fast(cfg);
+    cfg.host_uris.allow_tcp = true;  // plain TCP: "Connection refused" at once
+  });
   auto r = b.call("POST", "/v1/hosts", {{"name", "dead"}, {"uri", "qemu+tcp://127.0.0.1:1/system"}});
   REQUIRE(r.status == 202);
   std::string op = r.json()["id"];

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <variant>
 #include <vector>
@@ -16,6 +17,31 @@
 #include "domain/users.h"
 
 namespace atrium::domain::testing {
+
+// A load report as brokers before issue 11 recorded it (ServerLoadReported on
+// server-load-<id>): the broker no longer appends these (load is liveness now), but old logs
+// hold them and must keep folding. reported_at_ms = 0 means now.
+struct ReportServerLoad {
+  std::string server_id;
+  double cpu_load = 0;
+  double memory_load = 0;
+  uint32_t sessions = 0;
+  int64_t reported_at_ms = 0;
+};
+inline Result<Events> legacy_load_events(const State& s, const ReportServerLoad& c,
+                                         const Context& ctx) {
+  if (s.appcloud.server(c.server_id) == nullptr) return not_found("server " + c.server_id);
+  if (auto st = validate_load(LoadReport{c.cpu_load, c.memory_load, c.sessions, 0, 0}); !st) {
+    return st.error();
+  }
+  int64_t at = c.reported_at_ms > 0 ? c.reported_at_ms : ctx.now_ms;
+  return Events{{server_load_stream(c.server_id), "ServerLoadReported", 1,
+                 Json{{"server_id", c.server_id},
+                      {"cpu_load", c.cpu_load},
+                      {"memory_load", c.memory_load},
+                      {"sessions", c.sessions},
+                      {"reported_at_ms", at}}}};
+}
 
 using Cmd = std::variant<CreateUser, UpdateUser, CreateCluster, UpdateCluster, DeleteCluster,
                          CreateServer, UpdateServer, DeleteServer, AddServerApplication,
@@ -70,7 +96,15 @@ struct World {
   std::vector<Logged> log;
 
   Result<Events> decide(const Cmd& c) const {
-    return std::visit([&](const auto& x) { return domain::decide(s, x, ctx); }, c);
+    return std::visit(
+        [&](const auto& x) -> Result<Events> {
+          if constexpr (std::is_same_v<std::decay_t<decltype(x)>, ReportServerLoad>) {
+            return legacy_load_events(s, x, ctx);
+          } else {
+            return domain::decide(s, x, ctx);
+          }
+        },
+        c);
   }
 
   void apply(const Events& es) {

@@ -455,24 +455,22 @@ TEST_CASE("leave cluster") {
   }
 }
 
+TEST_CASE("live load figures are checked before they enter the liveness table") {
+  CHECK(validate_load(LoadReport{0.25, 0.5, 3, kNow, 0}).ok());
+  for (auto [cpu, mem] : {std::pair{1.5, 0.1}, std::pair{0.1, -0.1}, std::pair{std::nan(""), 0.1}}) {
+    auto st = validate_load(LoadReport{cpu, mem, 0, kNow, 0});
+    REQUIRE(!st.ok());
+    CHECK(st.error().reason == "invalid_load");
+  }
+}
+
 TEST_CASE("load and inventory reports") {
   run_table({
-      {"load", {server("s1")}, load("s1", 0.25, 0.5, 3),
+      // Load is liveness now (pipeline/liveness.h); these rows fold an older log's reports.
+      {"load (an older log)", {server("s1")}, load("s1", 0.25, 0.5, 3),
        events({"ServerLoadReported server-load-s1"},
               {{"cpu_load", 0.25}, {"memory_load", 0.5}, {"sessions", 3},
                {"reported_at_ms", kNow}})},
-      {"load: no time means now", {server("s1")}, ReportServerLoad{"s1", 0.1, 0.1, 0, 0},
-       events({"ServerLoadReported server-load-s1"}, {{"reported_at_ms", kNow}})},
-      {"load: older than the kept one changes nothing", {server("s1"), load("s1", 0.1, 0.1, 1)},
-       load("s1", 0.9, 0.9, 9, 5000), events({})},
-      {"load: cpu above 1", {server("s1")}, load("s1", 1.5, 0.1, 0),
-       error(Code::invalid_argument, "invalid_load")},
-      {"load: negative memory", {server("s1")}, load("s1", 0.1, -0.1, 0),
-       error(Code::invalid_argument, "invalid_load")},
-      {"load: NaN", {server("s1")}, load("s1", std::nan(""), 0.1, 0),
-       error(Code::invalid_argument, "invalid_load")},
-      {"load: unknown server", {}, load("s1", 0.1, 0.1, 0),
-       error(Code::not_found, "server_not_found")},
       {"inventory", {server("s1")}, ReportServerInventory{"s1", {"x1"}, {"u1"}, 0},
        events({"ServerInventoryReported server-inventory-s1"},
               {{"apps", V{"x1"}}, {"users", V{"u1"}}, {"reported_at_ms", kNow}})},

@@ -142,6 +142,22 @@ TEST_CASE("connect failures: attempts are recorded; the final one fails the oper
   CHECK(g.ok(RecordHostConnectFailed{"h1", "x", false}).empty());
 }
 
+TEST_CASE("10.4: a host whose URI the broker may not open goes to alert at once, even in maintenance") {
+  Given g;
+  g.ok(add("h1"));
+  auto es = g.ok(RecordHostConnectFailed{"h1", "uri not allowed: qemu+ext", false, true});
+  CHECK(types(es) == V{"HostConnectAttemptFailed", "HostFailed", "OperationFailed"});
+  CHECK(g.host("h1").state == "alert");
+  CHECK(g.host("h1").reason == "refused: uri not allowed: qemu+ext");
+  CHECK(g.op("op-h1").state == "failed");
+  g.ok(add("h2"));
+  CHECK(types(g.ok(EnterMaintenance{"h2", std::nullopt})) == V{"HostMaintenanceEntered"});
+  CHECK(types(g.ok(RecordHostConnectFailed{"h2", "x", true, false})) == V{"HostConnectAttemptFailed"});
+  CHECK(g.host("h2").state == "maintenance");  // a timeout does not end maintenance
+  g.ok(RecordHostConnectFailed{"h2", "uri not allowed", false, true});
+  CHECK(g.host("h2").state == "alert");
+}
+
 TEST_CASE("maintenance: no VM starts there; activate returns it; If-Match; removed hosts refuse") {
   Given g = up_host();
   CHECK(types(g.ok(EnterMaintenance{"h1", std::nullopt})) == V{"HostMaintenanceEntered"});

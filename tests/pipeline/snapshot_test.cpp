@@ -128,6 +128,67 @@ TEST_CASE("a corrupt snapshot is ignored and the log is replayed in full") {
   CHECK(live(views) == before);
 }
 
+// Found by fuzz/snapshot.cpp: CBOR that is not a map (or whose "format" is not a number) made
+// Json::value() throw out of Pipeline::start(), so the daemon could not start at all.
+TEST_CASE("fuzz: a snapshot that is CBOR but not a snapshot map is ignored, not thrown") {
+  for (const Json& bad : {Json::array({1, 2}), Json("snapshot"), Json{{"format", "1"}},
+                          Json{{"format", 1.5}, {"state", 1}}, Json{{"format", 1}, {"state", 7}}}) {
+    CAPTURE(bad.dump());
+    std::vector<uint8_t> cbor = Json::to_cbor(bad);
+    std::string bytes(cbor.begin(), cbor.end());
+    CHECK_FALSE(pipeline::decode_snapshot(bytes).ok());
+    testing::TempDir dir;
+    Json before;
+    {
+      auto store = eventstore::open_rocksdb(dir.str());
+      REQUIRE(store.ok());
+      projections::Views views;
+      pipeline::Metrics m;
+      pipeline::PipelineOptions no_auto;
+      no_auto.snapshot_every = 0;
+      pipeline::Pipeline p(**store, views, m, pipeline::system_now_ms, no_auto);
+      REQUIRE(p.start().ok());
+      fill(p, 0, 2);
+      before = live(views);
+      p.stop();
+      REQUIRE((*store)->put_checkpoint("snapshot", bytes).ok());
+    }
+    auto store = eventstore::open_rocksdb(dir.str());
+    REQUIRE(store.ok());
+    projections::Views views;
+    pipeline::Metrics m;
+    pipeline::Pipeline p(**store, views, m);
+    REQUIRE(p.start().ok());
+    CHECK(p.snapshot_position() == 0);
+    CHECK(live(views) == before);
+  }
+}
+
+// Found by fuzz_snapshot (fuzz/regressions/snapshot/): a CBOR array header claiming 10^19
+// elements made from_cbor throw out_of_range although exceptions were disabled.
+TEST_CASE("fuzz: a snapshot with an impossible CBOR length is refused, not thrown") {
+  // {"format": 1, "state": [ <array of 0x989898989898989898 elements> ]}
+  std::string bytes = "\xa2\x66" "format" "\x01\x65" "state" "\x9b\x98\x98\x98\x98\x98\x98\x98\x98";
+  auto st = pipeline::decode_snapshot(bytes);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.error().message.find("not CBOR") != std::string::npos);
+}
+
+// Found by fuzz_snapshot after 8 minutes (fuzz/regressions/snapshot/): the CBOR reader
+// recurses once per nesting level, so thousands of nested arrays overflowed the stack (ASan:
+// stack-overflow) before any check ran; a corrupt snapshot killed the daemon at start.
+TEST_CASE("fuzz: a snapshot nested deeper than any state is refused before it overflows the stack") {
+  std::string deep = "\xa2\x66" "format" "\x01\x65" "state";
+  deep += std::string(200000, '\x81') + "\x01";  // [[[...[1]...]]]
+  auto st = pipeline::decode_snapshot(deep);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.error().message.find("deeper than") != std::string::npos);
+  // A real snapshot is far from the limit.
+  domain::State s;
+  s.position = 7;
+  CHECK(pipeline::decode_snapshot(pipeline::encode_snapshot(s)).ok());
+}
+
 TEST_CASE("state_from_json inverts state_to_json for users and hosts") {
   State s;
   uint64_t pos = 0;

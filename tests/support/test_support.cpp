@@ -273,6 +273,7 @@ void TestBroker::start() {
   cfg.api.sse_wait = std::chrono::milliseconds(1500);
   cfg.bootstrap_token = kAdminToken;
   cfg.default_host_uri.clear();  // tests add the hosts they need
+  cfg.host_uris.allow_test = true;  // test:/// hosts and fixture files
   if (configure_) configure_(cfg);
   auto offset = clock_offset_;
   auto d = api::Daemon::start(cfg, [offset] { return pipeline::system_now_ms() + offset->load(); });

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# ThreadSanitizer build (build-tsan/, only atrium_tests and the atriumd it runs) and the
+# tests where threads meet: the pipeline (one writer, many submitters, snapshots), the API over
+# real HTTP (Pistache workers, SSE, the daemon as a child process) and the host reconciler
+# (workers, scan thread, libvirt's event loop). A TSan report fails the test that printed it
+# (exit code 66). Only proven false positives are suppressed, in tools/tsan.supp.
+#   tools/tsan.sh [ctest -R regex]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+select=${1:-'^test_(pipeline_|api_|adapters_host_reconciler$)'}
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATRIUM_SANITIZE=thread >/dev/null
+cmake --build build-tsan --target atrium_tests
+cd build-tsan
+TSAN_OPTIONS="suppressions=$PWD/../tools/tsan.supp second_deadlock_stack=1 history_size=4" \
+  ctest -R "$select" --output-on-failure -j2 --timeout 1500
