@@ -16,6 +16,7 @@
 #include <pistache/peer.h>
 #include <pistache/transport.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -627,6 +628,10 @@ void AtriumTransport::check_timers() {
       deadline = st->last_answer + s.body_timeout_ms;
     } else {
       deadline = st->last_written + s.keepalive_timeout_ms;
+      // Bytes already waiting on an idle connection are its next request, not idleness: a
+      // worker held by a long-poll reads them late, and this timer may fire first then.
+      int unread = 0;
+      if (now >= deadline && ::ioctl(fd, FIONREAD, &unread) == 0 && unread > 0) continue;
     }
     if (now < deadline) continue;
     if (answer_408) {

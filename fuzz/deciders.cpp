@@ -62,6 +62,9 @@ struct Run {
   std::vector<std::pair<Event, Applied>> log;
   int seq = 0;
   size_t last_events = 0;  // events of the last accepted command
+  // The broker's liveness table as far as placement reads it: server loads stay out of the
+  // log (issue 11), and launches read them through LaunchApplication.live_load.
+  std::map<std::string, LoadReport> live;
 
   std::string pick(const std::vector<std::string>& v) {
     return v[in.ConsumeIntegralInRange<size_t>(0, v.size() - 1)];
@@ -235,7 +238,7 @@ void Run::prelude() {
   must(Publish{"pb1", excel, Scope::cluster, "c0"});
   must(Authorize{"az0", "u0", word, Scope::server, "sv0"});
   must(Authorize{"az1", "u1", excel, Scope::cluster, "c0"});
-  must(ReportServerLoad{"sv1", 0.5, 0.25, 2, 0});
+  live["sv1"] = LoadReport{0.5, 0.25, 2, ctx.now_ms, pos};
 }
 
 void Run::step() {
@@ -515,10 +518,9 @@ void Run::step() {
           run(DeleteServer{id, expected("server-" + id)});
           break;
         default:
-          run(ReportServerLoad{
-              id, in.ConsumeProbability<double>(), in.ConsumeProbability<double>(),
-              in.ConsumeIntegralInRange<uint32_t>(0, 50),
-              in.ConsumeBool() ? 0 : ctx.now_ms - in.ConsumeIntegralInRange<int64_t>(0, 100000)});
+          live[id] = LoadReport{in.ConsumeProbability<double>(), in.ConsumeProbability<double>(),
+                                in.ConsumeIntegralInRange<uint32_t>(0, 50),
+                                ctx.now_ms - in.ConsumeIntegralInRange<int64_t>(0, 100000), pos};
           break;
       }
       break;
@@ -581,6 +583,11 @@ void Run::step() {
         }
         default: {
           LaunchApplication l{fresh("as"), user(), application(), {}};
+          l.live_load = [this](const std::string& id) -> std::optional<LoadReport> {
+            auto it = live.find(id);
+            if (it == live.end()) return std::nullopt;
+            return it->second;
+          };
           run(l);
           break;
         }

@@ -148,7 +148,6 @@ int main(int argc, char** argv) {
   sc.run("JoinCluster", JoinCluster{"sv1", "c0", std::nullopt});
   sc.run("Publish", Publish{"pb1", excel, Scope::cluster, "c0"});
   sc.run("Authorize", Authorize{"az1", "u0", excel, Scope::cluster, "c0"});
-  sc.run("ReportServerLoad", ReportServerLoad{"sv1", 0.2, 0.5, 3, 0});
   sc.run("ReportServerInventory", ReportServerInventory{"sv1", {excel}, {"u0"}, 0});
   sc.run("LaunchApplication", LaunchApplication{"as1", "u0", excel, {}});
   sc.run("Unauthorize", Unauthorize{"az0", std::nullopt});

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <thread>
 
 #include "api/daemon.h"
 #include "support/test_support.h"
@@ -212,6 +213,28 @@ TEST_CASE("an idle persistent connection is closed after the keep-alive timeout"
   // A connection that never sends anything is idle too.
   RawConnection silent(b.port());
   CHECK(silent.closed_within(3000));
+}
+
+TEST_CASE("a request waiting behind a long-poll on the same worker is answered, not reset") {
+  // One worker: the long-poll holds it past the keep-alive timeout, while the warmed
+  // connection's next request sits unread in its socket. The idle timer used to fire first
+  // when the worker came back and reset that connection without an answer.
+  TestBroker b([](atrium::api::DaemonConfig& c) {
+    c.api.threads = 1;
+    c.api.keepalive_timeout = std::chrono::milliseconds(1000);
+    c.api.sse_wait = std::chrono::milliseconds(2500);
+  });
+  RawConnection warm(b.port());
+  REQUIRE(warm.send(get("/healthz")));
+  REQUIRE(warm.read_reply().status == 200);
+  RawConnection poll(b.port());
+  REQUIRE(poll.send(get("/v1/events/stream?after=999999",
+                        std::string("Authorization: Bearer ") + TestBroker::kAdminToken + "\r\n")));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  REQUIRE(warm.send(get("/healthz")));
+  auto r = warm.read_reply(6000);
+  CHECK(r.status == 200);
+  CHECK(poll.read_reply(6000).status == 200);
 }
 
 TEST_CASE("a request whose head does not arrive within the header timeout gets 408 and a close") {
