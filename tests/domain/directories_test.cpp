@@ -171,11 +171,14 @@ TEST_CASE("group authorizations: launches resolve groups; join subset rules hold
   CHECK(authorization_to_json(*g.s.appcloud.authorization("a1"))["group"] == "staff@corp");
   CHECK(g.err(Authorize{"a2", "group:staff@corp", calc, Scope::cluster, "c1"}).reason ==
         "already_authorized");
-  g.ok(ReportServerLoad{"s1", 0.1, 0.1, 0, g.ctx.now_ms});
+  // Loads come from the liveness table now (issue 11), not the log.
+  LoadLookup loads = [&](const std::string&) -> std::optional<LoadReport> {
+    return LoadReport{0.1, 0.1, 0, g.ctx.now_ms, 0};
+  };
   // dana (in staff) may launch, placed in the cluster; eve (in devs) may not.
-  es = g.ok(LaunchApplication{"x1", "da", calc, {}});
+  es = g.ok(LaunchApplication{"x1", "da", calc, {}, loads});
   CHECK(es[0].data["server_id"] == "s1");
-  CHECK(g.err(LaunchApplication{"x2", "de", calc, {}}).reason == "not_authorized");
+  CHECK(g.err(LaunchApplication{"x2", "de", calc, {}, loads}).reason == "not_authorized");
   CHECK(g.s.appcloud.entitlements("da", g.s.users.find("da")->groups).size() == 1);
   CHECK(g.s.appcloud.entitlements("de", g.s.users.find("de")->groups).empty());
   // A group authorized on s2 but not in c1: s2 may not join (subset rule, as for a user).
