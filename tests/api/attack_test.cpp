@@ -16,8 +16,10 @@
 
 #include "api/crypto.h"
 #include "api/daemon.h"
+#include "support/agents.h"
 #include "support/child_daemon.h"
 #include "support/slapd.h"
+#include "support/stderr_capture.h"
 #include "support/test_support.h"
 
 using atrium::testing::http;
@@ -263,36 +265,39 @@ TEST_CASE("10.10: a token of a disabled user stays invalid once the user is enab
 
 // ==== 10.12: agents act only for their own server; no reports from the future =================
 
-TEST_CASE("10.12: an agent reports only for the server it is bound to") {
+TEST_CASE(
+    "10.12: an agent reports only for its own server (enrolled agents replace agent_server_id)") {
   TestBroker b;
   std::string s1 = make_server(b, "srv-one");
   std::string s2 = make_server(b, "srv-two");
-  json load{{"cpu_load", 0.1}, {"memory_load", 0.2}, {"sessions", 0}};
-  auto [unbound, utok] = b.user("agent-free", {"agent"});
-  auto r0 = b.call("POST", "/v1/servers/" + s1 + "/report", load, utok);
-  CHECK(r0.status == 403);
-  CHECK(reason(r0) == "agent_not_bound");
-
-  auto c = b.call("POST", "/v1/users",
-                  {{"name", "agent-s1"},
-                   {"password", "password-agent-s1"},
-                   {"roles", {"agent"}},
-                   {"agent_server_id", s1}});
-  REQUIRE_MESSAGE(c.status == 201, c.body);
-  CHECK(c.json()["agent_server_id"] == s1);
-  std::string atok = login(b, "agent-s1", "password-agent-s1").json()["token"];
-  CHECK(b.call("POST", "/v1/servers/" + s1 + "/report", load, atok).status == 200);
-  auto other = b.call("POST", "/v1/servers/" + s2 + "/report", load, atok);
+  auto a1 = atrium::testing::enroll_agent(b, {{"server_id", s1}}, "machine-one");
+  auto a2 = atrium::testing::enroll_agent(b, {{"server_id", s2}}, "machine-two");
+  REQUIRE(atrium::testing::agent_call(b, a1, "register").status == 200);
+  auto hb = atrium::testing::agent_call(b, a1, "heartbeat", atrium::testing::beat(0.3, 0.4));
+  REQUIRE_MESSAGE(hb.status == 200, hb.body);
+  CHECK(b.call("GET", "/v1/servers/" + s1).json()["load"]["cpu_load"] == 0.3);
+  // Another agent's endpoints: refused, with Retry-After.
+  auto other =
+      b.call("POST", "/v1/agents/" + a2.id + "/heartbeat", atrium::testing::beat(), a1.credential);
   CHECK(other.status == 403);
-  CHECK(reason(other) == "agent_server_mismatch");
-  // Only agents can be bound, only to a server that exists, and only an admin binds.
-  CHECK(b.call("POST", "/v1/users", {{"name", "u-bound"}, {"agent_server_id", s1}}).status == 400);
-  CHECK(b.call("PATCH", "/v1/users/" + unbound, {{"agent_server_id", "no-such-server"}}).status ==
-        404);
+  CHECK(reason(other) == "agent_mismatch");
+  CHECK(!other.header("retry-after").empty());
+  // The credential is not a user token: the report-by-hand route and admin routes do not know it.
+  json load{{"cpu_load", 0.1}, {"memory_load", 0.2}, {"sessions", 0}};
+  CHECK(b.call("POST", "/v1/servers/" + s2 + "/report", load, a1.credential).status == 401);
+  CHECK(b.call("GET", "/v1/agents", nullptr, a1.credential).status == 401);
+  // Users with role agent are no longer bound by hand; a legacy binding may be removed.
+  auto [unbound, utok] = b.user("agent-free", {"agent"});
+  auto c = b.call("POST", "/v1/users",
+                  {{"name", "agent-s1"}, {"roles", {"agent"}}, {"agent_server_id", s1}});
+  CHECK(c.status == 400);
+  CHECK(reason(c) == "agent_binding_replaced");
+  CHECK(reason(b.call("PATCH", "/v1/users/" + unbound, {{"agent_server_id", s2}})) ==
+        "agent_binding_replaced");
   CHECK(b.call("PATCH", "/v1/users/" + unbound, {{"agent_server_id", s2}}, utok).status == 403);
-  CHECK(b.call("PATCH", "/v1/users/" + unbound, {{"agent_server_id", s2}}).status == 200);
-  CHECK(b.call("POST", "/v1/servers/" + s2 + "/report", load, utok).status == 200);
-  // Admins still report for any server.
+  CHECK(b.call("PATCH", "/v1/users/" + unbound, {{"agent_server_id", ""}}).status == 200);
+  // An unbound agent user still cannot report; admins still report for any server.
+  CHECK(reason(b.call("POST", "/v1/servers/" + s1 + "/report", load, utok)) == "agent_not_bound");
   CHECK(b.call("POST", "/v1/servers/" + s1 + "/report", load).status == 200);
 }
 
@@ -1087,9 +1092,6 @@ TEST_CASE(
   CHECK(events.body.find("HostConnectAttemptFailed") != std::string::npos);
   CHECK(events.body.find("SECRET") == std::string::npos);
 }
-
-#include "support/agents.h"
-#include "support/stderr_capture.h"
 
 // ==== 11: agent endpoints: rejections of callers that are no agent =========================
 
