@@ -15,6 +15,7 @@
 #include "api/daemon.h"
 #include "common/broker_groups.h"
 #include "eventstore/event_store.h"
+#include "eventstore/shared_log.h"
 
 namespace {
 
@@ -27,6 +28,14 @@ struct Flag {
 const std::vector<Flag> kFlags = {
     {"listen", "ATRIUM_LISTEN", "host:port to listen on (default 127.0.0.1:8080)"},
     {"data-dir", "ATRIUM_DATA_DIR", "data directory (default ./data)"},
+    {"store", "ATRIUM_STORE",
+     "rocksdb (default, in --data-dir) or a PostgreSQL URL postgresql://... shared by brokers"},
+    {"from", "ATRIUM_MIGRATE_FROM", "atriumd migrate: the source, rocksdb:DATA_DIR"},
+    {"to", "ATRIUM_MIGRATE_TO", "atriumd migrate: the target, an empty postgresql://... log"},
+    {"lease-ttl-s", "ATRIUM_LEASE_TTL_S",
+     "leader lease on a PostgreSQL store, renewed every third (default 10)"},
+    {"advertise-url", "ATRIUM_ADVERTISE_URL",
+     "this broker's URL for the other brokers (default http://<listen>)"},
     {"threads", "ATRIUM_THREADS", "HTTP worker threads (default 16)"},
     {"max-body-bytes", "ATRIUM_MAX_BODY_BYTES", "request body limit (default 1048576)"},
     {"token-ttl-s", "ATRIUM_TOKEN_TTL_S",
@@ -107,9 +116,14 @@ void usage() {
   std::fprintf(
       stderr,
       "usage: atriumd [serve] [--flag=value ...]\n"
-      "       atriumd verify [--data-dir=DIR]   walk the log and its hash chain, read-only\n"
+      "       atriumd verify [--data-dir=DIR | --store=postgresql://...]\n"
+      "                                        walk the log and its hash chain, read-only\n"
       "         (exit 0: ok; 1: damaged: broken chain, corruption, WAL damage that\n"
-      "          recovery would drop acknowledged events for; 3: could not check)\n\n");
+      "          recovery would drop acknowledged events for; 3: could not check)\n"
+      "       atriumd migrate --from=rocksdb:DATA_DIR --to=postgresql://...\n"
+      "                                        copy a stopped broker's log, with its hash\n"
+      "                                        chain, records and snapshots, to an empty\n"
+      "                                        PostgreSQL log (exit 0: copied and verified)\n\n");
   for (const auto& f : kFlags) std::fprintf(stderr, "  --%-22s %s [%s]\n", f.name, f.help, f.env);
 }
 
@@ -197,6 +211,119 @@ int verify(const std::string& data_dir) {
 
 }  // namespace
 
+// atriumd verify on a PostgreSQL store: reads only (it never takes the lease).
+int verify_postgres(const std::string& conninfo) {
+  namespace es = atrium::eventstore;
+  auto log = es::open_postgres(conninfo);
+  if (!log.ok()) {
+    std::fprintf(stderr, "atriumd verify: cannot check: %s\n", log.error().message.c_str());
+    return 3;
+  }
+  auto rep = (*log)->verify();
+  if (!rep.ok()) {
+    std::fprintf(stderr, "atriumd verify: %s\n", rep.error().message.c_str());
+    return 3;
+  }
+  if (!rep->ok) {
+    std::printf("DAMAGED at position %llu: %s (%llu events verified before it)\n",
+                static_cast<unsigned long long>(rep->first_bad_position), rep->problem.c_str(),
+                static_cast<unsigned long long>(rep->events_checked));
+    return 1;
+  }
+  std::printf("ok: %llu events, hash chain intact (%s)\n",
+              static_cast<unsigned long long>(rep->events_checked),
+              es::redact_conninfo(conninfo).c_str());
+  return 0;
+}
+
+// atriumd migrate: copies a RocksDB log verbatim (positions, versions, hashes), its
+// idempotency records and checkpoints into an empty PostgreSQL log, then verifies the copy.
+int migrate(const std::string& from, const std::string& to) {
+  namespace es = atrium::eventstore;
+  if (from.rfind("rocksdb:", 0) != 0 || !atrium::api::is_postgres_store(to)) {
+    std::fprintf(stderr,
+                 "atriumd migrate: --from=rocksdb:DATA_DIR --to=postgresql://... are needed\n");
+    return 2;
+  }
+  const std::string dir = from.substr(8) + "/events";
+  if (es::rocksdb_locked(dir)) {
+    std::fprintf(stderr, "atriumd migrate: a broker runs on %s; stop it first\n", dir.c_str());
+    return 1;
+  }
+  es::RocksOptions ro;
+  ro.mode = es::OpenMode::read_only;
+  ro.create_if_missing = false;
+  auto src = es::open_rocksdb(dir, ro);
+  if (!src.ok()) {
+    std::fprintf(stderr, "atriumd migrate: %s: %s\n", dir.c_str(), src.error().message.c_str());
+    return 1;
+  }
+  auto dst = es::open_postgres(to);
+  if (!dst.ok()) {
+    std::fprintf(stderr, "atriumd migrate: %s\n", dst.error().message.c_str());
+    return 1;
+  }
+  es::SharedLog& log = **dst;
+  auto lease = log.try_acquire({"migrate", "", std::chrono::minutes(10)});
+  if (!lease.ok() || !lease->has_value()) {
+    std::fprintf(stderr, "atriumd migrate: a broker leads the target log; stop it first\n");
+    return 1;
+  }
+  const uint64_t term = (*lease)->term;
+  auto fail = [&](const std::string& why) {
+    (void)log.release(term, "migrate");
+    std::fprintf(stderr, "atriumd migrate: %s\n", why.c_str());
+    return 1;
+  };
+  if ((*lease)->position != 0) return fail("the target log is not empty");
+  if (auto st = log.set_writer_term(term); !st) return fail(st.error().message);
+  std::vector<es::RecordedEvent> batch;
+  atrium::Status copied = atrium::Status::Ok();
+  auto flush = [&] {
+    if (batch.empty() || !copied.ok()) return;
+    auto r = log.import(batch);
+    if (!r.ok()) copied = r.error();
+    batch.clear();
+  };
+  auto scanned = (*src)->scan(0, 0, [&](const es::RecordedEvent& e) {
+    batch.push_back(e);
+    if (batch.size() == 1000) flush();
+    return copied.ok();
+  });
+  flush();
+  if (!scanned.ok()) return fail(scanned.error().message);
+  if (!copied.ok()) return fail(copied.error().message);
+  uint64_t records[2] = {0, 0};
+  for (bool checkpoints : {false, true}) {
+    std::vector<std::pair<std::string, std::string>> recs;
+    auto put = [&] {
+      if (recs.empty() || !copied.ok()) return;
+      if (auto st = log.import_records(recs, checkpoints); !st) copied = st.error();
+      records[checkpoints ? 1 : 0] += recs.size();
+      recs.clear();
+    };
+    auto st = (*src)->scan_records(checkpoints, [&](std::string_view k, std::string_view v) {
+      recs.emplace_back(std::string(k), std::string(v));
+      if (recs.size() == 500) put();
+      return copied.ok();
+    });
+    put();
+    if (!st.ok()) return fail(st.error().message);
+    if (!copied.ok()) return fail(copied.error().message);
+  }
+  auto rep = log.verify();
+  if (!rep.ok()) return fail(rep.error().message);
+  if (!rep->ok) return fail("the copy does not verify: " + rep->problem);
+  if (rep->events_checked != *scanned) return fail("the copy holds a different number of events");
+  (void)log.release(term, "migrate");
+  std::printf(
+      "migrated %llu events (hash chain verified), %llu idempotency records and %llu "
+      "checkpoints to %s\n",
+      static_cast<unsigned long long>(*scanned), static_cast<unsigned long long>(records[0]),
+      static_cast<unsigned long long>(records[1]), es::redact_conninfo(to).c_str());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::string command = "serve";
   std::map<std::string, std::string> flags;
@@ -241,8 +368,21 @@ int main(int argc, char** argv) {
 
   atrium::api::DaemonConfig cfg;
   if (auto v = get("data-dir")) cfg.data_dir = *v;
+  if (auto v = get("store")) {
+    if (*v != "rocksdb" && !atrium::api::is_postgres_store(*v)) {
+      std::fprintf(stderr,
+                   "atriumd: bad --store: rocksdb or a PostgreSQL URL (postgresql://...)\n");
+      return 2;
+    }
+    cfg.store = *v;
+  }
 
-  if (command == "verify") return verify(cfg.data_dir);
+  if (command == "migrate") {
+    return migrate(get("from").value_or(""), get("to").value_or(""));
+  }
+  if (command == "verify") {
+    return cfg.store == "rocksdb" ? verify(cfg.data_dir) : verify_postgres(cfg.store);
+  }
   if (command != "serve") {
     usage();
     return 2;
@@ -260,6 +400,18 @@ int main(int argc, char** argv) {
     cfg.api.port = static_cast<uint16_t>(port);
   }
   long long n = 0;
+  if (auto v = get("lease-ttl-s")) {
+    if (!to_int(*v, n) || n < 1 || n > 3600) {
+      return std::fprintf(stderr, "atriumd: bad --lease-ttl-s (1 to 3600 seconds)\n"), 2;
+    }
+    cfg.lease_ttl = std::chrono::seconds(n);
+  }
+  if (auto v = get("advertise-url")) {
+    if (v->rfind("http://", 0) != 0 && v->rfind("https://", 0) != 0) {
+      return std::fprintf(stderr, "atriumd: bad --advertise-url (http://... or https://...)\n"), 2;
+    }
+    cfg.advertise_url = *v;
+  }
   if (auto v = get("threads")) {
     if (!to_int(*v, n) || n < 1 || n > 512) return std::fprintf(stderr, "atriumd: bad --threads\n"), 2;
     cfg.api.threads = static_cast<int>(n);
@@ -504,8 +656,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "atriumd: cannot start: %s\n", daemon.error().message.c_str());
     return 1;
   }
+  const std::string where = cfg.store == "rocksdb"
+                                ? cfg.data_dir
+                                : atrium::eventstore::redact_conninfo(cfg.store) + " (shared log)";
   std::fprintf(stderr, "atriumd: listening on %s:%u%s, data in %s\n", cfg.api.host.c_str(),
-               (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", cfg.data_dir.c_str());
+               (*daemon)->port(), cfg.api.tls_cert.empty() ? "" : " (TLS)", where.c_str());
   std::fprintf(stderr,
                "atriumd: at most %zu HTTP connections (%zu per address; %llu descriptors)\n",
                (*daemon)->http_server().max_connections(),

@@ -4,8 +4,10 @@
 
 #include <charconv>
 #include <ctime>
+#include <thread>
 
 #include "api/crypto.h"
+#include "api/forwarder.h"
 #include "api/query_params.h"
 #include "common/time_text.h"
 #include "domain/user_names.h"
@@ -284,7 +286,37 @@ void Api::record_metrics(const std::string& route, const std::string& method, in
   it->second.duration->Observe(secs);
 }
 
+// A write on a follower: to the leader, with the caller's identity, request id and
+// Idempotency-Key; its answer is relayed once this broker applied the position it names, so
+// the caller reads its own write here. One hop only: a forwarded request that reaches a
+// broker that no longer leads gets 503.
+HttpResponse Api::forward(const HttpRequest& req) {
+  auto refuse = [](const std::string& why) {
+    return problem(Error::make(Code::unavailable, why, "not_leader"));
+  };
+  if (req.header(kForwardedHeader)) {
+    return refuse("this broker no longer leads the shared log; retry");
+  }
+  auto url = leader_url_();
+  if (!url) return refuse("no broker leads the shared log right now; retry shortly");
+  auto r = forward_request(*url, req, cfg_.command_timeout);
+  if (!r) return refuse("the leading broker did not answer; retry shortly");
+  if (r->status < 300) {
+    for (const auto& [name, value] : r->headers) {
+      if (name != "X-Atrium-Position" && name != "x-atrium-position") continue;
+      const uint64_t pos = std::strtoull(value.c_str(), nullptr, 10);
+      const auto until = std::chrono::steady_clock::now() + cfg_.command_timeout;
+      while (views_.position() < pos && std::chrono::steady_clock::now() < until) {
+        store_.wait_for(views_.position(), std::chrono::milliseconds(5));
+        if (views_.position() < pos) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+  }
+  return *r;
+}
+
 HttpResponse Api::run(const HttpRequest& req, pipeline::Command cmd) {
+  if (leader_url_ && !pipeline_.leading()) return forward(req);
   cmd.meta.actor = req.principal ? req.principal->user_id : "anonymous";
   cmd.meta.correlation_id = req.request_id;
   if (auto key = req.header("idempotency-key")) {

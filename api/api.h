@@ -31,6 +31,10 @@ namespace atrium::domain {
 struct Directory;
 }
 
+namespace atrium::eventstore {
+class SharedLog;
+}
+
 namespace atrium::api {
 
 struct ApiConfig {
@@ -150,6 +154,12 @@ class Api {
   void set_started() { started_ = true; }
   bool started() const { return started_.load() && pipeline_.ready(); }
 
+  // On a follower of a shared log: where writes go instead of the pipeline (Api::run
+  // forwards them to the leader and answers once this broker applied their position).
+  void set_leader_lookup(std::function<std::optional<std::string>()> lookup) {
+    leader_url_ = std::move(lookup);
+  }
+
   void begin_drain() { draining_ = true; }
   bool draining() const { return draining_.load(); }
   bool wait_idle(std::chrono::milliseconds timeout);
@@ -208,6 +218,7 @@ class Api {
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
+  HttpResponse forward(const HttpRequest& req);
   static std::string stream_class(const Principal& p);
   void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
               std::chrono::steady_clock::time_point t0, bool quiet = false);
@@ -224,6 +235,7 @@ class Api {
   Router router_;
   AccessLog log_;
 
+  std::function<std::optional<std::string>()> leader_url_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> started_{false};
   std::atomic<size_t> in_flight_{0};
@@ -259,5 +271,9 @@ void register_web_routes(Api& api);
 // Desktop pools, desktop launches and sessions, admin channels (api/routes_pools.cpp); call
 // after register_appcloud_routes: it shares POST /v1/launches and /v1/sessions with it.
 void register_pool_routes(Api& api, adapters::PoolWorker* worker);
+// GET /v1/cluster (api/routes_cluster.cpp); log is null on the embedded store.
+class Leadership;
+void register_cluster_routes(Api& api, eventstore::SharedLog* log,
+                             std::function<const Leadership*()> leadership);
 
 }  // namespace atrium::api

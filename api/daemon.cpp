@@ -7,9 +7,11 @@
 #include <cstdio>
 #include <algorithm>
 #include <filesystem>
+#include <thread>
 
 #include "adapters/ldap_directory.h"
 #include "api/crypto.h"
+#include "api/forwarder.h"
 
 namespace atrium::api {
 
@@ -33,7 +35,17 @@ void private_tree(const std::string& dir) {
   }
 }
 
+std::string default_member_id() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "broker");
+  return std::string(host) + "-" + std::to_string(::getpid()) + "-" + random_hex(4);
+}
+
 }  // namespace
+
+bool is_postgres_store(const std::string& store) {
+  return store.rfind("postgresql://", 0) == 0 || store.rfind("postgres://", 0) == 0;
+}
 
 Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock clock) {
   if (!crypto_init()) return Error::make(Code::internal, "libsodium failed to initialise");
@@ -57,21 +69,34 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   // (the store creates its own files 0600 whatever the umask).
   private_tree(cfg.data_dir);
   d->metrics_ = std::make_unique<pipeline::Metrics>();
-  eventstore::RocksOptions ro;
-  ro.sync = cfg.sync;
-  ro.accept_data_loss = cfg.accept_data_loss;
-  ro.warn = [](const std::string& line) {
-    std::fprintf(stderr, "atriumd: event store: %s\n", line.c_str());
-  };
-  auto store = eventstore::open_rocksdb(cfg.data_dir + "/events", ro);
-  if (!store.ok()) {
-    Error e = store.error();
-    if (e.reason == "wal_corrupt") e.message += " (start with --accept-data-loss to do so)";
-    return e;
+  if (is_postgres_store(cfg.store)) {
+    eventstore::PostgresOptions po;
+    po.warn = [](const std::string& line) {
+      std::fprintf(stderr, "atriumd: event store: %s\n", line.c_str());
+    };
+    auto log = eventstore::open_postgres(cfg.store, po);
+    if (!log.ok()) return log.error();
+    d->shared_log_ = log->get();
+    d->store_ = std::move(*log);
+  } else {
+    eventstore::RocksOptions ro;
+    ro.sync = cfg.sync;
+    ro.accept_data_loss = cfg.accept_data_loss;
+    ro.warn = [](const std::string& line) {
+      std::fprintf(stderr, "atriumd: event store: %s\n", line.c_str());
+    };
+    auto store = eventstore::open_rocksdb(cfg.data_dir + "/events", ro);
+    if (!store.ok()) {
+      Error e = store.error();
+      if (e.reason == "wal_corrupt") e.message += " (start with --accept-data-loss to do so)";
+      return e;
+    }
+    d->store_ = std::move(*store);
   }
-  d->store_ = std::move(*store);
   d->pipeline_ = std::make_unique<pipeline::Pipeline>(*d->store_, d->views_, *d->metrics_, clock,
                                                       cfg.pipeline);
+  // On a shared log the broker starts as a follower; Leadership makes it lead.
+  if (d->shared_log_ != nullptr) d->pipeline_->set_leading(false);
   // Everything is built, and the port opened, before the log is replayed: during a long
   // replay /healthz answers and /readyz (and every other route) says 503 "starting".
   // The key that seals directory bind passwords lives beside the log, never in it.
@@ -116,16 +141,65 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
                                                           d->api_->liveness(), mo, clock);
   }
   register_pool_routes(*d->api_, d->pools_.get());
+  register_cluster_routes(*d->api_, d->shared_log_,
+                          [self = d.get()]() -> const Leadership* { return self->leadership(); });
   d->server_ = std::make_unique<HttpServer>(*d->api_);
   if (auto st = d->server_->start(); !st) return st.error();
 
   if (auto st = d->pipeline_->start(); !st) return st.error();
-  if (auto st = d->bootstrap(cfg); !st) return st.error();
   // Liveness starts now: nobody is missing before one full grace period from here.
   d->api_->liveness().restart(clock());
-  if (d->agents_) d->agents_->start();
-  if (d->hosts_) d->hosts_->start();
-  if (d->pools_) d->pools_->start();
+  if (d->shared_log_ == nullptr) {
+    if (auto st = d->bootstrap(cfg); !st) return st.error();
+    if (d->agents_) d->agents_->start();
+    if (d->hosts_) d->hosts_->start();
+    if (d->pools_) d->pools_->start();
+  } else {
+    LeadershipOptions lo;
+    lo.member_id = cfg.member_id.empty() ? default_member_id() : cfg.member_id;
+    lo.url = cfg.advertise_url.empty()
+                 ? "http://" + cfg.api.host + ":" + std::to_string(d->server_->port())
+                 : cfg.advertise_url;
+    lo.ttl = cfg.lease_ttl;
+    lo.applied = [self = d.get()] { return self->views().position(); };
+    Daemon* self = d.get();
+    // Leading: fold the whole log first (bootstrap decides on the views), then bootstrap,
+    // then the side-effect workers. Following: the workers stop before anything else.
+    auto on_lead = [self, cfg, clock] {
+      const uint64_t tail = self->store_->last_position();
+      const auto until = std::chrono::steady_clock::now() + cfg.lease_ttl;
+      while (self->views_.position() < tail && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      if (auto st = self->bootstrap(cfg); !st) {
+        std::fprintf(stderr, "atriumd: bootstrap as the new leader failed: %s\n",
+                     st.error().message.c_str());
+      }
+      // A new leader, like a restarted broker, waits one grace period before it declares
+      // any agent missing.
+      self->api_->liveness().restart(clock());
+      if (self->agents_) self->agents_->start();
+      if (self->hosts_) self->hosts_->start();
+      if (self->pools_) self->pools_->start();
+    };
+    auto on_step_down = [self] {
+      if (self->pools_) self->pools_->stop();
+      if (self->hosts_) self->hosts_->stop();
+      if (self->agents_) self->agents_->stop();
+    };
+    d->leadership_ = std::make_unique<Leadership>(*d->shared_log_, *d->pipeline_, lo, on_lead,
+                                                  on_step_down);
+    forwarder_init();
+    d->api_->set_leader_lookup([log = d->shared_log_, me = lo.member_id]()
+                                   -> std::optional<std::string> {
+      auto h = log->head();
+      if (!h.ok() || h->leader_id.empty() || h->leader_id == me || h->lease_remaining_ms <= 0) {
+        return std::nullopt;
+      }
+      return h->leader_url;
+    });
+    d->leadership_->start();
+  }
   d->api_->set_started();
   return d;
 }
@@ -140,6 +214,9 @@ void Daemon::stop() {
     api_->wait_idle(std::chrono::seconds(10));
   }
   if (server_) server_->shutdown();
+  // Steps down (workers stopped, commands refused) and releases the lease: a follower takes
+  // over at once.
+  if (leadership_) leadership_->stop();
   if (agents_) agents_->stop();
   if (pools_) pools_->stop();  // uses the host manager's connections: before it
   if (hosts_) hosts_->stop();  // its workers submit commands: before the pipeline

@@ -10,6 +10,7 @@
 #include "adapters/host_reconciler.h"
 #include "adapters/pool_worker.h"
 #include "api/api.h"
+#include "api/leadership.h"
 #include "api/broker_metrics.h"
 #include "api/server.h"
 
@@ -19,6 +20,13 @@ inline constexpr size_t kMinBootstrapTokenChars = 32;
 
 struct DaemonConfig {
   std::string data_dir = "./data";
+  // "rocksdb": the embedded store in data_dir/events. A PostgreSQL URL (postgresql://...,
+  // postgres://...): a log several brokers share; one leads (a lease of lease_ttl in the
+  // database), the others follow (api/leadership.h).
+  std::string store = "rocksdb";
+  std::chrono::milliseconds lease_ttl{10000};
+  std::string advertise_url;  // this broker's URL for the others; empty: http://host:port
+  std::string member_id;      // empty: hostname-pid-random
   // Host added on the very first start (empty log); empty = none.
   std::string default_host_uri = "test:///default";
   // Which libvirt URIs may be added and opened (domain/host_uri.h); the one source for the
@@ -48,6 +56,10 @@ struct DaemonConfig {
   std::shared_ptr<adapters::Hypervisor> hypervisor;  // null: libvirt
 };
 
+// True for a PostgreSQL URL (postgresql://... or postgres://...), the --store values that
+// select the shared log.
+bool is_postgres_store(const std::string& store);
+
 class Daemon {
  public:
   // Opens the store, replays the log into the views, bootstraps the first admin, starts
@@ -65,6 +77,9 @@ class Daemon {
   adapters::HostManager* host_manager() { return hosts_.get(); }
   adapters::PoolWorker* pool_worker() { return pools_.get(); }
   adapters::AgentMonitor* agent_monitor() { return agents_.get(); }
+  // Null on the embedded store (the broker always leads there).
+  Leadership* leadership() { return leadership_.get(); }
+  eventstore::SharedLog* shared_log() { return shared_log_; }
   const std::string& admin_credentials_path() const { return credentials_path_; }
 
   // Graceful stop: refuse new requests, finish in-flight ones (bounded), flush the queue,
@@ -86,6 +101,8 @@ class Daemon {
   std::unique_ptr<adapters::PoolWorker> pools_;
   std::unique_ptr<adapters::AgentMonitor> agents_;
   std::unique_ptr<HttpServer> server_;
+  eventstore::SharedLog* shared_log_ = nullptr;  // store_ when it is PostgreSQL
+  std::unique_ptr<Leadership> leadership_;
   std::string credentials_path_;
   bool stopped_ = false;
 };

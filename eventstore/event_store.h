@@ -95,6 +95,8 @@ struct VerifyReport {
 
 // Visitor for scans: return false to stop.
 using EventVisitor = std::function<bool(const RecordedEvent&)>;
+// Visitor for idempotency records and checkpoints (key, value): return false to stop.
+using RecordVisitor = std::function<bool(std::string_view, std::string_view)>;
 
 class EventStore {
  public:
@@ -146,6 +148,14 @@ class EventStore {
   // The first corruption a read (scan, read_stream, verify, ...) ran into; empty while none
   // was seen. Once set it stays set: the store's content is not what was written.
   virtual std::string corruption() const { return {}; }
+
+  // Every idempotency record (checkpoints = false) or checkpoint (true), in key order, for
+  // `atriumd migrate`. failed_precondition for a store that cannot list them.
+  virtual Status scan_records(bool checkpoints, const RecordVisitor& visit) const {
+    (void)checkpoints;
+    (void)visit;
+    return Error::make(Code::failed_precondition, "this store cannot list its records");
+  }
 };
 
 // What a read-only walk of a RocksDB store's write-ahead log found. The first damaged

@@ -2,6 +2,7 @@
 // One shared_mutex guards the state; events are immutable once appended and held by
 // shared_ptr, so scans copy pointers in small chunks and call the visitor without any lock
 // held (a visitor may call back into the store).
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -185,6 +186,22 @@ class MemEventStore final : public EventStore {
       if (name.empty()) return invalid("checkpoint name is empty", "empty_checkpoint_name");
       std::unique_lock<std::shared_mutex> lk(mu_);
       checkpoints_.insert_or_assign(std::string(name), std::string(value));
+      return Status::Ok();
+    });
+  }
+
+  Status scan_records(bool checkpoints, const RecordVisitor& visit) const override {
+    return guarded("scan_records", [&]() -> Status {
+      std::vector<std::pair<std::string, std::string>> sorted;
+      {
+        std::shared_lock<std::shared_mutex> lk(mu_);
+        const auto& m = checkpoints ? checkpoints_ : idempotency_;
+        sorted.assign(m.begin(), m.end());
+      }
+      std::sort(sorted.begin(), sorted.end());
+      for (const auto& [k, v] : sorted) {
+        if (!visit(k, v)) break;
+      }
       return Status::Ok();
     });
   }

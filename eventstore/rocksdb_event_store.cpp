@@ -712,6 +712,21 @@ class RocksEventStore final : public EventStore {
     return corruption_;
   }
 
+  Status scan_records(bool checkpoints, const RecordVisitor& visit) const override {
+    return guarded("scan_records", [&]() -> Status {
+      auto db_or = acquire();
+      if (!db_or) return db_or.error();
+      const Db& db = **db_or;
+      std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(
+          rocksdb::ReadOptions(), checkpoints ? db.checkpoints : db.idempotency));
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        if (!visit(view(it->key()), view(it->value()))) break;
+      }
+      if (!it->status().ok()) return storage_error(it->status(), "listing records");
+      return Status::Ok();
+    });
+  }
+
   Result<VerifyReport> verify() const override {
     auto r = verify_impl();
     if (r.ok() && !r->ok)

@@ -123,6 +123,12 @@ Status Pipeline::start() {
 std::future<Result<Outcome>> Pipeline::submit(Command cmd) {
   Pending p{std::move(cmd), {}};
   auto fut = p.promise.get_future();
+  if (!leading_.load()) {
+    p.promise.set_value(Error::make(
+        Code::unavailable, "this broker follows the shared log; the leader takes writes",
+        "not_leader"));
+    return fut;
+  }
   {
     std::lock_guard lock(mu_);
     if (stopping_ || !writer_.joinable()) {
@@ -189,9 +195,79 @@ void Pipeline::run_snapshots() {
   }
 }
 
+void Pipeline::set_leading(bool leading) {
+  {
+    std::lock_guard lock(mu_);
+    leading_ = leading;
+  }
+  cv_.notify_all();
+}
+
+Status Pipeline::tail() {
+  std::vector<projections::AppliedEvent> applied;
+  Status failure = Status::Ok();
+  auto st = store_.scan(state_.position, 4096, [&](const eventstore::RecordedEvent& re) {
+    auto ev = projections::decode(re);
+    if (!ev.ok()) {
+      failure = ev.error();
+      return false;
+    }
+    applied.push_back({std::move(*ev), {re.position, re.stream_version, re.recorded_at_ms}});
+    return true;
+  });
+  if (!st.ok()) return st.error();
+  for (const auto& a : applied) domain::evolve(state_, a.event, a.at);
+  if (!applied.empty()) {
+    views_.apply(applied);
+    metrics_.last_position->Set(static_cast<double>(state_.position));
+  }
+  return failure;
+}
+
 void Pipeline::run() {
   std::vector<Pending> batch;
   for (;;) {
+    // Behind the log: a follower, or a leader that just took over. Fold the tail first.
+    if (!leading_.load() || state_.position < store_.last_position()) {
+      std::deque<Pending> refused;
+      {
+        std::lock_guard lock(mu_);
+        if (!leading_.load()) refused.swap(queue_);
+      }
+      for (auto& p : refused) {
+        p.promise.set_value(Error::make(
+            Code::unavailable, "this broker follows the shared log; the leader takes writes",
+            "not_leader"));
+      }
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_ && !leading_.load()) return;
+      }
+      if (!leading_.load() && broken_) {
+        // A failed (e.g. fenced) batch may be folded into the writer state: start over from
+        // the log, as recover() does, before following it.
+        if (auto st = rebuild(); !st) {
+          std::fprintf(stderr, "atriumd: rebuilding from the log failed: %s\n",
+                       st.error().message.c_str());
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          continue;
+        }
+        broken_ = false;
+        storage_ok_ = true;
+      }
+      if (state_.position < store_.last_position()) {
+        if (auto st = tail(); !st) {
+          std::fprintf(stderr, "atriumd: following the log failed: %s\n",
+                       st.error().message.c_str());
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+        continue;
+      }
+      if (!leading_.load()) {
+        store_.wait_for(state_.position, std::chrono::milliseconds(50));
+        continue;
+      }
+    }
     {
       std::unique_lock lock(mu_);
       auto pred = [&] { return stopping_ || !queue_.empty(); };
@@ -203,9 +279,10 @@ void Pipeline::run() {
           continue;
         }
       } else {
-        cv_.wait(lock, pred);
+        cv_.wait(lock, [&] { return pred() || !leading_.load(); });
       }
       if (queue_.empty() && stopping_) return;
+      if (queue_.empty()) continue;  // leadership changed
       size_t n = std::min(queue_.size(), opts_.max_batch);
       batch.clear();
       batch.reserve(n);

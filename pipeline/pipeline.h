@@ -114,6 +114,14 @@ class Pipeline {
   size_t queue_depth() const;
   uint64_t last_position() const { return store_.last_position(); }
 
+  // Several brokers on one shared log (eventstore/shared_log.h): only the leader decides
+  // commands. A follower (leading = false) refuses every command at once (unavailable,
+  // reason not_leader) and its writer thread folds what the leader appends into the state
+  // and the views instead; the new leader folds the whole tail before it decides anything.
+  // Leading is the default (one broker on its own store).
+  void set_leading(bool leading);
+  bool leading() const { return leading_.load(); }
+
  private:
   struct Pending {
     Command cmd;
@@ -124,6 +132,7 @@ class Pipeline {
   void process(std::vector<Pending>& batch);
   Status rebuild();
   void recover();  // store, then state, after a failed batch; broken until both are back
+  Status tail();   // folds the events the store holds past state_ (writer thread)
 
   eventstore::EventStore& store_;
   projections::Views& views_;
@@ -141,6 +150,7 @@ class Pipeline {
   bool broken_ = false;  // writer thread only
   std::string broken_reason_;  // writer thread only
   std::atomic<bool> storage_ok_{true};
+  std::atomic<bool> leading_{true};
   std::thread writer_;
   std::thread snapshotter_;
   std::condition_variable snapshot_cv_;  // with mu_

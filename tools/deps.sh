@@ -8,7 +8,8 @@ pkgs=(build-essential cmake ninja-build pkg-config ccache
       doctest-dev libsodium-dev libssl-dev libyaml-dev libicu-dev libcurl4-openssl-dev
       clang-14 libclang-rt-14-dev libfuzzer-14-dev
       libvirt-daemon libvirt-clients wrk nginx-light prometheus curl openssl
-      libldap-dev liboath-dev slapd ldap-utils)
+      libldap-dev liboath-dev slapd ldap-utils
+      postgresql libpq-dev)
 # The OpenAPI linter runs with npx; a machine that already has Node.js keeps its own.
 command -v npx >/dev/null 2>&1 || pkgs+=(nodejs npm)
 missing=()

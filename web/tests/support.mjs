@@ -28,7 +28,8 @@ export async function startBroker(extra = []) {
     // 64 workers: each long-poll (a page's live view) blocks the Pistache worker it landed on
     // for up to 15 s, and with it the other keep-alive connections of that worker (README,
     // "Web portal"); more workers make a page load that shares one rare in these tests.
-    '--host-resync-s=2', '--threads=64', ...extra];
+    // test:///default is added through the console like a real host: allowed here (10.4).
+    '--allow-test-hosts=on', '--host-resync-s=2', '--threads=64', ...extra];
   const child = spawn(ATRIUMD, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const port = await new Promise((resolve, reject) => {
