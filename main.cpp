@@ -48,6 +48,8 @@ const std::vector<Flag> kFlags = {
      "failed logins per source address and window before 429 (default 50)"},
     {"login-throttle-window-s", "ATRIUM_LOGIN_THROTTLE_WINDOW_S",
      "login throttle window (default 60)"},
+    {"directory-recheck-s", "ATRIUM_DIRECTORY_RECHECK_S",
+     "a directory user's token is checked against its directory again after, 1 to 86400 (default 300)"},
     {"streams-per-user", "ATRIUM_STREAMS_PER_USER",
      "event-stream long-polls one user may hold at once (default 2)"},
     {"stream-budgets", "ATRIUM_STREAM_BUDGETS",
@@ -465,6 +467,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   cfg.api.login.window_ms = window_s * 1000;
+  long long recheck_s = cfg.api.directory_recheck_ms / 1000;
+  if (!count("directory-recheck-s", 1, 86400, recheck_s)) return 2;
+  cfg.api.directory_recheck_ms = recheck_s * 1000;
   if (auto v = get("stream-budgets")) {
     // role:count,... for the roles admin, user, agent (a role left out keeps its default)
     std::string rest = *v;

@@ -169,10 +169,17 @@ HttpResponse Api::handle(HttpRequest& req) {
         allowed = false;
       } else {
         req.principal = std::move(*p);
+        if (auto stale = recheck_directory_user(req)) {
+          resp = std::move(*stale);
+          allowed = false;
+        } else if (auto enroll = enforce_totp_enrollment(req, m.tmpl)) {
+          resp = std::move(*enroll);
+          allowed = false;
+        }
         const auto& roles = m.route->access.roles;
         bool role_ok = roles.empty() || req.principal->is_admin();
         for (const auto& r : roles) role_ok = role_ok || req.principal->has_role(r);
-        if (!role_ok) {
+        if (allowed && !role_ok) {
           resp = problem(Error::make(Code::permission_denied,
                                      "this operation needs one of the roles: " +
                                          [&] {
@@ -470,19 +477,39 @@ void Api::leave_stream(const Principal& p) {
   if (c != streams_by_class_.end() && c->second > 0) --c->second;
 }
 
-std::optional<HttpResponse> Api::check_password(const HttpRequest& req, const std::string& name,
-                                                const std::string& user_id,
-                                                const std::optional<std::string>& hash,
-                                                const std::string& password,
-                                                const Error& on_mismatch) {
-  int64_t now = now_ms();
-  if (int64_t wait = throttle_.blocked_for(name, req.remote_address, now); wait > 0) {
+std::optional<HttpResponse> Api::login_gate(const HttpRequest& req, const std::string& name) {
+  if (int64_t wait = throttle_.blocked_for(name, req.remote_address, now_ms()); wait > 0) {
     login_failures_->Add({{"reason", "throttled"}}).Increment();
     return too_many_requests(
         "too many failed logins for this name or from this address; "
         "retry later",
         "login_throttled", wait);
   }
+  return std::nullopt;
+}
+
+HttpResponse Api::login_failed(const HttpRequest& req, const std::string& name,
+                               const std::string& user_id, const Error& answer) {
+  login_failures_->Add({{"reason", "bad_credentials"}}).Increment();
+  for (const auto& e : throttle_.failed(name, req.remote_address, now_ms())) {
+    domain::RecordLoginThrottled rec{e.scope, e.key, e.scope == "user" ? user_id : "", e.failures,
+                                     e.until_ms};
+    pipeline::Command cmd = command("RecordLoginThrottled", rec, 204);
+    cmd.meta.actor = "system";
+    cmd.meta.correlation_id = req.request_id;
+    (void)pipeline_.execute(std::move(cmd), cfg_.command_timeout);  // an audit record only
+  }
+  return problem(answer);
+}
+
+void Api::login_succeeded(const std::string& name) { throttle_.succeeded(name); }
+
+std::optional<HttpResponse> Api::check_password(const HttpRequest& req, const std::string& name,
+                                                const std::string& user_id,
+                                                const std::optional<std::string>& hash,
+                                                const std::string& password,
+                                                const Error& on_mismatch) {
+  if (auto refusal = login_gate(req, name)) return refusal;
   // The KDF runs once on every path: a real hash, or the dummy for an unknown user or one
   // without a password, so the answer's timing tells none of them apart.
   const std::string& h = hash && !hash->empty() ? *hash : dummy_password_hash();
@@ -494,19 +521,13 @@ std::optional<HttpResponse> Api::check_password(const HttpRequest& req, const st
   }
   login_kdf_->Increment();
   if (c == PasswordCheck::match && hash && !hash->empty()) {
-    throttle_.succeeded(name);
+    // With a second factor still to check, the name's failures stand until it passes (else
+    // a known password would reset the count before every guessed code).
+    bool second = views_.read([&](const domain::State& s) { return s.totp.enabled(user_id); });
+    if (!second) login_succeeded(name);
     return std::nullopt;
   }
-  login_failures_->Add({{"reason", "bad_credentials"}}).Increment();
-  for (const auto& e : throttle_.failed(name, req.remote_address, now)) {
-    domain::RecordLoginThrottled rec{e.scope, e.key, e.scope == "user" ? user_id : "", e.failures,
-                                     e.until_ms};
-    pipeline::Command cmd = command("RecordLoginThrottled", rec, 204);
-    cmd.meta.actor = "system";
-    cmd.meta.correlation_id = req.request_id;
-    (void)pipeline_.execute(std::move(cmd), cfg_.command_timeout);  // an audit record only
-  }
-  return problem(on_mismatch);
+  return login_failed(req, name, user_id, on_mismatch);
 }
 
 }  // namespace atrium::api

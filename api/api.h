@@ -25,6 +25,10 @@
 
 namespace atrium::adapters {
 class PoolWorker;
+class DirectoryClient;
+}
+namespace atrium::domain {
+struct Directory;
 }
 
 namespace atrium::eventstore {
@@ -59,6 +63,10 @@ struct ApiConfig {
   std::map<std::string, size_t> stream_budgets{{"admin", 2}, {"user", 4}, {"agent", 2}};
   LoginThrottleConfig login;
   domain::PlacementConfig placement;  // broker-wide launch placement settings
+  // Directory users (api/directory_auth.cpp): a token of one is checked against its directory
+  // again once this old (--directory-recheck-s); the key that seals bind passwords.
+  int64_t directory_recheck_ms = 300'000;
+  std::string secret_key;  // kSecretKeyBytes (api/crypto.h); empty: bind_password refused
   domain::HostUriPolicy host_uris;    // POST /v1/hosts: which libvirt URIs may be added
   // The web portal's files: empty = those embedded at build time, else this directory
   // (--web-dir, for developing the pages without rebuilding).
@@ -172,6 +180,41 @@ class Api {
                                              const std::string& user_id,
                                              const std::optional<std::string>& hash,
                                              const std::string& password, const Error& on_mismatch);
+  // The parts of check_password for checks that are not a local password (a directory bind,
+  // a second factor): the throttle's refusal if engaged; a failure counted (and recorded when
+  // it engages the throttle) with its answer; a success clearing the name's failures.
+  std::optional<HttpResponse> login_gate(const HttpRequest& req, const std::string& name);
+  HttpResponse login_failed(const HttpRequest& req, const std::string& name,
+                            const std::string& user_id, const Error& answer);
+  void login_succeeded(const std::string& name);
+
+  // ---- directories (api/directory_auth.cpp) ---------------------------------------------
+  void set_directory_client(std::shared_ptr<adapters::DirectoryClient> c) { directory_ = std::move(c); }
+  adapters::DirectoryClient* directory_client() { return directory_.get(); }
+  // Sign-in of `login` against directory `d`: 200 with a token, 401 bad_credentials, 429,
+  // 503 directory_unavailable (never 401 when the directory cannot answer).
+  HttpResponse directory_sign_in(HttpRequest& req, const domain::Directory& d,
+                                 const std::string& login, const std::string& password,
+                                 const std::optional<std::string>& totp_code = std::nullopt,
+                                 const std::optional<std::string>& recovery_code = std::nullopt);
+  // For an authenticated directory user whose last check is older than the recheck
+  // interval: asks the directory again; the answer to give instead of the route's (401 when
+  // the directory no longer has the user, 503 when it is unreachable), else nullopt.
+  std::optional<HttpResponse> recheck_directory_user(const HttpRequest& req);
+  Result<std::string> bind_password(const domain::Directory& d) const;
+
+  // ---- second factor (api/totp.cpp) -----------------------------------------------------
+  // After the password: nullopt when the user has no TOTP or gave a good code (each TOTP step
+  // accepted once) or an unused recovery code; else 401 totp_required, or totp_invalid
+  // counted by the login throttle under `throttle_name`.
+  std::optional<HttpResponse> check_second_factor(const HttpRequest& req,
+                                                  const std::string& throttle_name,
+                                                  const std::string& user_id,
+                                                  const std::optional<std::string>& code,
+                                                  const std::optional<std::string>& recovery);
+  // 403 totp_enrollment_required for a user who must have TOTP and has not enrolled, on every
+  // route but enrollment and logout.
+  std::optional<HttpResponse> enforce_totp_enrollment(const HttpRequest& req, const std::string& tmpl);
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
@@ -204,6 +247,11 @@ class Api {
   prometheus::Counter* login_kdf_ = nullptr;
   std::mutex idle_mu_;
   std::condition_variable idle_cv_;
+  std::shared_ptr<adapters::DirectoryClient> directory_;
+  std::mutex checked_mu_;
+  std::unordered_map<std::string, int64_t> checked_at_ms_;  // directory user -> last check
+  std::mutex totp_mu_;
+  std::unordered_map<std::string, int64_t> totp_last_step_;  // user -> last accepted TOTP step
 };
 
 // Agents: enrollment tokens, enrollment, registration, heartbeats, inventory, admin views
@@ -212,6 +260,10 @@ void register_agent_routes(Api& api);
 // Clusters, servers, applications, publications, authorizations, launches (routes_appcloud.cpp).
 void register_appcloud_routes(Api& api);
 void register_core_routes(Api& api, const std::string& openapi_text);
+// Directories (api/directory_auth.cpp).
+void register_directory_routes(Api& api);
+// TOTP enrollment and policy (api/totp.cpp).
+void register_totp_routes(Api& api);
 // Hosts, VMs and operations (api/routes_hosts.cpp).
 void register_host_routes(Api& api);
 // The web portal and admin console: GET /, /admin and /web/{file} (api/routes_web.cpp).

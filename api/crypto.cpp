@@ -3,6 +3,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <cstring>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -132,6 +133,69 @@ const std::string& dummy_password_hash() {
     return std::string(out);
   }();
   return h;
+}
+
+}  // namespace atrium::api
+
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace atrium::api {
+
+std::string seal_secret(const std::string& key, std::string_view plain) {
+  std::string box(crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + plain.size(), '\0');
+  auto* out = reinterpret_cast<unsigned char*>(box.data());
+  randombytes_buf(out, crypto_secretbox_NONCEBYTES);
+  crypto_secretbox_easy(out + crypto_secretbox_NONCEBYTES,
+                        reinterpret_cast<const unsigned char*>(plain.data()), plain.size(), out,
+                        reinterpret_cast<const unsigned char*>(key.data()));
+  std::string b64(sodium_base64_ENCODED_LEN(box.size(), sodium_base64_VARIANT_ORIGINAL), '\0');
+  sodium_bin2base64(b64.data(), b64.size(), out, box.size(), sodium_base64_VARIANT_ORIGINAL);
+  b64.resize(std::strlen(b64.c_str()));
+  return b64;
+}
+
+Result<std::string> open_secret(const std::string& key, const std::string& sealed) {
+  std::string box(sealed.size(), '\0');
+  size_t len = 0;
+  if (key.size() != kSecretKeyBytes ||
+      sodium_base642bin(reinterpret_cast<unsigned char*>(box.data()), box.size(), sealed.data(),
+                        sealed.size(), nullptr, &len, nullptr,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      len < crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES) {
+    return invalid("the sealed secret is malformed", "secret_unreadable");
+  }
+  const auto* in = reinterpret_cast<const unsigned char*>(box.data());
+  std::string plain(len - crypto_secretbox_NONCEBYTES - crypto_secretbox_MACBYTES, '\0');
+  if (crypto_secretbox_open_easy(reinterpret_cast<unsigned char*>(plain.data()),
+                                 in + crypto_secretbox_NONCEBYTES, len - crypto_secretbox_NONCEBYTES,
+                                 in, reinterpret_cast<const unsigned char*>(key.data())) != 0) {
+    return invalid("the sealed secret does not open with this key", "secret_unreadable");
+  }
+  return plain;
+}
+
+Result<std::string> load_or_create_secret_key(const std::string& path) {
+  std::string key(kSecretKeyBytes, '\0');
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t n = ::read(fd, key.data(), key.size());
+    ::close(fd);
+    if (n != static_cast<ssize_t>(key.size())) {
+      return Error::make(Code::invalid_argument, path + " is not a " +
+                                                     std::to_string(kSecretKeyBytes) + "-byte key");
+    }
+    return key;
+  }
+  randombytes_buf(key.data(), key.size());
+  fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0 || ::write(fd, key.data(), key.size()) != static_cast<ssize_t>(key.size()) ||
+      ::fsync(fd) != 0) {
+    if (fd >= 0) ::close(fd);
+    return Error::make(Code::unavailable, "cannot write " + path);
+  }
+  ::close(fd);
+  return key;
 }
 
 }  // namespace atrium::api

@@ -36,3 +36,17 @@ PasswordCheck check_password(const std::string& hash, std::string_view password)
 const std::string& dummy_password_hash();
 
 }  // namespace atrium::api
+
+namespace atrium::api {
+
+// Secrets the broker must use again later (a directory's bind password): sealed with
+// libsodium's secretbox (XSalsa20-Poly1305) under a 32-byte key kept outside the log
+// (<data-dir>/secret.key, 0600), as base64 of nonce || ciphertext.
+inline constexpr size_t kSecretKeyBytes = 32;
+std::string seal_secret(const std::string& key, std::string_view plain);
+// invalid_argument when the sealed text was not sealed under this key (or was altered).
+Result<std::string> open_secret(const std::string& key, const std::string& sealed);
+// Reads the key file, or creates it (0600, random) when it does not exist.
+Result<std::string> load_or_create_secret_key(const std::string& path);
+
+}  // namespace atrium::api

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "adapters/ldap_directory.h"
 #include "api/crypto.h"
 #include "api/forwarder.h"
 
@@ -98,9 +99,16 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   if (d->shared_log_ != nullptr) d->pipeline_->set_leading(false);
   // Everything is built, and the port opened, before the log is replayed: during a long
   // replay /healthz answers and /readyz (and every other route) says 503 "starting".
+  // The key that seals directory bind passwords lives beside the log, never in it.
+  auto key = load_or_create_secret_key(cfg.data_dir + "/secret.key");
+  if (!key.ok()) return key.error();
+  cfg.api.secret_key = *key;
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());
+  register_directory_routes(*d->api_);
+  register_totp_routes(*d->api_);
+  d->api_->set_directory_client(adapters::make_ldap_directory_client());
   register_appcloud_routes(*d->api_);
   register_host_routes(*d->api_);
   register_web_routes(*d->api_);

@@ -34,6 +34,18 @@ const std::vector<QueryRule>& query_rules() {
       {"GET", "/v1/events", {"after", "limit", "cursor", "stream", "type"}},
       {"GET", "/v1/events/stream", {"after"}},
       {"GET", "/v1/streams/{stream}", {"limit", "cursor"}},
+      // directories (directory_auth.cpp)
+      {"POST", "/v1/directories", kNone},
+      {"GET", "/v1/directories", kAsOf},
+      {"GET", "/v1/directories/{id}", kAsOf},
+      {"DELETE", "/v1/directories/{id}", kNone},
+      // second factor (totp.cpp)
+      {"POST", "/v1/me/totp", kNone},
+      {"POST", "/v1/me/totp/confirm", kNone},
+      {"DELETE", "/v1/users/{id}/totp", kNone},
+      {"PUT", "/v1/users/{id}/totp-required", kNone},
+      {"PUT", "/v1/totp-policy", kNone},
+      {"GET", "/v1/totp-policy", kAsOf},
       // application cloud (routes_appcloud.cpp)
       {"POST", "/v1/clusters", kNone},
       {"GET", "/v1/clusters", list()},
@@ -95,6 +107,7 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/pools/{id}/entitlements", kNone},
       {"GET", "/v1/pools/{id}/entitlements", kAsOf},
       {"DELETE", "/v1/pools/{id}/entitlements/{user_id}", kNone},
+      {"DELETE", "/v1/pools/{id}/group-entitlements/{group}", kNone},
       {"POST", "/v1/users/{id}/messages", kNone},
       {"POST", "/v1/users/{id}/commands", kNone},
       {"GET", "/v1/me/notifications", {"after"}},

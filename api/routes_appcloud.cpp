@@ -612,13 +612,16 @@ void register_authorizations(Api& api) {
   r.add("POST", "/v1/authorizations", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"user_id", "application_id", "scope", "target_id"});
-    auto user = br.str("user_id", true, 128, 1);
+    BodyReader br(*body, {"user_id", "group", "application_id", "scope", "target_id"});
+    auto user = br.str("user_id", false, 128, 1);
+    auto group = br.str("group", false, 256, 1);
+    if (user.has_value() == group.has_value()) br.fail("user_id", "give exactly one of user_id and group");
     auto app = br.str("application_id", true, 128, 1);
     auto scope = br.one_of("scope", true, {"server", "cluster"});
     auto target = br.str("target_id", true, 128, 1);
     if (auto st = br.finish(); !st) return problem(st.error());
-    domain::Authorize cmd{new_id(), *user, *app, *domain::parse_scope(*scope), *target};
+    domain::Authorize cmd{new_id(), user ? *user : domain::kGroupPrincipal + *group, *app,
+                          *domain::parse_scope(*scope), *target};
     auto c = command("Authorize", cmd, 201, [id = cmd.id](const State& s) {
       const domain::Authorization* a = s.appcloud.authorization(id);
       return a ? domain::authorization_to_json(*a) : Json::object();
@@ -735,7 +738,8 @@ void register_user_side(Api& api) {
     if (!pg.ok()) return problem(pg.error());
     std::string user = req.principal->user_id;
     return api.with_state(req, [&](const State& s) {
-      auto ents = s.appcloud.entitlements(user);
+      const domain::User* me = s.users.find(user);
+      auto ents = s.appcloud.entitlements(user, me ? me->groups : std::set<std::string>{});
       Json items = Json::array();
       std::string last;
       bool more = false;

@@ -26,7 +26,8 @@ bool parse_u64(const std::string& s, uint64_t& out) {
 void redact(Json& j) {
   if (j.is_object()) {
     for (auto& [k, v] : j.items()) {
-      if (k == "password_hash" || k == "token_hash") {
+      if (k == "password_hash" || k == "token_hash" || k == "bind_password_sealed" ||
+          k == "secret_sealed" || k == "recovery_code_hashes" || k == "recovery_code_hash") {
         v = "[redacted]";
       } else {
         redact(v);
@@ -122,17 +123,39 @@ void register_auth(Api& api) {
   r.add("POST", "/v1/auth/login", Access::Public(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"name", "password"});
+    BodyReader br(*body, {"name", "password", "totp_code", "recovery_code"});
     auto raw_name = br.str("name", true, 512, 1);
     auto password = br.str("password", true, 1024, 1);
+    auto totp_code = br.str("totp_code", false, 16, 1);
+    auto recovery_code = br.str("recovery_code", false, 64, 1);
     if (auto st = br.finish(); !st) return problem(st.error());
     // Names are stored in NFKC: `ａｄｍｉｎ` signs in as `admin`, and throttles count by it.
     auto norm = domain::normalize_user_name(*raw_name);
     std::string name = norm.ok() ? *norm : *raw_name;
+    // "<login>@<directory>", or a name no local user has while a default directory exists:
+    // the directory checks the password (api/directory_auth.cpp).
+    auto directory = api.views().read([&](const State& s) -> std::optional<std::pair<domain::Directory, std::string>> {
+      if (auto at = name.rfind('@'); at != std::string::npos && at > 0) {
+        if (const domain::Directory* d = s.directories.find_by_name(name.substr(at + 1))) {
+          return std::make_pair(*d, name.substr(0, at));
+        }
+      }
+      if (s.users.find_by_name(name) == nullptr) {
+        if (const domain::Directory* d = s.directories.default_directory()) {
+          return std::make_pair(*d, name);
+        }
+      }
+      return std::nullopt;
+    });
+    if (directory) {
+      return api.directory_sign_in(req, directory->first, directory->second, *password, totp_code,
+                                   recovery_code);
+    }
     auto found =
         api.views().read([&](const State& s) -> std::optional<std::pair<std::string, std::string>> {
           const domain::User* u = s.users.find_by_name(name);
-          if (u == nullptr || u->disabled) return std::nullopt;
+          // A directory user's password is the directory's, never a local one.
+          if (u == nullptr || u->disabled || !u->directory_id.empty()) return std::nullopt;
           return std::make_pair(u->id, u->password_hash);
         });
     // One answer for an unknown user, a user without a password and a wrong password, in
@@ -144,6 +167,10 @@ void register_auth(Api& api) {
                                           *password, kBad)) {
       return *refusal;
     }
+    if (auto refusal = api.check_second_factor(req, name, found->first, totp_code, recovery_code)) {
+      return *refusal;
+    }
+    api.login_succeeded(name);
     std::string token = new_token();
     domain::IssueToken cmd{found->first, sha256_hex(token), api.now_ms() + api.config().token_ttl_ms};
     Command c = command("IssueToken", cmd, 200, [cmd, token](const State& s) {

@@ -233,7 +233,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
       std::vector<const domain::Pool*> all;
       for (const auto& [id, p] : s.pools.pools) {
         if (id <= pg->after) continue;
-        if (!admin && p.entitled.count(me) == 0) continue;  // users see what they may launch
+        if (!admin && !domain::entitled(s, p, me)) continue;  // users see what they may launch
         all.push_back(&p);
       }
       size_t n = std::min(all.size(), pg->limit);
@@ -350,12 +350,17 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
   r.add("POST", "/v1/pools/{id}/entitlements", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"user_id"});
-    auto user = br.str("user_id", true, 128, 1);
+    BodyReader br(*body, {"user_id", "group"});
+    auto user = br.str("user_id", false, 128, 1);
+    auto group = br.str("group", false, 256, 1);
+    if (user.has_value() == group.has_value()) br.fail("user_id", "give exactly one of user_id and group");
     if (auto st = br.finish(); !st) return problem(st.error());
     std::string id = req.param("id");
-    Command cmd = command("AddEntitlement", domain::AddEntitlement{id, *user}, 201);
-    cmd.render = [id, u = *user](const State&) { return Json{{"pool_id", id}, {"user_id", u}}; };
+    Command cmd = command("AddEntitlement",
+                          domain::AddEntitlement{id, user.value_or(""), group.value_or("")}, 201);
+    cmd.render = [id, user, group](const State&) {
+      return user ? Json{{"pool_id", id}, {"user_id", *user}} : Json{{"pool_id", id}, {"group", *group}};
+    };
     return api.run(req, std::move(cmd));
   });
 
@@ -370,6 +375,7 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
         if (const auto* m = s.pools.assigned(id, u)) j["assigned_vm_id"] = m->vm_id;
         items.push_back(j);
       }
+      for (const auto& g : p->entitled_groups) items.push_back(Json{{"pool_id", id}, {"group", g}});
       return HttpResponse::json(200, Json{{"items", items}, {"next_cursor", nullptr}});
     });
   });
@@ -377,6 +383,11 @@ void register_pools(Api& api, adapters::PoolWorker* worker) {
   r.add("DELETE", "/v1/pools/{id}/entitlements/{user_id}", Access::Admin(), [&api](HttpRequest& req) {
     return api.run(req, command("RemoveEntitlement",
                                      domain::RemoveEntitlement{req.param("id"), req.param("user_id")}, 204));
+  });
+
+  r.add("DELETE", "/v1/pools/{id}/group-entitlements/{group}", Access::Admin(), [&api](HttpRequest& req) {
+    return api.run(req, command("RemoveEntitlement",
+                                domain::RemoveEntitlement{req.param("id"), "", req.param("group")}, 204));
   });
 }
 

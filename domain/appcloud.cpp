@@ -389,6 +389,17 @@ std::vector<const Authorization*> AppCloudState::authorizations_of(
   return out;
 }
 
+std::vector<const Authorization*> AppCloudState::authorizations_of(
+    const std::string& user_id, const std::set<std::string>& groups,
+    const std::string& app_id) const {
+  auto out = authorizations_of(user_id, app_id);
+  for (const auto& g : groups) {
+    auto more = authorizations_of(kGroupPrincipal + g, app_id);
+    out.insert(out.end(), more.begin(), more.end());
+  }
+  return out;
+}
+
 std::vector<const Server*> AppCloudState::members(const std::string& cluster_id) const {
   std::vector<const Server*> out;
   auto it = index.members.find(cluster_id);
@@ -454,11 +465,19 @@ std::vector<std::string> AppCloudState::authorize_targets(const std::string& app
   return {out.begin(), out.end()};
 }
 
-std::vector<Entitlement> AppCloudState::entitlements(const std::string& user_id) const {
+std::vector<Entitlement> AppCloudState::entitlements(const std::string& user_id,
+                                                     const std::set<std::string>& groups) const {
   std::map<std::string, Entitlement> by_app;
-  auto mine = index.authorizations_by_user.find(user_id);
-  if (mine == index.authorizations_by_user.end()) return {};
-  for (const auto& id : mine->second) {
+  std::vector<std::string> ids;
+  for (const auto& who : [&] {
+         std::vector<std::string> w{user_id};
+         for (const auto& g : groups) w.push_back(kGroupPrincipal + g);
+         return w;
+       }()) {
+    auto mine = index.authorizations_by_user.find(who);
+    if (mine != index.authorizations_by_user.end()) ids.insert(ids.end(), mine->second.begin(), mine->second.end());
+  }
+  for (const auto& id : ids) {
     const Authorization& a = *authorization(id);
     Entitlement& e = by_app[a.application_id];
     e.application_id = a.application_id;
@@ -831,7 +850,9 @@ Result<Events> decide(const State& s, const Authorize& c, const Context&) {
   if (ac.authorization(c.id) != nullptr || s.version_of(authorization_stream(c.id)) != 0) {
     return already("authorization_exists", "authorization " + c.id + " already exists");
   }
-  if (s.users.find(c.user_id) == nullptr) {
+  if (c.user_id.rfind(kGroupPrincipal, 0) == 0) {
+    if (auto st = validate_group(s, c.user_id.substr(6)); !st) return st.error();
+  } else if (s.users.find(c.user_id) == nullptr) {
     return missing("user_not_found", "user " + c.user_id + " not found");
   }
   if (ac.application(c.application_id) == nullptr) {
@@ -1020,13 +1041,15 @@ Json publication_to_json(const Publication& p) {
 }
 
 Json authorization_to_json(const Authorization& a) {
-  return Json{{"id", a.id},
+  Json j{{"id", a.id},
               {"user_id", a.user_id},
               {"application_id", a.application_id},
               {"scope", scope_name(a.scope)},
               {"target_id", a.target_id},
               {"created_at_ms", a.created_at_ms},
               {"version", a.version}};
+  if (a.user_id.rfind(kGroupPrincipal, 0) == 0) j["group"] = a.user_id.substr(6);
+  return j;
 }
 
 Json desired_state_to_json(const DesiredState& d) {

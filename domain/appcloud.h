@@ -181,6 +181,10 @@ struct Publication {
   uint64_t version = 0;
 };
 
+// A user's, or a directory group's: user_id is then "group:<cn>@<directory>"
+// (kGroupPrincipal), and the rules (uniqueness, subsets at join) hold for it as for a user.
+inline constexpr const char* kGroupPrincipal = "group:";
+
 struct Authorization {
   std::string id;
   std::string user_id;
@@ -288,6 +292,10 @@ struct AppCloudState {
   std::vector<const Authorization*> authorizations_at(Scope scope, const std::string& target) const;
   std::vector<const Authorization*> authorizations_of(const std::string& user_id,
                                                       const std::string& app_id) const;
+  // Those of the user and of each of its groups (domain/directories.h).
+  std::vector<const Authorization*> authorizations_of(const std::string& user_id,
+                                                      const std::set<std::string>& groups,
+                                                      const std::string& app_id) const;
   // Member servers of a cluster, by id.
   std::vector<const Server*> members(const std::string& cluster_id) const;
   // Ids of the servers where the application is present, and of their clusters.
@@ -307,7 +315,8 @@ struct AppCloudState {
                                              Scope scope) const;
 
   // The applications authorized to `user_id`, each with where, ordered by application id.
-  std::vector<Entitlement> entitlements(const std::string& user_id) const;
+  std::vector<Entitlement> entitlements(const std::string& user_id,
+                                        const std::set<std::string>& groups = {}) const;
 
   // What the server should hold: apps published at server scope on it, or at cluster scope on
   // its cluster where the server has the app; users authorized for any of those. nullopt for

@@ -109,7 +109,7 @@ Result<Events> decide(const State& s, const LaunchDesktop& c, const Context& ctx
   const Pool* p = s.pools.pool(c.pool_id);
   if (p == nullptr) return pool_not_found(c.pool_id);
   if (s.users.find(c.user_id) == nullptr) return not_found("user " + c.user_id + " not found");
-  if (p->entitled.count(c.user_id) == 0) {
+  if (!entitled(s, *p, c.user_id)) {
     return Error::make(Code::permission_denied, "user is not entitled to pool " + p->name,
                        "not_entitled");
   }

@@ -30,6 +30,12 @@ void register_pools(EvolveTable& t);
 void pools_after_evolve(State& s, const Event& e, const Applied& at);
 Json pools_to_json(const PoolsState& s);
 Status pools_from_json(PoolsState& s, const Json& j);
+void register_directories(EvolveTable& t);
+Json directories_to_json(const DirectoriesState& s);
+Status directories_from_json(DirectoriesState& s, const Json& j);
+void register_totp(EvolveTable& t);
+Json totp_to_json(const TotpState& s);
+Status totp_from_json(TotpState& s, const Json& j);
 void register_agents(EvolveTable& t);
 // Agents also fold other modules' events (a deleted server unbinds its agent).
 void agents_after_evolve(State& s, const Event& e);

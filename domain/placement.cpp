@@ -214,8 +214,9 @@ std::string no_candidate_message(const AppCloudState& s, const std::string& user
 
 Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        const std::string& application_id, const PlacementConfig& cfg,
-                       int64_t now_ms, const PlacementLive& live) {
-  auto auths = s.authorizations_of(user_id, application_id);
+                       int64_t now_ms, const PlacementLive& live,
+                       const std::set<std::string>& groups) {
+  auto auths = s.authorizations_of(user_id, groups, application_id);
   if (auths.empty()) {
     return refused("not_authorized",
                    "user " + user_id + " is not authorized for application " + application_id);
@@ -399,7 +400,7 @@ Result<Events> decide(const State& s, const LaunchApplication& c, const Context&
     const Agent* a = s.agents.of_server(server_id);
     return a == nullptr ? std::string() : effective_registration(s, *a);
   };
-  auto d = place(ac, c.user_id, c.application_id, c.config, ctx.now_ms, live);
+  auto d = place(ac, c.user_id, c.application_id, c.config, ctx.now_ms, live, u->groups);
   if (!d) return d.error();
   return Events{{session_stream(c.session_id), "ApplicationLaunchDecided", 1,
                  Json{{"session_id", c.session_id},

@@ -163,7 +163,8 @@ struct PlacementLive {
 };
 Result<Decision> place(const AppCloudState& s, const std::string& user_id,
                        const std::string& application_id, const PlacementConfig& cfg,
-                       int64_t now_ms, const PlacementLive& live = {});
+                       int64_t now_ms, const PlacementLive& live = {},
+                       const std::set<std::string>& groups = {});  // the user's directory groups
 
 Json decision_to_json(const Decision& d);
 

@@ -110,6 +110,7 @@ struct Pool {
   bool deleting = false;
   int template_version = 1;  // +1 on each template update (PATCH template)
   std::set<std::string> entitled;
+  std::set<std::string> entitled_groups;  // directory groups, "<cn>@<directory>"
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
   uint64_t version = 0;
@@ -242,13 +243,18 @@ struct FinishPoolDeletion {
   std::string id;
 };
 
+// Exactly one of user_id and group (a directory group, "<cn>@<directory>"). Removing a group
+// entitlement ends the sessions and dedicated assignments of every member of the group that
+// is not entitled otherwise (itself or through another group).
 struct AddEntitlement {
   std::string pool_id;
   std::string user_id;
+  std::string group = {};
 };
 struct RemoveEntitlement {
   std::string pool_id;
   std::string user_id;
+  std::string group = {};
 };
 
 // Pool worker steps.
@@ -367,6 +373,13 @@ Result<Events> decide(const State& s, const CreatePool& c, const Context& ctx);
 Result<Events> decide(const State& s, const UpdatePool& c, const Context& ctx);
 Result<Events> decide(const State& s, const DeletePool& c, const Context& ctx);
 Result<Events> decide(const State& s, const FinishPoolDeletion& c, const Context& ctx);
+// The user is entitled to the pool, by name or through one of its directory groups.
+bool entitled(const State& s, const Pool& p, const std::string& user_id);
+// The events that end what `user_id` had in pools it is entitled to only through a group it
+// is no longer in, once its groups are `groups` (its session, its dedicated assignment).
+void pool_entitlement_loss_events(const State& s, const std::string& user_id,
+                                  const std::set<std::string>& groups, const Context& ctx,
+                                  Events& out);
 Result<Events> decide(const State& s, const AddEntitlement& c, const Context& ctx);
 Result<Events> decide(const State& s, const RemoveEntitlement& c, const Context& ctx);
 Result<Events> decide(const State& s, const ProvisionPoolVm& c, const Context& ctx);

@@ -21,6 +21,7 @@ Json pools_to_json(const PoolsState& s) {
                      {"idle_timeout_s", p.idle_timeout_s}, {"reconnect", p.reconnect},
                      {"grace_s", p.grace_s}, {"policy", pool_policy_to_json(p.policy)},
                      {"deleting", p.deleting}, {"entitled", p.entitled},
+                     {"entitled_groups", p.entitled_groups},
                      {"template_version", p.template_version},
                      {"created_at_ms", p.created_at_ms}, {"updated_at_ms", p.updated_at_ms},
                      {"version", p.version}};
@@ -75,6 +76,9 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     p.deleting = pj.at("deleting").get<bool>();
     p.template_version = pj.value("template_version", 1);  // absent in older snapshots
     p.entitled = pj.at("entitled").get<std::set<std::string>>();
+    if (pj.contains("entitled_groups")) {
+      p.entitled_groups = pj["entitled_groups"].get<std::set<std::string>>();
+    }
     p.created_at_ms = pj.at("created_at_ms").get<int64_t>();
     p.updated_at_ms = pj.at("updated_at_ms").get<int64_t>();
     p.version = pj.at("version").get<uint64_t>();

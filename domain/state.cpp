@@ -13,6 +13,8 @@ const EvolveTable& table() {
     register_app_sessions(t);
     register_hosts(t);
     register_pools(t);
+    register_directories(t);
+    register_totp(t);
     register_agents(t);
     return t;
   }();
@@ -52,6 +54,8 @@ Json state_to_json(const State& s) {
   j["appcloud"] = appcloud_to_json(s.appcloud);
   j["hosts"] = hosts_to_json(s.hosts);
   j["pools"] = pools_to_json(s.pools);
+  j["directories"] = directories_to_json(s.directories);
+  j["totp"] = totp_to_json(s.totp);
   j["agents"] = agents_to_json(s.agents);
   return j;
 }
@@ -67,6 +71,12 @@ Result<State> state_from_json(const Json& j) {
     if (auto st = hosts_from_json(s.hosts, j.at("hosts")); !st) return st.error();
     if (j.contains("pools")) {
       if (auto st = pools_from_json(s.pools, j.at("pools")); !st) return st.error();
+    }
+    if (j.contains("totp")) {
+      if (auto st = totp_from_json(s.totp, j.at("totp")); !st) return st.error();
+    }
+    if (j.contains("directories")) {
+      if (auto st = directories_from_json(s.directories, j.at("directories")); !st) return st.error();
     }
     if (auto st = appcloud_from_json(s.appcloud, j.at("appcloud")); !st) return st.error();
     if (j.contains("agents")) {  // absent in snapshots from before issue 11

@@ -8,9 +8,11 @@
 
 #include "domain/agents.h"
 #include "domain/appcloud.h"
+#include "domain/directories.h"
 #include "domain/event.h"
 #include "domain/hosts.h"
 #include "domain/pools.h"
+#include "domain/totp.h"
 #include "domain/users.h"
 
 namespace atrium::domain {
@@ -22,6 +24,8 @@ struct State {
   AppCloudState appcloud;
   HostsState hosts;
   PoolsState pools;
+  DirectoriesState directories;
+  TotpState totp;
   AgentsState agents;
 
   uint64_t version_of(const std::string& stream) const {

@@ -24,6 +24,12 @@ const User* UsersState::find_confusable(const std::string& name) const {
   return it == id_by_skeleton.end() ? nullptr : find(it->second);
 }
 
+const User* UsersState::find_external(const std::string& directory_id,
+                                      const std::string& external_id) const {
+  auto it = id_by_external.find(directory_id + "|" + external_id);
+  return it == id_by_external.end() ? nullptr : find(it->second);
+}
+
 const User* UsersState::authenticate(const std::string& token_hash, int64_t now_ms) const {
   auto it = tokens.find(token_hash);
   if (it == tokens.end()) return nullptr;
@@ -75,7 +81,21 @@ Json user_to_json(const User& u) {
          {"updated_at_ms", u.updated_at_ms},
          {"version", u.version}};
   if (!u.agent_server_id.empty()) j["agent_server_id"] = u.agent_server_id;
+  if (!u.directory_id.empty()) {
+    j["directory"] = Json{{"id", u.directory_id},
+                          {"external_id", u.external_id},
+                          {"dn", u.directory_dn},
+                          {"groups", u.groups}};
+  }
   return j;
+}
+
+// The fields of a directory user, from an event or a snapshot.
+static void read_directory_fields(User& u, const Json& j) {
+  u.directory_id = j.value("directory_id", "");
+  u.external_id = j.value("external_id", "");
+  u.directory_dn = j.value("directory_dn", "");
+  if (j.contains("groups")) u.groups = j["groups"].get<std::set<std::string>>();
 }
 
 // An agent binding names an existing server, and only users with the role agent have one.
@@ -228,10 +248,12 @@ void on_created(State& s, const Event& e, const Applied& at) {
   u.agent_server_id = e.data.value("agent_server_id", "");
   u.name_skeleton = e.data.contains("name_skeleton") ? e.data["name_skeleton"].get<std::string>()
                                                      : user_name_skeleton(u.name);  // older logs
+  read_directory_fields(u, e.data);
   u.created_at_ms = at.recorded_at_ms;
   u.updated_at_ms = at.recorded_at_ms;
   u.version = at.stream_version;
   if (!u.disabled && u.has_role(kRoleAdmin)) s.users.enabled_admins++;
+  if (!u.directory_id.empty()) s.users.id_by_external[u.directory_id + "|" + u.external_id] = u.id;
   s.users.id_by_name[u.name] = u.id;
   s.users.id_by_skeleton.emplace(u.name_skeleton, u.id);
   s.users.by_id[u.id] = std::move(u);
@@ -247,6 +269,19 @@ void on_updated(State& s, const Event& e, const Applied& at) {
   User* u = user_of(s, e);
   if (u == nullptr) return;
   if (e.data.contains("roles")) u->roles = e.data["roles"].get<std::set<std::string>>();
+  if (e.data.contains("name")) {  // a directory user renamed in its directory
+    s.users.id_by_name.erase(u->name);
+    if (auto it = s.users.id_by_skeleton.find(u->name_skeleton);
+        it != s.users.id_by_skeleton.end() && it->second == u->id) {
+      s.users.id_by_skeleton.erase(it);
+    }
+    u->name = e.data["name"].get<std::string>();
+    u->name_skeleton = e.data.value("name_skeleton", user_name_skeleton(u->name));
+    s.users.id_by_name[u->name] = u->id;
+    s.users.id_by_skeleton.emplace(u->name_skeleton, u->id);
+  }
+  if (e.data.contains("directory_dn")) u->directory_dn = e.data["directory_dn"].get<std::string>();
+  if (e.data.contains("groups")) u->groups = e.data["groups"].get<std::set<std::string>>();
   if (e.data.contains("disabled")) u->disabled = e.data["disabled"].get<bool>();
   if (e.data.contains("agent_server_id")) {
     u->agent_server_id = e.data["agent_server_id"].get<std::string>();
@@ -277,6 +312,7 @@ void on_deleted(State& s, const Event& e, const Applied&) {
       it != s.users.id_by_skeleton.end() && it->second == id) {
     s.users.id_by_skeleton.erase(it);
   }
+  if (!u->directory_id.empty()) s.users.id_by_external.erase(u->directory_id + "|" + u->external_id);
   s.users.by_id.erase(id);
   for (auto it = s.users.tokens.begin(); it != s.users.tokens.end();) {
     it = it->second.user_id == id ? s.users.tokens.erase(it) : std::next(it);
@@ -320,6 +356,12 @@ Json users_to_json(const UsersState& s) {
     Json j = user_to_json(u);
     j["password_hash"] = u.password_hash;
     j["name_skeleton"] = u.name_skeleton;
+    if (!u.directory_id.empty()) {
+      j["directory_id"] = u.directory_id;
+      j["external_id"] = u.external_id;
+      j["directory_dn"] = u.directory_dn;
+      j["groups"] = u.groups;
+    }
     users[id] = j;
   }
   std::map<std::string, Json> tokens;
@@ -351,6 +393,8 @@ Status users_from_json(UsersState& s, const Json& j) {
     u.created_at_ms = uj.at("created_at_ms").get<int64_t>();
     u.updated_at_ms = uj.at("updated_at_ms").get<int64_t>();
     u.version = uj.at("version").get<uint64_t>();
+    read_directory_fields(u, uj);
+    if (!u.directory_id.empty()) s.id_by_external[u.directory_id + "|" + u.external_id] = u.id;
     s.id_by_name[u.name] = u.id;
     s.id_by_skeleton.emplace(u.name_skeleton, u.id);
     s.by_id[id] = std::move(u);

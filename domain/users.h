@@ -31,6 +31,12 @@ struct User {
   // For role agent: the one server this agent acts for (set by an admin); empty = none.
   std::string agent_server_id;
   std::string name_skeleton;  // UTS #39 skeleton of the name (domain/user_names.h)
+  // A directory user (domain/directories.h): its directory, stable id there (entryUUID or
+  // objectGUID), DN and groups ("<cn>@<directory>") as of its last sign-in or recheck.
+  std::string directory_id;
+  std::string external_id;
+  std::string directory_dn;
+  std::set<std::string> groups;
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
   uint64_t version = 0;
@@ -51,12 +57,15 @@ struct UsersState {
   std::unordered_map<std::string, std::string> id_by_name;
   std::unordered_map<std::string, std::string> id_by_skeleton;  // UTS #39 skeleton of the name
   std::unordered_map<std::string, Token> tokens;  // by hash
+  std::unordered_map<std::string, std::string> id_by_external;  // "<directory id>|<external id>"
   size_t enabled_admins = 0;
 
   const User* find(const std::string& id) const;
   const User* find_by_name(const std::string& name) const;
   // A user whose name is confusable with `name` (same UTS #39 skeleton), or nullptr.
   const User* find_confusable(const std::string& name) const;
+  // The directory user with this stable id in that directory, or nullptr.
+  const User* find_external(const std::string& directory_id, const std::string& external_id) const;
   // The user a token authenticates at `now_ms`, or nullptr (unknown, revoked, expired,
   // user disabled or deleted).
   const User* authenticate(const std::string& token_hash, int64_t now_ms) const;

@@ -8,6 +8,7 @@ pkgs=(build-essential cmake ninja-build pkg-config ccache
       doctest-dev libsodium-dev libssl-dev libyaml-dev libicu-dev libcurl4-openssl-dev
       clang-14 libclang-rt-14-dev libfuzzer-14-dev
       libvirt-daemon libvirt-clients wrk nginx-light prometheus curl openssl
+      libldap-dev liboath-dev slapd ldap-utils
       postgresql libpq-dev)
 # The OpenAPI linter runs with npx; a machine that already has Node.js keeps its own.
 command -v npx >/dev/null 2>&1 || pkgs+=(nodejs npm)
@@ -18,5 +19,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
+  # slapd: the tests start their own (tools/ldap_test_server.sh); no system directory is
+  # configured or started by the package.
+  echo 'slapd slapd/no_configuration boolean true' | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
