@@ -32,6 +32,8 @@ using atrium::bench::since;
 using atrium::bench::SteadyClock;
 using nlohmann::json;
 
+using atrium::bench::pct;
+
 namespace {
 
 constexpr const char* kToken = "atr_bench_agents_admin_token_0123456789abcdef";
@@ -73,12 +75,6 @@ double metric(uint16_t port, const std::string& sample) {
     if (line.rfind(sample + " ", 0) == 0) return std::stod(line.substr(sample.size() + 1));
   }
   return 0;
-}
-
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
 struct Agent {

@@ -33,14 +33,9 @@ using bench::SteadyClock;
 using domain::Json;
 using domain::State;
 
-namespace {
+using atrium::bench::pct;
 
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
+namespace {
 
 // A minimal HTTP/1.1 client: one connection per request, reads to Content-Length.
 template <typename Cmd>

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "domain/users.h"
+#include "bench/bench_commands.h"
 #include "bench/bench_util.h"
 #include "pipeline/pipeline.h"
 
@@ -20,6 +21,8 @@ using namespace atrium;
 using bench::rss_kib;
 using bench::since;
 using bench::SteadyClock;
+
+using atrium::bench::create_user;
 
 namespace {
 
@@ -39,17 +42,6 @@ std::unique_ptr<eventstore::EventStore> open(const std::string& dir, bool sync =
     std::exit(1);
   }
   return std::move(*s);
-}
-
-pipeline::Command create_user(const std::string& id) {
-  pipeline::Command c;
-  c.name = "CreateUser";
-  domain::CreateUser cu{id, "user-" + id, {"user"}, ""};
-  c.decide = [cu](const domain::State& s, const domain::Context& ctx) {
-    return domain::decide(s, cu, ctx);
-  };
-  c.meta.actor = "bench";
-  return c;
 }
 
 double single_put_rate() {

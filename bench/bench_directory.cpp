@@ -29,27 +29,12 @@ using bench::since;
 using bench::SteadyClock;
 using nlohmann::json;
 
+using atrium::bench::free_port;
+using atrium::bench::pct;
+
 namespace {
 
 const std::string kBase = "dc=atrium,dc=test";
-
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
-}
 
 // Runs f in `clients` threads for `seconds`; prints the rate and latency percentiles.
 template <typename F>

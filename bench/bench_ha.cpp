@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "bench/bench_commands.h"
 #include "bench/bench_util.h"
 #include "domain/users.h"
 #include "eventstore/pg_conn.h"
@@ -24,30 +25,11 @@ using namespace atrium;
 using bench::since;
 using bench::SteadyClock;
 
+using atrium::bench::free_port;
+
+using atrium::bench::create_user;
+
 namespace {
-
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-pipeline::Command create_user(const std::string& id) {
-  pipeline::Command c;
-  c.name = "CreateUser";
-  domain::CreateUser cu{id, "user-" + id, {"user"}, ""};
-  c.decide = [cu](const domain::State& s, const domain::Context& ctx) {
-    return domain::decide(s, cu, ctx);
-  };
-  c.meta.actor = "bench";
-  return c;
-}
 
 double run(eventstore::EventStore& store, const char* name, int submitters) {
   projections::Views views;

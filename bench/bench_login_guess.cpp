@@ -31,27 +31,12 @@ using atrium::bench::http;
 using atrium::bench::since;
 using atrium::bench::SteadyClock;
 
+using atrium::bench::free_port;
+using atrium::bench::pct;
+
 namespace {
 
 const std::string kToken = "atr_bench_login_guess_bootstrap_token_0123456789";
-
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
-}
 
 double time_ms(uint16_t port, const std::string& method, const std::string& path,
                const std::string& body, int* status = nullptr) {

@@ -31,6 +31,8 @@ using nlohmann::json;
 using bench::http;
 using Clock = std::chrono::steady_clock;
 
+using atrium::bench::pct;
+
 namespace {
 
 // One HTTP/1.1 request on a fresh loopback connection; returns {status, body}.
@@ -45,12 +47,6 @@ void run(api::Daemon& d, const char* name, F f) {
     std::fprintf(stderr, "%s failed: %s\n", name, r.error().message.c_str());
     std::exit(1);
   }
-}
-
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "support/child_daemon.h"
 #include "support/test_support.h"
 
 using atrium::testing::http;
@@ -26,21 +27,11 @@ using atrium::testing::TempDir;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
+using atrium::testing::child::free_port;
+
 namespace {
 
 constexpr const char* kToken = "atr_agent_integration_token_0123456789abcdef";
-
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 pid_t spawn(const char* path, std::vector<std::string> args, const std::string& log,
             const std::vector<std::pair<std::string, std::string>>& env) {
