@@ -504,6 +504,26 @@ HttpResponse Api::login_failed(const HttpRequest& req, const std::string& name,
 
 void Api::login_succeeded(const std::string& name) { throttle_.succeeded(name); }
 
+HttpResponse Api::issue_login_token(HttpRequest& req, const std::string& user_id,
+                                    const std::string& name) {
+  std::string token = new_token();
+  domain::IssueToken cmd{user_id, sha256_hex(token), now_ms() + cfg_.token_ttl_ms};
+  pipeline::Command c = command("IssueToken", cmd, 200, [cmd, token](const domain::State& s) {
+    const domain::User* u = s.users.find(cmd.user_id);
+    return Json{{"token", token},
+                {"token_type", "Bearer"},
+                {"expires_at_ms", cmd.expires_at_ms},
+                {"user_id", cmd.user_id},
+                {"roles", u ? u->roles : std::set<std::string>{}}};
+  });
+  req.principal = Principal{user_id, name, {}, "", "", ""};
+  // Login is not idempotent by key: each call issues a fresh token.
+  req.headers.erase("idempotency-key");
+  HttpResponse resp = run(req, std::move(c));
+  resp.with_header("Cache-Control", "no-store");  // the answer holds a credential
+  return resp;
+}
+
 std::optional<HttpResponse> Api::check_password(const HttpRequest& req, const std::string& name,
                                                 const std::string& user_id,
                                                 const std::optional<std::string>& hash,

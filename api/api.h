@@ -187,6 +187,10 @@ class Api {
   HttpResponse login_failed(const HttpRequest& req, const std::string& name,
                             const std::string& user_id, const Error& answer);
   void login_succeeded(const std::string& name);
+  // A signed-in user's new token: 200 {token, token_type, expires_at_ms, user_id, roles},
+  // `Cache-Control: no-store`. Each call issues a fresh token (no Idempotency-Key replay).
+  HttpResponse issue_login_token(HttpRequest& req, const std::string& user_id,
+                                 const std::string& name);
 
   // ---- directories (api/directory_auth.cpp) ---------------------------------------------
   void set_directory_client(std::shared_ptr<adapters::DirectoryClient> c) { directory_ = std::move(c); }

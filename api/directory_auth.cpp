@@ -116,20 +116,7 @@ HttpResponse Api::directory_sign_in(HttpRequest& req, const domain::Directory& d
     std::lock_guard l(checked_mu_);
     checked_at_ms_[user_id] = now_ms();
   }
-  std::string token = new_token();
-  domain::IssueToken cmd{user_id, sha256_hex(token), now_ms() + cfg_.token_ttl_ms};
-  Command c = command("IssueToken", cmd, 200, [cmd, token](const State& s) {
-    const domain::User* u = s.users.find(cmd.user_id);
-    return Json{{"token", token},
-                {"token_type", "Bearer"},
-                {"expires_at_ms", cmd.expires_at_ms},
-                {"user_id", cmd.user_id},
-                {"roles", u ? u->roles : std::set<std::string>{}}};
-  });
-  req.principal = Principal{user_id, *norm, {}, "", "", ""};
-  HttpResponse resp = run(req, std::move(c));
-  resp.with_header("Cache-Control", "no-store");
-  return resp;
+  return issue_login_token(req, user_id, *norm);
 }
 
 std::optional<HttpResponse> Api::recheck_directory_user(const HttpRequest& req) {

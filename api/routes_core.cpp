@@ -171,22 +171,7 @@ void register_auth(Api& api) {
       return *refusal;
     }
     api.login_succeeded(name);
-    std::string token = new_token();
-    domain::IssueToken cmd{found->first, sha256_hex(token), api.now_ms() + api.config().token_ttl_ms};
-    Command c = command("IssueToken", cmd, 200, [cmd, token](const State& s) {
-      const domain::User* u = s.users.find(cmd.user_id);
-      return Json{{"token", token},
-                  {"token_type", "Bearer"},
-                  {"expires_at_ms", cmd.expires_at_ms},
-                  {"user_id", cmd.user_id},
-                  {"roles", u ? u->roles : std::set<std::string>{}}};
-    });
-    req.principal = Principal{found->first, name, {}, "", "", ""};
-    // Login is not idempotent by key: each call issues a fresh token.
-    req.headers.erase("idempotency-key");
-    HttpResponse resp = api.run(req, std::move(c));
-    resp.with_header("Cache-Control", "no-store");  // the answer holds a credential
-    return resp;
+    return api.issue_login_token(req, found->first, name);
   });
   r.add("POST", "/v1/auth/logout", Access::AnyRole(), [&api](HttpRequest& req) {
     // Logout acts on the calling token; a replayed answer for another token of the same
