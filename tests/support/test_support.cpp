@@ -157,6 +157,23 @@ bool send_all(int fd, const std::string& s) {
   return true;
 }
 
+// Sends a request as curl does: an answer that arrives while the body is still going out (a
+// 413 after the head) stops the upload, and is read. false: the connection failed with no
+// answer waiting.
+bool send_watching_for_answer(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    pollfd p{fd, POLLIN | POLLOUT, 0};
+    if (::poll(&p, 1, 5000) <= 0) return false;
+    if ((p.revents & POLLIN) != 0) return true;  // an early answer (or EOF): read it
+    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 HttpReply http(uint16_t port, const std::string& method, const std::string& path,
                const std::string& body,
                const std::vector<std::pair<std::string, std::string>>& headers, int timeout_ms) {
@@ -171,7 +188,7 @@ HttpReply http(uint16_t port, const std::string& method, const std::string& path
   if (!body.empty() && !has_ct) req += "Content-Type: application/json\r\n";
   req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   HttpReply r;
-  if (send_all(fd, req)) r = parse_reply(read_response(fd, timeout_ms));
+  if (send_watching_for_answer(fd, req)) r = parse_reply(read_response(fd, timeout_ms));
   ::close(fd);
   return r;
 }
