@@ -52,6 +52,13 @@ bool decode_stored(std::string_view value, RecordedEvent& e);
 // SHA-256(previous || canonical).
 Hash chain_hash_bytes(const Hash& previous, std::string_view canonical);
 
+// The append path of every store: fills `e` as `ne` recorded at `position` as version `version`
+// of `stream`, writes its canonical bytes into `canonical` (cleared first, capacity reused) and
+// chains its hash onto `previous`; that hash is stored in e.hash and returned.
+Hash record_new_event(const NewEvent& ne, std::string_view stream, uint64_t position,
+                      uint64_t version, const Hash& previous, RecordedEvent& e,
+                      std::string& canonical);
+
 // Validates the shape of a request (names, types, sizes). Does not look at versions.
 Status validate_request(const AppendRequest& req);
 

@@ -516,19 +516,7 @@ class RocksEventStore final : public EventStore {
         const StreamWrite& sw = req.writes[w];
         uint64_t version = base[w];
         for (const NewEvent& ne : sw.events) {
-          e.position = ++pos;
-          e.stream = sw.stream;
-          e.stream_version = ++version;
-          e.type = ne.type;
-          e.schema_version = ne.schema_version;
-          e.recorded_at_ms = ne.recorded_at_ms;
-          e.actor = ne.actor;
-          e.correlation_id = ne.correlation_id;
-          e.causation_id = ne.causation_id;
-          e.idempotency_key = ne.idempotency_key;
-          e.data = ne.data;
-          detail::encode_canonical(e, value);
-          hash = detail::chain_hash_bytes(hash, value);
+          hash = detail::record_new_event(ne, sw.stream, ++pos, ++version, hash, e, value);
           value.append(reinterpret_cast<const char*>(hash.data()), hash.size());
           BeKey pk(pos);
           rocksdb::Status s = batch.Put(db.events, slice(pk.view()), slice(value));
