@@ -15,21 +15,8 @@
 namespace atrium::eventstore {
 namespace {
 
-template <typename F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::exception& ex) {
-    return Error::make(Code::internal, std::string(what) + ": " + ex.what(), "internal");
-  } catch (...) {
-    return Error::make(Code::internal, std::string(what) + ": unknown exception", "internal");
-  }
-}
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
+using detail::guarded;
+using detail::StringHash;
 
 template <typename V>
 using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;

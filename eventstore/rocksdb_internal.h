@@ -52,17 +52,7 @@ inline Error corrupt(std::string msg) {
   return Error::make(Code::internal, "event store corrupt: " + msg, "storage_corrupt");
 }
 
-// Never let an exception (bad_alloc, a throwing visitor) escape the store.
-template <typename F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::exception& ex) {
-    return Error::make(Code::internal, std::string(what) + ": " + ex.what(), "internal");
-  } catch (...) {
-    return Error::make(Code::internal, std::string(what) + ": unknown exception", "internal");
-  }
-}
+using detail::guarded;
 
 inline std::string stream_prefix(std::string_view stream) {
   std::string k;
@@ -78,10 +68,7 @@ inline std::string stream_key(std::string_view stream, uint64_t version) {
   return k;
 }
 
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
+using detail::StringHash;
 
 // Releases a snapshot on scope exit. A secondary instance has no snapshots (and changes
 // only when told to catch up, which this store never does): reads see it as it is.
