@@ -139,6 +139,25 @@ Hash chain_hash_bytes(const Hash& previous, std::string_view canonical) {
   return out;
 }
 
+Hash record_new_event(const NewEvent& ne, std::string_view stream, uint64_t position,
+                      uint64_t version, const Hash& previous, RecordedEvent& e,
+                      std::string& canonical) {
+  e.position = position;
+  e.stream = stream;
+  e.stream_version = version;
+  e.type = ne.type;
+  e.schema_version = ne.schema_version;
+  e.recorded_at_ms = ne.recorded_at_ms;
+  e.actor = ne.actor;
+  e.correlation_id = ne.correlation_id;
+  e.causation_id = ne.causation_id;
+  e.idempotency_key = ne.idempotency_key;
+  e.data = ne.data;
+  encode_canonical(e, canonical);
+  e.hash = chain_hash_bytes(previous, canonical);
+  return e.hash;
+}
+
 }  // namespace detail
 
 std::string canonical_bytes(const RecordedEvent& e) {

@@ -15,21 +15,8 @@
 namespace atrium::eventstore {
 namespace {
 
-template <typename F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::exception& ex) {
-    return Error::make(Code::internal, std::string(what) + ": " + ex.what(), "internal");
-  } catch (...) {
-    return Error::make(Code::internal, std::string(what) + ": unknown exception", "internal");
-  }
-}
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
+using detail::guarded;
+using detail::StringHash;
 
 template <typename V>
 using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
@@ -71,20 +58,7 @@ class MemEventStore final : public EventStore {
         uint64_t version = base[w];
         for (const NewEvent& ne : sw.events) {
           auto e = std::make_shared<RecordedEvent>();
-          e->position = ++pos;
-          e->stream = sw.stream;
-          e->stream_version = ++version;
-          e->type = ne.type;
-          e->schema_version = ne.schema_version;
-          e->recorded_at_ms = ne.recorded_at_ms;
-          e->actor = ne.actor;
-          e->correlation_id = ne.correlation_id;
-          e->causation_id = ne.causation_id;
-          e->idempotency_key = ne.idempotency_key;
-          e->data = ne.data;
-          detail::encode_canonical(*e, bytes);
-          hash = detail::chain_hash_bytes(hash, bytes);
-          e->hash = hash;
+          hash = detail::record_new_event(ne, sw.stream, ++pos, ++version, hash, *e, bytes);
           fresh.push_back(std::move(e));
         }
       }

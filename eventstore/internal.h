@@ -7,6 +7,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -15,6 +17,25 @@
 #include "eventstore/event_store.h"
 
 namespace atrium::eventstore::detail {
+
+// Never let an exception (bad_alloc, a throwing visitor) escape the store: runs `f` and turns
+// what it throws into an internal error naming `what`.
+template <typename F>
+auto guarded(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::exception& ex) {
+    return Error::make(Code::internal, std::string(what) + ": " + ex.what(), "internal");
+  } catch (...) {
+    return Error::make(Code::internal, std::string(what) + ": unknown exception", "internal");
+  }
+}
+
+// Transparent hash: maps keyed by std::string looked up with a std::string_view.
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
 
 // Canonical bytes format tag (first byte); bump if the encoding ever changes.
 inline constexpr uint8_t kCanonicalFormat = 1;
@@ -51,6 +72,13 @@ bool decode_stored(std::string_view value, RecordedEvent& e);
 
 // SHA-256(previous || canonical).
 Hash chain_hash_bytes(const Hash& previous, std::string_view canonical);
+
+// The append path of every store: fills `e` as `ne` recorded at `position` as version `version`
+// of `stream`, writes its canonical bytes into `canonical` (cleared first, capacity reused) and
+// chains its hash onto `previous`; that hash is stored in e.hash and returned.
+Hash record_new_event(const NewEvent& ne, std::string_view stream, uint64_t position,
+                      uint64_t version, const Hash& previous, RecordedEvent& e,
+                      std::string& canonical);
 
 // Validates the shape of a request (names, types, sizes). Does not look at versions.
 Status validate_request(const AppendRequest& req);

@@ -97,21 +97,8 @@ $fn$;
 COMMIT;
 )SQL";
 
-template <typename F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::exception& ex) {
-    return Error::make(Code::internal, std::string(what) + ": " + ex.what(), "internal");
-  } catch (...) {
-    return Error::make(Code::internal, std::string(what) + ": unknown exception", "internal");
-  }
-}
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
+using detail::guarded;
+using detail::StringHash;
 
 Hash to_hash(std::string_view b) {
   Hash h{};
@@ -280,20 +267,7 @@ class PgStore final : public SharedLog {
         auto vit = version.find(w.stream);
         uint64_t v = vit != version.end() ? vit->second : versions_.find(w.stream)->second;
         for (const NewEvent& ne : w.events) {
-          e.position = ++pos;
-          e.stream = w.stream;
-          e.stream_version = ++v;
-          e.type = ne.type;
-          e.schema_version = ne.schema_version;
-          e.recorded_at_ms = ne.recorded_at_ms;
-          e.actor = ne.actor;
-          e.correlation_id = ne.correlation_id;
-          e.causation_id = ne.causation_id;
-          e.idempotency_key = ne.idempotency_key;
-          e.data = ne.data;
-          detail::encode_canonical(e, canonical);
-          hash = detail::chain_hash_bytes(hash, canonical);
-          e.hash = hash;
+          hash = detail::record_new_event(ne, w.stream, ++pos, ++v, hash, e, canonical);
           bodies.emplace_back();
           detail::encode_stored(e, bodies.back());
           streams.push_back(w.stream);

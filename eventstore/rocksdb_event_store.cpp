@@ -33,6 +33,10 @@
 //
 // Permissions: every file is created 0600 and every directory 0700 through a FileSystem
 // wrapper (RocksDB itself creates 0644/0755 minus the umask); existing ones are tightened.
+//
+// This file holds opening (the WAL walk, recovery modes, permissions) and reopening after a
+// storage failure; the append path, the reads and verification are in rocksdb_append.cpp,
+// rocksdb_read.cpp and rocksdb_verify.cpp (shared internals: rocksdb_internal.h).
 #include <fcntl.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
@@ -58,84 +62,11 @@
 
 #include "eventstore/event_store.h"
 #include "eventstore/internal.h"
+#include "eventstore/rocksdb_internal.h"
 
 namespace atrium::eventstore {
+namespace rocks_detail {
 namespace {
-
-using detail::BeKey;
-using detail::get_be64;
-
-constexpr const char* kEventsCf = "events";
-constexpr const char* kStreamsCf = "streams";
-constexpr const char* kIdempotencyCf = "idempotency";
-constexpr const char* kCheckpointsCf = "checkpoints";
-
-rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
-std::string_view view(const rocksdb::Slice& s) { return {s.data(), s.size()}; }
-
-Error storage_error(const rocksdb::Status& s, std::string_view what) {
-  std::string msg = std::string(what) + ": " + s.ToString();
-  if (s.IsCorruption()) return Error::make(Code::internal, std::move(msg), "storage_corrupt");
-  return Error::make(Code::unavailable, std::move(msg), "storage_unavailable");
-}
-
-Error corrupt(std::string msg) {
-  return Error::make(Code::internal, "event store corrupt: " + msg, "storage_corrupt");
-}
-
-// Never let an exception (bad_alloc, a throwing visitor) escape the store.
-template <typename F>
-auto guarded(const char* what, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::exception& ex) {
-    return Error::make(Code::internal, std::string(what) + ": " + ex.what(), "internal");
-  } catch (...) {
-    return Error::make(Code::internal, std::string(what) + ": unknown exception", "internal");
-  }
-}
-
-std::string stream_prefix(std::string_view stream) {
-  std::string k;
-  k.reserve(stream.size() + 9);
-  k.append(stream);
-  k.push_back('\0');
-  return k;
-}
-
-std::string stream_key(std::string_view stream, uint64_t version) {
-  std::string k = stream_prefix(stream);
-  k.append(BeKey(version).view());
-  return k;
-}
-
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
-
-// Releases a snapshot on scope exit. A secondary instance has no snapshots (and changes
-// only when told to catch up, which this store never does): reads see it as it is.
-class SnapshotGuard {
- public:
-  SnapshotGuard(rocksdb::DB* db, bool supported)
-      : db_(db), snap_(supported ? db->GetSnapshot() : nullptr) {}
-  ~SnapshotGuard() {
-    if (snap_ != nullptr) db_->ReleaseSnapshot(snap_);
-  }
-  SnapshotGuard(const SnapshotGuard&) = delete;
-  SnapshotGuard& operator=(const SnapshotGuard&) = delete;
-  const rocksdb::Snapshot* get() const { return snap_; }
-
- private:
-  rocksdb::DB* db_;
-  const rocksdb::Snapshot* snap_;
-};
-
-struct Tail {
-  uint64_t position = 0;
-  Hash hash{};
-};
 
 // RocksDB's info log, warnings and errors only, to `warn` (never a file in the store).
 class WarnLogger final : public rocksdb::Logger {
@@ -217,7 +148,8 @@ class PrivateFs final : public rocksdb::FileSystemWrapper {
   }
 };
 
-// Tightens what an older version (or another umask) left: 0700 directories, 0600 files.
+}  // namespace
+
 void tighten_tree(const std::string& dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -233,15 +165,6 @@ void tighten_tree(const std::string& dir) {
   }
 }
 
-// What every instance of one store shares: the environment (file system wrapper) and the
-// logger. Outlives every Db opened through it.
-struct Storage {
-  std::shared_ptr<rocksdb::FileSystem> fs;
-  std::shared_ptr<rocksdb::Env> env;
-  std::shared_ptr<rocksdb::Logger> logger;
-  std::function<void(const std::string&)> warn;
-};
-
 std::shared_ptr<Storage> make_storage(const RocksOptions& opts) {
   auto st = std::make_shared<Storage>();
   st->warn = opts.warn ? opts.warn : [](const std::string& line) {
@@ -255,35 +178,9 @@ std::shared_ptr<Storage> make_storage(const RocksOptions& opts) {
   return st;
 }
 
-// One open RocksDB instance with its column families; closed when the last user drops it.
-struct Db {
-  std::shared_ptr<Storage> storage;  // outlives db
-  rocksdb::DB* db = nullptr;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::ColumnFamilyHandle* events = nullptr;
-  rocksdb::ColumnFamilyHandle* streams = nullptr;
-  rocksdb::ColumnFamilyHandle* idempotency = nullptr;
-  rocksdb::ColumnFamilyHandle* checkpoints = nullptr;
-  std::string secondary_dir;  // a secondary instance's own (temporary) directory
+namespace {
 
-  Db() = default;
-  Db(const Db&) = delete;
-  Db& operator=(const Db&) = delete;
-  ~Db() {
-    if (db != nullptr) {
-      for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
-      db->Close().PermitUncheckedError();
-      delete db;
-    }
-    if (!secondary_dir.empty()) {
-      std::error_code ec;
-      std::filesystem::remove_all(secondary_dir, ec);
-    }
-  }
-};
-
-rocksdb::ColumnFamilyOptions cf_options(const std::shared_ptr<rocksdb::Cache>& cache,
-                                        bool bloom) {
+rocksdb::ColumnFamilyOptions cf_options(const std::shared_ptr<rocksdb::Cache>& cache, bool bloom) {
   rocksdb::BlockBasedTableOptions t;
   t.checksum = rocksdb::kXXH3;  // every block checksummed, verified on read
   t.block_cache = cache;
@@ -351,7 +248,8 @@ Result<std::shared_ptr<Db>> open_db(const std::string& dir, const RocksOptions& 
   return db;
 }
 
-// Loads the last event (position and hash) from storage.
+}  // namespace
+
 Result<Tail> load_tail(const Db& db) {
   std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(rocksdb::ReadOptions(), db.events));
   it->SeekToLast();
@@ -373,11 +271,13 @@ Result<Tail> load_tail(const Db& db) {
   return t;
 }
 
+namespace {
+
 constexpr auto kTolerateTail = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
 constexpr auto kPointInTime = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
 
-// The WAL walk, and with damage what point-in-time recovery would keep (from an instance
-// that writes nothing).
+}  // namespace
+
 Result<WalReport> inspect(const std::string& dir, const RocksOptions& opts,
                           const std::shared_ptr<Storage>& storage) {
   auto scan = detail::scan_wal_files(dir);
@@ -408,8 +308,6 @@ std::string utc_now() {
   return buf;
 }
 
-// Opens the directory for `opts.mode` after walking its WAL (see the file comment).
-// `accepted` says whether acknowledged data was dropped by the caller's leave.
 Result<std::shared_ptr<Db>> open_checked(const std::string& dir, const RocksOptions& opts,
                                          const std::shared_ptr<Storage>& storage,
                                          const std::shared_ptr<rocksdb::Cache>& cache,
@@ -457,583 +355,100 @@ Result<std::shared_ptr<Db>> open_checked(const std::string& dir, const RocksOpti
   return db;
 }
 
-class RocksEventStore final : public EventStore {
- public:
-  RocksEventStore(std::string dir, RocksOptions opts, std::shared_ptr<Storage> storage,
-                  std::shared_ptr<rocksdb::Cache> cache, std::shared_ptr<Db> db)
-      : dir_(std::move(dir)),
-        opts_(std::move(opts)),
-        storage_(std::move(storage)),
-        cache_(std::move(cache)),
-        db_(std::move(db)) {}
+Status RocksEventStore::init() {
+  auto tail = load_tail(*db_);
+  if (!tail) return tail.error();
+  last_hash_ = tail->hash;
+  position_.publish(tail->position);
+  return Status::Ok();
+}
 
-  Status init() {
-    auto tail = load_tail(*db_);
-    if (!tail) return tail.error();
-    last_hash_ = tail->hash;
-    position_.publish(tail->position);
-    return Status::Ok();
+Status RocksEventStore::recover_storage() {
+  if (opts_.mode != OpenMode::read_write) return Status::Ok();
+  std::lock_guard<std::mutex> wl(write_mu_);
+  return reopen_if_failed_locked();
+}
+
+Status RocksEventStore::failed_locked(std::string what) {
+  if (!failed_) {
+    failed_ = true;
+    backoff_ = std::chrono::milliseconds(100);
+    next_attempt_ = std::chrono::steady_clock::now() + backoff_;
   }
+  failure_ = what;
+  return Error::make(Code::unavailable, std::move(what), "storage_unavailable");
+}
 
-  Result<AppendResult> append(const AppendRequest& req) override {
-    return guarded("append", [&]() -> Result<AppendResult> {
-      if (Status s = writable(); !s) return s.error();
-      std::lock_guard<std::mutex> wl(write_mu_);
-      if (Status s = reopen_if_failed_locked(); !s) return s.error();
-      if (Status s = detail::validate_request(req); !s) return s.error();
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      const Db& db = **db_or;
-
-      // Expected versions, against storage plus earlier writes of this same request.
-      std::unordered_map<std::string_view, uint64_t> next;  // stream -> version after req
-      std::vector<uint64_t> base(req.writes.size());
-      for (size_t w = 0; w < req.writes.size(); ++w) {
-        const StreamWrite& sw = req.writes[w];
-        uint64_t current = 0;
-        if (auto it = next.find(sw.stream); it != next.end()) {
-          current = it->second;
-        } else {
-          auto v = cached_version(db, sw.stream);
-          if (!v) return v.error();
-          current = *v;
-        }
-        if (Status s = detail::check_expected(sw.stream, sw.expected, current); !s) {
-          return s.error();
-        }
-        base[w] = current;
-        next[sw.stream] = current + sw.events.size();
-      }
-
-      // Build the batch: positions, versions and the hash chain.
-      const uint64_t first = position_.get() + 1;
-      uint64_t pos = first - 1;
-      Hash hash = last_hash_;
-      rocksdb::WriteBatch batch;
-      RecordedEvent e;
-      std::string value;
-      for (size_t w = 0; w < req.writes.size(); ++w) {
-        const StreamWrite& sw = req.writes[w];
-        uint64_t version = base[w];
-        for (const NewEvent& ne : sw.events) {
-          e.position = ++pos;
-          e.stream = sw.stream;
-          e.stream_version = ++version;
-          e.type = ne.type;
-          e.schema_version = ne.schema_version;
-          e.recorded_at_ms = ne.recorded_at_ms;
-          e.actor = ne.actor;
-          e.correlation_id = ne.correlation_id;
-          e.causation_id = ne.causation_id;
-          e.idempotency_key = ne.idempotency_key;
-          e.data = ne.data;
-          detail::encode_canonical(e, value);
-          hash = detail::chain_hash_bytes(hash, value);
-          value.append(reinterpret_cast<const char*>(hash.data()), hash.size());
-          BeKey pk(pos);
-          rocksdb::Status s = batch.Put(db.events, slice(pk.view()), slice(value));
-          if (s.ok()) {
-            s = batch.Put(db.streams, slice(stream_key(sw.stream, version)), slice(pk.view()));
-          }
-          if (!s.ok()) return storage_error(s, "building the append batch");
-        }
-      }
-      for (const auto& r : req.idempotency) {
-        rocksdb::Status s = batch.Put(db.idempotency, slice(r.key), slice(r.value));
-        if (!s.ok()) return storage_error(s, "building the append batch");
-      }
-      for (const auto& [name, v] : req.checkpoints) {
-        rocksdb::Status s = batch.Put(db.checkpoints, slice(name), slice(v));
-        if (!s.ok()) return storage_error(s, "building the append batch");
-      }
-      if (batch.Count() == 0) return AppendResult{};
-
-      rocksdb::WriteOptions wo;
-      wo.sync = opts_.sync;
-      if (rocksdb::Status s = db.db->Write(wo, &batch); !s.ok()) {
-        // Nothing in memory was touched; nothing more goes through this instance.
-        return failed_locked("event store write failed: " + s.ToString()).error();
-      }
-
-      // Durable: publish. Position and hash first (cannot throw).
-      last_hash_ = hash;
-      publish_position(pos);
-      try {
-        std::lock_guard<std::mutex> cl(cache_mu_);
-        for (const auto& [stream, version] : next) {
-          versions_.insert_or_assign(std::string(stream), version);
-        }
-      } catch (...) {
-        drop_version_cache();
-      }
-      if (pos < first) return AppendResult{};
-      return AppendResult{first, pos};
-    });
-  }
-
-  Result<uint64_t> scan(uint64_t after, uint64_t max_events,
-                        const EventVisitor& visit) const override {
-    return watched(guarded("scan", [&]() -> Result<uint64_t> {
-      if (after == UINT64_MAX) return uint64_t{0};
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      const Db& db = **db_or;
-      rocksdb::ReadOptions ro;
-      ro.verify_checksums = true;
-      std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(ro, db.events));
-      BeKey start(after + 1);
-      uint64_t expected = after + 1;
-      uint64_t visited = 0;
-      RecordedEvent e;  // reused: strings keep their capacity across events
-      for (it->Seek(slice(start.view())); it->Valid(); it->Next()) {
-        if (max_events != 0 && visited >= max_events) break;
-        const rocksdb::Slice key = it->key();
-        if (key.size() != 8) return corrupt("malformed event key");
-        const uint64_t p = get_be64(key.data());
-        if (p != expected) {
-          return corrupt("gap in the log: expected position " + std::to_string(expected) +
-                         ", found " + std::to_string(p));
-        }
-        if (!detail::decode_stored(view(it->value()), e) || e.position != p) {
-          return corrupt("event at position " + std::to_string(p) + " is undecodable");
-        }
-        ++visited;
-        ++expected;
-        if (!visit(e)) break;
-      }
-      if (!it->status().ok()) return storage_error(it->status(), "scanning events");
-      return visited;
-    }));
-  }
-
-  Result<std::vector<RecordedEvent>> read_stream(std::string_view stream, uint64_t after_version,
-                                                 size_t limit) const override {
-    return watched(guarded("read_stream", [&]() -> Result<std::vector<RecordedEvent>> {
-      std::vector<RecordedEvent> out;
-      if (stream.empty() || stream.find('\0') != std::string_view::npos ||
-          after_version == UINT64_MAX) {
-        return out;
-      }
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      const Db& db = **db_or;
-      SnapshotGuard snap(db.db, opts_.mode != OpenMode::secondary);
-      rocksdb::ReadOptions ro;
-      ro.snapshot = snap.get();
-      const std::string prefix = stream_prefix(stream);
-      std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(ro, db.streams));
-      uint64_t expected = after_version + 1;
-      std::string value;
-      for (it->Seek(slice(stream_key(stream, expected))); it->Valid(); it->Next()) {
-        if (limit != 0 && out.size() >= limit) break;
-        const std::string_view key = view(it->key());
-        if (!key.starts_with(prefix)) break;
-        if (key.size() != prefix.size() + 8 || it->value().size() != 8) {
-          return corrupt("malformed stream index entry for '" + std::string(stream) + "'");
-        }
-        const uint64_t version = get_be64(key.data() + prefix.size());
-        if (version != expected) {
-          return corrupt("stream '" + std::string(stream) + "' skips from version " +
-                         std::to_string(expected - 1) + " to " + std::to_string(version));
-        }
-        const uint64_t pos = get_be64(it->value().data());
-        BeKey pk(pos);
-        rocksdb::Status s = db.db->Get(ro, db.events, slice(pk.view()), &value);
-        if (s.IsNotFound()) {
-          return corrupt("stream '" + std::string(stream) + "' version " +
-                         std::to_string(version) + " points to missing position " +
-                         std::to_string(pos));
-        }
-        if (!s.ok()) return storage_error(s, "reading a stream");
-        RecordedEvent& e = out.emplace_back();
-        if (!detail::decode_stored(value, e) || e.position != pos || e.stream != stream ||
-            e.stream_version != version) {
-          return corrupt("stream '" + std::string(stream) + "' version " +
-                         std::to_string(version) + " does not match the event at position " +
-                         std::to_string(pos));
-        }
-        ++expected;
-      }
-      if (!it->status().ok()) return storage_error(it->status(), "reading a stream");
-      return out;
-    }));
-  }
-
-  Result<uint64_t> stream_version(std::string_view stream) const override {
-    return watched(guarded("stream_version", [&]() -> Result<uint64_t> {
-      if (stream.empty() || stream.find('\0') != std::string_view::npos) return uint64_t{0};
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      return cached_version(**db_or, stream);
-    }));
-  }
-
-  uint64_t last_position() const override { return position_.get(); }
-
-  uint64_t wait_for(uint64_t after, std::chrono::milliseconds timeout) const override {
-    return position_.wait_for(after, timeout);
-  }
-
-  Result<std::optional<std::string>> get_idempotency(std::string_view key) const override {
-    return watched(
-        guarded("get_idempotency", [&] { return get(&Db::idempotency, key, "idempotency"); }));
-  }
-
-  Result<std::optional<std::string>> get_checkpoint(std::string_view name) const override {
-    return watched(
-        guarded("get_checkpoint", [&] { return get(&Db::checkpoints, name, "checkpoint"); }));
-  }
-
-  Status put_checkpoint(std::string_view name, std::string_view value) override {
-    return guarded("put_checkpoint", [&]() -> Status {
-      if (name.empty()) return invalid("checkpoint name is empty", "empty_checkpoint_name");
-      if (Status s = writable(); !s) return s;
-      std::lock_guard<std::mutex> wl(write_mu_);
-      if (Status s = reopen_if_failed_locked(); !s) return s;
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      const Db& db = **db_or;
-      rocksdb::WriteOptions wo;
-      wo.sync = opts_.sync;
-      rocksdb::Status s = db.db->Put(wo, db.checkpoints, slice(name), slice(value));
-      if (!s.ok()) return failed_locked("checkpoint write failed: " + s.ToString());
-      return Status::Ok();
-    });
-  }
-
-  Status recover_storage() override {
-    if (opts_.mode != OpenMode::read_write) return Status::Ok();
-    std::lock_guard<std::mutex> wl(write_mu_);
-    return reopen_if_failed_locked();
-  }
-
-  std::string corruption() const override {
-    std::lock_guard<std::mutex> lk(corrupt_mu_);
-    return corruption_;
-  }
-
-  Status scan_records(bool checkpoints, const RecordVisitor& visit) const override {
-    return guarded("scan_records", [&]() -> Status {
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      const Db& db = **db_or;
-      std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(
-          rocksdb::ReadOptions(), checkpoints ? db.checkpoints : db.idempotency));
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        if (!visit(view(it->key()), view(it->value()))) break;
-      }
-      if (!it->status().ok()) return storage_error(it->status(), "listing records");
-      return Status::Ok();
-    });
-  }
-
-  Result<VerifyReport> verify() const override {
-    auto r = verify_impl();
-    if (r.ok() && !r->ok)
-      note_corruption("verify: position " + std::to_string(r->first_bad_position) + ": " +
-                      r->problem);
-    return watched(std::move(r));
-  }
-
-  Result<VerifyReport> verify_impl() const {
-    return guarded("verify", [&]() -> Result<VerifyReport> {
-      VerifyReport r;
-      auto fail = [&r](uint64_t position, std::string problem) {
-        r.ok = false;
-        r.first_bad_position = position;
-        r.problem = std::move(problem);
-        return r;
-      };
-      auto db_or = acquire();
-      if (!db_or) return db_or.error();
-      const Db& db = **db_or;
-      SnapshotGuard snap(db.db, opts_.mode != OpenMode::secondary);
-      rocksdb::ReadOptions ro;
-      ro.snapshot = snap.get();
-      ro.verify_checksums = true;
-      // The events walk is sequential and read once: keep it out of the block cache. Index
-      // lookups jump between streams and do reuse blocks: cache them.
-      rocksdb::ReadOptions walk = ro;
-      walk.fill_cache = false;
-
-      std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> stream_last;
-      std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(walk, db.events));
-      Hash prev{};
-      uint64_t expected = 1;
-      RecordedEvent e;
-      std::string canonical;
-      std::string index_value;
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        if (it->key().size() != 8) return fail(expected, "malformed event key");
-        const uint64_t p = get_be64(it->key().data());
-        if (p != expected) {
-          return fail(expected, "position gap: expected " + std::to_string(expected) +
-                                    ", found " + std::to_string(p));
-        }
-        if (!detail::decode_stored(view(it->value()), e)) {
-          return fail(p, "event bytes are undecodable");
-        }
-        if (e.position != p) {
-          return fail(p, "event under key " + std::to_string(p) + " claims position " +
-                             std::to_string(e.position));
-        }
-        detail::encode_canonical(e, canonical);
-        const Hash h = detail::chain_hash_bytes(prev, canonical);
-        if (h != e.hash) {
-          return fail(p, "hash mismatch: stored " + to_hex(e.hash) + ", recomputed " +
-                             to_hex(h));
-        }
-        auto [sit, inserted] = stream_last.try_emplace(e.stream, 0);
-        if (e.stream_version != sit->second + 1) {
-          return fail(p, "stream '" + e.stream + "' version " +
-                             std::to_string(e.stream_version) + " follows version " +
-                             std::to_string(sit->second));
-        }
-        sit->second = e.stream_version;
-        rocksdb::Status s =
-            db.db->Get(ro, db.streams, slice(stream_key(e.stream, e.stream_version)), &index_value);
-        if (s.IsNotFound()) {
-          return fail(p, "no stream index entry for '" + e.stream + "' version " +
-                             std::to_string(e.stream_version));
-        }
-        if (s.IsCorruption()) return fail(p, "stream index unreadable: " + s.ToString());
-        if (!s.ok()) return storage_error(s, "verifying the stream index");
-        if (index_value.size() != 8 || get_be64(index_value.data()) != p) {
-          return fail(p, "stream index for '" + e.stream + "' version " +
-                             std::to_string(e.stream_version) + " does not point here");
-        }
-        prev = e.hash;
-        ++r.events_checked;
-        ++expected;
-      }
-      if (!it->status().ok()) {
-        if (it->status().IsCorruption()) {
-          return fail(expected, "storage corruption: " + it->status().ToString());
-        }
-        return storage_error(it->status(), "verifying events");
-      }
-
-      // Every index entry must belong to an event seen above (no orphans).
-      std::unique_ptr<rocksdb::Iterator> idx(db.db->NewIterator(walk, db.streams));
-      for (idx->SeekToFirst(); idx->Valid(); idx->Next()) {
-        const std::string_view key = view(idx->key());
-        const size_t nul = key.find('\0');
-        const uint64_t pos = idx->value().size() == 8 ? get_be64(idx->value().data()) : 0;
-        if (nul == std::string_view::npos || key.size() != nul + 9) {
-          return fail(pos, "malformed stream index key");
-        }
-        const uint64_t version = get_be64(key.data() + nul + 1);
-        auto sit = stream_last.find(key.substr(0, nul));
-        if (sit == stream_last.end() || version > sit->second) {
-          return fail(pos, "stream index entry '" + std::string(key.substr(0, nul)) +
-                               "' version " + std::to_string(version) + " has no event");
-        }
-      }
-      if (!idx->status().ok()) {
-        if (idx->status().IsCorruption()) {
-          return fail(0, "stream index corruption: " + idx->status().ToString());
-        }
-        return storage_error(idx->status(), "verifying the stream index");
-      }
-      return r;
-    });
-  }
-
- private:
-  Result<std::optional<std::string>> get(rocksdb::ColumnFamilyHandle* Db::*cf,
-                                         std::string_view key, const char* what) const {
-    auto db_or = acquire();
-    if (!db_or) return db_or.error();
-    const Db& db = **db_or;
-    std::string value;
-    rocksdb::Status s = db.db->Get(rocksdb::ReadOptions(), db.*cf, slice(key), &value);
-    if (s.IsNotFound()) return std::optional<std::string>();
-    if (!s.ok()) return storage_error(s, std::string("reading ") + what);
-    return std::optional<std::string>(std::move(value));
-  }
-
-  // Stream version from the cache, else from the last index entry of the stream.
-  Result<uint64_t> cached_version(const Db& db, std::string_view stream) const {
-    uint64_t epoch = 0;
-    {
-      std::lock_guard<std::mutex> cl(cache_mu_);
-      if (auto it = versions_.find(stream); it != versions_.end()) return it->second;
-      epoch = cache_epoch_;
-    }
-    const std::string prefix = stream_prefix(stream);
-    std::string upper = prefix;
-    upper.append(8, '\xff');
-    std::unique_ptr<rocksdb::Iterator> it(db.db->NewIterator(rocksdb::ReadOptions(), db.streams));
-    it->SeekForPrev(slice(upper));
-    uint64_t version = 0;
-    if (it->Valid()) {
-      const std::string_view key = view(it->key());
-      if (key.starts_with(prefix)) {
-        if (key.size() != prefix.size() + 8) {
-          return corrupt("malformed stream index entry for '" + std::string(stream) + "'");
-        }
-        version = get_be64(key.data() + prefix.size());
-      }
-    }
-    if (!it->status().ok()) return storage_error(it->status(), "reading a stream version");
-    if (version > 0) {
-      // A reader may race the writer: the writer overwrites entries after each append, a
-      // reader only fills a missing one, and never across a cache drop (epoch).
-      std::lock_guard<std::mutex> cl(cache_mu_);
-      if (cache_epoch_ == epoch) versions_.try_emplace(std::string(stream), version);
-    }
-    return version;
-  }
-
-  void drop_version_cache() noexcept {
-    std::lock_guard<std::mutex> cl(cache_mu_);
-    versions_.clear();
-    ++cache_epoch_;
-  }
-
-  void publish_position(uint64_t pos) noexcept { position_.publish(pos); }
-
-  // The open instance, or unavailable while closed after a failed reopen.
-  Result<std::shared_ptr<Db>> acquire() const {
-    std::lock_guard<std::mutex> lk(db_mu_);
-    if (db_) return db_;
+Status RocksEventStore::reopen_if_failed_locked() {
+  if (!failed_) return Status::Ok();
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_attempt_) {
     return Error::make(Code::unavailable,
-                       "event store is closed after a storage failure: " + closed_reason_,
+                       "event store storage failed (" + failure_ + "); reopening shortly",
                        "storage_unavailable");
   }
-
-  Status writable() const {
-    if (opts_.mode == OpenMode::read_write) return Status::Ok();
-    return invalid("the event store is open read-only", "store_read_only");
+  backoff_ = std::min<std::chrono::milliseconds>(backoff_ * 2, std::chrono::seconds(1));
+  next_attempt_ = now + backoff_;
+  std::shared_ptr<Db> current;
+  {
+    std::lock_guard<std::mutex> lk(db_mu_);
+    current = std::move(db_);
+    if (current) closed_reason_ = failure_;
   }
-
-  // After a failed write: no more writes through that instance (RocksDB 7.8 asserts when a
-  // file writer that saw an error is used again). Called with write_mu_ held.
-  Status failed_locked(std::string what) {
-    if (!failed_) {
-      failed_ = true;
-      backoff_ = std::chrono::milliseconds(100);
-      next_attempt_ = std::chrono::steady_clock::now() + backoff_;
+  if (current) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (current.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    failure_ = what;
-    return Error::make(Code::unavailable, std::move(what), "storage_unavailable");
-  }
-
-  // When a write failed earlier and the next attempt is due: close the failed instance once
-  // readers let go of it (only one instance may hold the directory's LOCK), reopen the
-  // directory (WAL recovery: the failed write is at most a torn tail), and re-read the tail,
-  // which differs from memory only if the failed batch reached the WAL after all (the write
-  // landed, the sync failed). Attempts are spaced out (100 ms doubling to 1 s).
-  Status reopen_if_failed_locked() {
-    if (!failed_) return Status::Ok();
-    const auto now = std::chrono::steady_clock::now();
-    if (now < next_attempt_) {
+    if (current.use_count() > 1) {
+      std::lock_guard<std::mutex> lk(db_mu_);
+      db_ = std::move(current);
       return Error::make(Code::unavailable,
-                         "event store storage failed (" + failure_ + "); reopening shortly",
+                         "event store storage failed (" + failure_ +
+                             ") and readers still hold it; not reopened yet",
                          "storage_unavailable");
     }
-    backoff_ = std::min<std::chrono::milliseconds>(backoff_ * 2, std::chrono::seconds(1));
-    next_attempt_ = now + backoff_;
-    std::shared_ptr<Db> current;
-    {
-      std::lock_guard<std::mutex> lk(db_mu_);
-      current = std::move(db_);
-      if (current) closed_reason_ = failure_;
-    }
-    if (current) {
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (current.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-      if (current.use_count() > 1) {
-        std::lock_guard<std::mutex> lk(db_mu_);
-        db_ = std::move(current);
-        return Error::make(Code::unavailable,
-                           "event store storage failed (" + failure_ +
-                               ") and readers still hold it; not reopened yet",
-                           "storage_unavailable");
-      }
-      current.reset();  // closes the failed instance
-    }
-    RocksOptions reopen = opts_;
-    reopen.accept_data_loss = false;  // a loss found now was not the one accepted at start
-    WalReport report;
-    bool accepted = false;
-    auto reopened = open_checked(dir_, reopen, storage_, cache_, report, accepted);
-    if (!reopened) {
-      if (reopened.error().reason == "wal_corrupt") note_corruption(reopened.error().message);
-      std::lock_guard<std::mutex> lk(db_mu_);
-      closed_reason_ = reopened.error().message;
-      return Error::make(Code::unavailable,
-                         "event store storage has not recovered: " + reopened.error().message,
-                         "storage_unavailable");
-    }
-    current = std::move(reopened).value();
-    auto tail = load_tail(*current);
-    if (!tail) return tail.error();
-    {
-      std::lock_guard<std::mutex> lk(db_mu_);
-      db_ = current;
-    }
-    if (report.damaged) {
-      storage_->warn("reopened after a storage failure; " + report.describe());
-    }
-    if (tail->position != last_position() || tail->hash != last_hash_) {
-      last_hash_ = tail->hash;
-      publish_position(tail->position);
-      drop_version_cache();
-    }
-    failed_ = false;
-    storage_->warn("storage recovered: appends go through again (last position " +
-                   std::to_string(tail->position) + ")");
-    return Status::Ok();
+    current.reset();  // closes the failed instance
   }
-
-  // Latches the first corruption a read ran into (corruption(), /readyz).
-  void note_corruption(const std::string& what) const {
-    {
-      std::lock_guard<std::mutex> lk(corrupt_mu_);
-      if (!corruption_.empty()) return;
-      corruption_ = what.empty() ? "corruption" : what;
-    }
-    storage_->warn("CORRUPTION: " + corruption_);
+  RocksOptions reopen = opts_;
+  reopen.accept_data_loss = false;  // a loss found now was not the one accepted at start
+  WalReport report;
+  bool accepted = false;
+  auto reopened = open_checked(dir_, reopen, storage_, cache_, report, accepted);
+  if (!reopened) {
+    if (reopened.error().reason == "wal_corrupt") note_corruption(reopened.error().message);
+    std::lock_guard<std::mutex> lk(db_mu_);
+    closed_reason_ = reopened.error().message;
+    return Error::make(Code::unavailable,
+                       "event store storage has not recovered: " + reopened.error().message,
+                       "storage_unavailable");
   }
-  template <typename R>
-  R watched(R r) const {
-    if (!r.ok() && r.error().reason == "storage_corrupt") note_corruption(r.error().message);
-    return r;
+  current = std::move(reopened).value();
+  auto tail = load_tail(*current);
+  if (!tail) return tail.error();
+  {
+    std::lock_guard<std::mutex> lk(db_mu_);
+    db_ = current;
   }
+  if (report.damaged) {
+    storage_->warn("reopened after a storage failure; " + report.describe());
+  }
+  if (tail->position != last_position() || tail->hash != last_hash_) {
+    last_hash_ = tail->hash;
+    publish_position(tail->position);
+    drop_version_cache();
+  }
+  failed_ = false;
+  storage_->warn("storage recovered: appends go through again (last position " +
+                 std::to_string(tail->position) + ")");
+  return Status::Ok();
+}
 
-  const std::string dir_;
-  const RocksOptions opts_;
-  const std::shared_ptr<Storage> storage_;
-  const std::shared_ptr<rocksdb::Cache> cache_;
+}  // namespace rocks_detail
 
-  mutable std::mutex db_mu_;  // guards db_ and closed_reason_ (the pointer, not the DB)
-  std::shared_ptr<Db> db_;
-  std::string closed_reason_;
+using namespace rocks_detail;
 
-  std::mutex write_mu_;  // serializes writers
-  Hash last_hash_{};     // writer only (write_mu_)
-  bool failed_ = false;  // a write failed; reopen before the next one (write_mu_)
-  std::string failure_;  // write_mu_
-  std::chrono::milliseconds backoff_{100};                // write_mu_
-  std::chrono::steady_clock::time_point next_attempt_{};  // write_mu_
-
-  mutable std::mutex corrupt_mu_;
-  mutable std::string corruption_;
-
-  detail::PositionSignal position_;
-
-  mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> versions_;
-  mutable uint64_t cache_epoch_ = 0;
-};
-
-}  // namespace
-
-Result<std::unique_ptr<EventStore>> open_rocksdb(const std::string& dir,
-                                                  const RocksOptions& opts) {
+Result<std::unique_ptr<EventStore>> open_rocksdb(const std::string& dir, const RocksOptions& opts) {
   return guarded("open_rocksdb", [&]() -> Result<std::unique_ptr<EventStore>> {
     if (dir.empty()) return invalid("event store directory is empty");
     const bool writer = opts.mode == OpenMode::read_write;
