@@ -1,6 +1,7 @@
 // Application sessions ("session-<id>" streams): the launch decision (decided in
-// domain/placement.cpp) and the logoff that ends the session. Split from appcloud.cpp, which
-// keeps the catalog (clusters, servers, applications, publications, authorizations).
+// domain/placement.cpp) and the logoff that ends the session. Split from appcloud.cpp, whose
+// appcloud_*.cpp siblings keep the catalog (clusters, servers, applications, publications,
+// authorizations).
 #include <string>
 
 #include "domain/appcloud.h"

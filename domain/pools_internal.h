@@ -1,4 +1,5 @@
-// Rules and event builders shared by the pools module's files (pools.cpp, desktop_sessions.cpp,
+// Rules and event builders shared by the pools module's files (pools.cpp, pools_lifecycle.cpp,
+// pools_members.cpp, pools_entitlements.cpp, pools_views.cpp, desktop_sessions.cpp,
 // pools_xml.cpp, pools_codec.cpp). Internal to domain/: nothing outside it includes this.
 #pragma once
 
