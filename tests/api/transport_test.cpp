@@ -1,7 +1,7 @@
 // Transport-level behaviour: TLS, bursts of connections, Prometheus format, body limits,
 // persistent connections (RFC 9112 section 9), closing, idle and request timeouts, framing.
 // Attack-style cases (thousands of sockets, huge bodies, bad Content-Length) are in
-// attack_test.cpp.
+// attack_transport_test.cpp.
 #include <doctest/doctest.h>
 
 #include <sys/resource.h>

@@ -1,5 +1,5 @@
-// The PostgreSQL store beyond the contract suite (tests/eventstore/event_store_test.cpp runs
-// that on it): fencing by term, the lease and its holder's session, followers woken by
+// The PostgreSQL store beyond the contract suite (tests/eventstore/event_store_contract_test.cpp
+// runs that on it): fencing by term, the lease and its holder's session, followers woken by
 // LISTEN/NOTIFY, reopening, and a database restart. On a real PostgreSQL the tests start.
 #include <doctest/doctest.h>
 
