@@ -192,13 +192,25 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await eventually(async () => (await admin.locator('at-vms tbody tr').count()) === 1, { what: 'the pool filter' });
     const row = admin.locator('at-vms tbody tr', { hasText: 'Office-' });
     await row.waitFor();
-    // The power action that changes something: after the log off's refresh the VM may be off.
-    const off = (await row.locator('td').nth(4).textContent()).includes('shut off');
-    await row.getByRole('button', { name: off ? 'Start' : 'Shut down' }).click();
-    await row.getByRole('button', { name: 'Show' }).click({ timeout: 20000 }).catch(async (e) => {
-      await admin.screenshot({ path: artifact('failed-vm-operation.png'), fullPage: true });
-      throw e;
-    });
+    // The power action that changes something. After the log off the pool's power policy may
+    // still be turning the VM off: an action it overtakes finishes at once ("Done.", no
+    // operation to show), so wait until what the VM should be and what it is agree, and ask
+    // again for the other state if that happened.
+    const cell = async (i) => (await row.locator('td').nth(i).textContent()).trim();
+    let off = false;
+    for (let attempt = 0; ; ++attempt) {
+      await eventually(async () => (await cell(3)) === (await cell(4)), { what: 'the VM settled' });
+      off = (await cell(4)).includes('shut off');
+      await row.getByRole('button', { name: off ? 'Start' : 'Shut down' }).click();
+      const shown = await row.getByRole('button', { name: 'Show' }).waitFor({ timeout: attempt < 2 ? 6000 : 20000 })
+        .then(() => true, () => false);
+      if (shown) break;
+      if (attempt >= 2) {
+        await admin.screenshot({ path: artifact('failed-vm-operation.png'), fullPage: true });
+        throw new Error('no operation to show after three power actions');
+      }
+    }
+    await row.getByRole('button', { name: 'Show' }).click();
     const panel = admin.locator('at-vms section.card');
     await panel.getByRole('heading', { name: /Operation/ }).waitFor();
     await panel.locator('ol.events li').first().waitFor();
@@ -345,7 +357,10 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     const local = (ms) => admin.evaluate((x) => {
       const d = new Date(x);
       const p = (n) => String(n).padStart(2, '0');
-      return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+      // A datetime-local value drops a zero second ("15:34", not "15:34:00"): Playwright's
+      // fill refuses a value the input would not keep as given.
+      const sec = d.getSeconds() === 0 ? '' : `:${p(d.getSeconds())}`;
+      return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}${sec}`;
     }, ms);
     const positions = async () => (await texts(admin, 'at-audit tbody td.pos')).map((x) => Number(x.slice(1)));
     await admin.locator('#audit-filter input[name=actor]').fill('');
