@@ -116,9 +116,15 @@ TEST_CASE(
   auto la = b.call("POST", "/v1/launches", {{"application_id", A}}, ann_tok);
   REQUIRE_MESSAGE(la.status == 201, la.body);
 
-  // The pool's gauges are its size, field by field.
-  json size = b.call("GET", "/v1/pools/" + pool).json()["size"];
-  std::string text = scrape(b);
+  // The pool's gauges are its size, field by field. The pool worker may still be growing the
+  // pool: compare a scrape taken between two equal reads of the size.
+  json size;
+  std::string text;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    size = b.call("GET", "/v1/pools/" + pool).json()["size"];
+    text = scrape(b);
+    if (b.call("GET", "/v1/pools/" + pool).json()["size"] == size) break;
+  }
   auto s = samples(text);
   for (const auto& [state, n] : size.items()) {
     CHECK_MESSAGE(value(s, pool_series(pool, "desks", state)) == n.get<double>(), state);
