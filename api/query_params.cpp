@@ -38,6 +38,7 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/directories", kNone},
       {"GET", "/v1/directories", kAsOf},
       {"GET", "/v1/directories/{id}", kAsOf},
+      {"PATCH", "/v1/directories/{id}", kNone},
       {"DELETE", "/v1/directories/{id}", kNone},
       // second factor (totp.cpp)
       {"POST", "/v1/me/totp", kNone},
