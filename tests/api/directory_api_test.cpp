@@ -282,7 +282,15 @@ TEST_CASE(
   CHECK(b.call("GET", path).json()["timeout_ms"] == 2000);
   CHECK(b.call("PATCH", path, {{"urls", {ldap.ldap_url()}}}).json()["reason"] ==
         "plaintext_not_allowed");
-  CHECK(b.call("PATCH", path, {{"nonsense", 1}}).json()["reason"] == "invalid_body");
+  for (const json& bad : {json{{"nonsense", 1}}, json{{"role_map", 5}}, json{{"timeout_ms", "x"}},
+                          json{{"urls", "ldaps://x"}}, json{{"starttls", "yes"}}}) {
+    auto r = b.call("PATCH", path, bad);
+    CHECK_MESSAGE(r.status == 400, bad.dump());
+    CHECK(r.json()["reason"] == "invalid_body");
+  }
+  CHECK(b.call("PATCH", path, {{"timeout_ms", 5}}).json()["reason"] == "invalid_directory");
+  CHECK(b.call("PATCH", path, {{"role_map", {{"staff", {"root"}}}}}).json()["reason"] ==
+        "invalid_roles");
   CHECK(b.call("PATCH", "/v1/directories/nope", {{"timeout_ms", 3000}}).status == 404);
   // The view as it was before the change.
   auto before = b.call("GET", path + "?as_of=" + created_at);
