@@ -889,6 +889,7 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     await page.getByLabel('Recovery code').press('Enter');
     await page.locator('at-portal h1').waitFor();
     await page.getByRole('button', { name: 'Sign out' }).click();
+    assert.deepEqual(page.problems, []);
     await page.ctx.close();
 
     // 3. The console shows tina's second factor, requires it for her and resets it.
