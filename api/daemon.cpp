@@ -223,7 +223,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
       }
       return members->urls;
     });
-    if (!cfg.api.cluster_secret.empty()) {
+    if (cfg.api.cluster_secret.empty()) {
+      std::fprintf(stderr,
+                   "atriumd: no --cluster-secret: the leader throttles logins forwarded by a "
+                   "follower under the follower's address, and followers forward every agent "
+                   "heartbeat instead of relaying them in batches\n");
+    } else {
       LivenessRelayOptions ro;
       ro.cluster_secret = cfg.api.cluster_secret;
       ro.every =
