@@ -2,15 +2,16 @@
 // write through Api::run: on a follower every write is forwarded whole to the leader and
 // answered once the follower applied it (agent enrollment, registration, inventory, TOTP
 // enrollment, confirmation and recovery codes); heartbeats are answered by any broker and
-// relayed to the leader in batches; the registration answer lists the cluster's brokers; an
-// agent whose broker is SIGKILLed moves to another with its credential, and nobody is
-// unregistered or registered again. Real processes (atriumd, atrium-agent) on a real
-// PostgreSQL the test starts (tools/pg_test.sh).
+// relayed to the leader in batches (forwarded one by one without a cluster secret); the
+// registration answer lists the cluster's brokers; an agent whose broker is SIGKILLed moves
+// to another with its credential, and nobody is unregistered or registered again. Real
+// processes (atriumd, atrium-agent) on a real PostgreSQL the test starts (tools/pg_test.sh).
 #include <doctest/doctest.h>
 #include <liboath/oath.h>
 
 #include <ctime>
 
+#include "api/forwarder.h"
 #include "api/totp.h"
 #include "support/pg_cluster.h"
 
@@ -312,4 +313,34 @@ TEST_CASE("12: agents keep their registration when the broker they use is SIGKIL
   CHECK(beats_ok.load() >= 2 * grace);
   MESSAGE("agent 2 heartbeats through the follower: " << beats_ok.load() << " accepted, "
                                                       << beats_failed.load() << " refused");
+}
+
+TEST_CASE("12: without a cluster secret a follower forwards each heartbeat to the leader") {
+  PgCluster cl(2, {"--agent-heartbeat-s=1"}, false);
+  if (cl.pg == nullptr) return;
+  const int leader = cl.leader();
+  REQUIRE(leader >= 0);
+  ClusterBroker& l = cl[leader];
+  ClusterBroker& f = cl[1 - leader];
+  CHECK(slurp(f.log).find("no --cluster-secret") != std::string::npos);
+  auto e = post(f, "/v1/agents/enroll",
+                {{"token", enrollment_token(f, make_server(f, "ha-app-n"))},
+                 {"hostname", "app-n"},
+                 {"machine_id", "m-ha-n"}},
+                {});
+  REQUIRE_MESSAGE(e.status == 201, e.body);
+  const std::string id = e.json()["id"], cred = e.json()["credential"];
+  REQUIRE(post(f, "/v1/agents/" + id + "/register", json::object(), bearer(cred)).status == 200);
+  auto hb = post(f, "/v1/agents/" + id + "/heartbeat", beat(0.75), bearer(cred));
+  REQUIRE_MESSAGE(hb.status == 200, hb.body);
+  // Forwarded, not relayed: the leader had it before the follower answered.
+  auto a = http(l.c.port, "GET", "/v1/agents/" + id, "", auth()).json();
+  CHECK(a["load"].is_object());
+  CHECK(a["load"]["cpu_load"] == 0.75);
+  // A relay signed with any secret is refused: this cluster has none.
+  const std::string batch = R"({"beats":[]})";
+  auto r = post(
+      l, "/v1/cluster/liveness", json::parse(batch),
+      {{"X-Atrium-Peer-Auth", atrium::api::peer_sign("", "liveness", batch, std::time(nullptr))}});
+  CHECK(r.status == 401);
 }
