@@ -198,6 +198,13 @@ std::optional<HttpResponse> Api::recheck_directory_user(const HttpRequest& req) 
     std::lock_guard l(checked_mu_);
     checked_at_ms_.erase(uid);
   };
+  if (follower()) {
+    // The recheck may write (tokens revoked, groups changed): the leader asks the directory
+    // and answers the whole request; this broker answers once it applied what that wrote.
+    HttpResponse r = forward(req);
+    if (r.status == 503) forget();  // nobody asked: the next request tries again
+    return r;
+  }
   auto revoke = [&](const std::string& why) {
     domain::RevokeUserTokens cmd{uid, why};
     pipeline::Command c = command("RevokeUserTokens", cmd, 204);

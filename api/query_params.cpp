@@ -28,6 +28,7 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/users", kNone},
       {"GET", "/v1/users", list()},
       {"GET", "/v1/cluster", kNone},
+      {"POST", "/v1/cluster/liveness", kNone},
       {"GET", "/v1/users/{id}", kAsOf},
       {"PATCH", "/v1/users/{id}", kNone},
       {"DELETE", "/v1/users/{id}", kNone},
