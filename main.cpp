@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "api/crypto.h"
 #include "api/daemon.h"
 #include "common/broker_groups.h"
 #include "eventstore/event_store.h"
@@ -283,6 +285,18 @@ int migrate(const std::string& from, const std::string& to) {
     return 1;
   };
   if ((*lease)->position != 0) return fail("the target log is not empty");
+  // The brokers on the copy must open what this one sealed: its secret.key becomes the
+  // cluster's (they refuse to start with another).
+  const std::string key_file = from.substr(8) + "/secret.key";
+  if (::access(key_file.c_str(), F_OK) == 0) {
+    auto key = atrium::api::load_or_create_secret_key(key_file);
+    if (!key.ok()) return fail(key_file + ": " + key.error().message);
+    auto first = log.claim_setting("secret_key_check", atrium::api::secret_key_check(*key));
+    if (!first.ok()) return fail(first.error().message);
+    if (*first != atrium::api::secret_key_check(*key)) {
+      return fail("brokers with another secret.key already used the target log");
+    }
+  }
   if (auto st = log.set_writer_term(term); !st) return fail(st.error().message);
   std::vector<es::RecordedEvent> batch;
   atrium::Status copied = atrium::Status::Ok();

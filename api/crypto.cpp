@@ -189,6 +189,17 @@ Result<std::string> open_secret(const std::string& key, const std::string& seale
   return plain;
 }
 
+std::string secret_key_check(const std::string& key) {
+  static constexpr std::string_view kText = "atrium secret.key check v1";
+  unsigned char h[crypto_generichash_BYTES];
+  crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(kText.data()), kText.size(),
+                     reinterpret_cast<const unsigned char*>(key.data()), key.size());
+  std::string hex(sizeof h * 2 + 1, '\0');
+  sodium_bin2hex(hex.data(), hex.size(), h, sizeof h);
+  hex.pop_back();
+  return hex;
+}
+
 Result<std::string> load_or_create_secret_key(const std::string& path) {
   std::string key(kSecretKeyBytes, '\0');
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

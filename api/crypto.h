@@ -52,5 +52,8 @@ std::string seal_secret(const std::string& key, std::string_view plain);
 Result<std::string> open_secret(const std::string& key, const std::string& sealed);
 // Reads the key file, or creates it (0600, random) when it does not exist.
 Result<std::string> load_or_create_secret_key(const std::string& path);
+// A value that tells keys apart without revealing them (a keyed BLAKE2b of a fixed text):
+// brokers on one log compare it (eventstore/shared_log.h claim_setting).
+std::string secret_key_check(const std::string& key);
 
 }  // namespace atrium::api

@@ -106,6 +106,17 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   auto key = load_or_create_secret_key(cfg.data_dir + "/secret.key");
   if (!key.ok()) return key.error();
   cfg.api.secret_key = *key;
+  if (d->shared_log_ != nullptr) {
+    // Whoever leads must open what any leader sealed: one key for the cluster.
+    auto first = d->shared_log_->claim_setting("secret_key_check", secret_key_check(*key));
+    if (!first.ok()) return first.error();
+    if (*first != secret_key_check(*key)) {
+      return Error::make(Code::failed_precondition,
+                         cfg.data_dir + "/secret.key is not the key of the brokers already on this "
+                         "log: copy secret.key (0600) from one of them into this data dir",
+                         "secret_key_mismatch");
+    }
+  }
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());

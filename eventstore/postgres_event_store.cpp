@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS atrium_events (
 );
 CREATE TABLE IF NOT EXISTS atrium_idempotency (key bytea PRIMARY KEY, value bytea NOT NULL);
 CREATE TABLE IF NOT EXISTS atrium_checkpoints (name bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS atrium_cluster (name text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS atrium_members (
   member_id text PRIMARY KEY,
   url text NOT NULL,
@@ -707,6 +708,25 @@ class PgStore final : public SharedLog {
                     p);
       if (!r.ok()) return r.error();
       return Status::Ok();
+    });
+  }
+
+  Result<std::string> claim_setting(const std::string& name, const std::string& value) override {
+    return guarded("claim_setting", [&]() -> Result<std::string> {
+      Params p;
+      p.bytes(name).bytes(value);
+      auto c = readers_.take();
+      auto i = read_exec(*c,
+                         "INSERT INTO atrium_cluster (name, value) VALUES ($1::text, $2::text) "
+                         "ON CONFLICT (name) DO NOTHING",
+                         p);
+      if (!i.ok()) return i.error();
+      Params q;
+      q.bytes(name);
+      auto r = read_exec(*c, "SELECT value FROM atrium_cluster WHERE name = $1::text", q);
+      if (!r.ok()) return r.error();
+      if (r->rows() != 1) return Error::make(Code::internal, "cluster setting " + name + " vanished");
+      return std::string(r->bytes(0, 0));
     });
   }
 

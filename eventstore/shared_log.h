@@ -94,6 +94,12 @@ class SharedLog : public EventStore {
   virtual Status report_member(const MemberReport& m) = 0;
   // Members seen within the last hour (older rows are deleted), ordered by id.
   virtual Result<std::vector<MemberRow>> members() = 0;
+
+  // ---- settings every broker must share ---------------------------------------------------
+  // Stores `value` under `name` unless a value is there already; returns the stored one (the
+  // first broker's). E.g. the check value of secret.key: a broker with another key refuses
+  // to start.
+  virtual Result<std::string> claim_setting(const std::string& name, const std::string& value) = 0;
 };
 
 struct PostgresOptions {

@@ -6,6 +6,9 @@
 // Real processes on a real PostgreSQL the test starts (tools/pg_test.sh).
 #include <doctest/doctest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "support/child_daemon.h"
 #include "support/pg_server.h"
 
@@ -22,6 +25,12 @@ std::string fresh_database(PgServer& pg, std::string& db) {
   db = "ha" + std::to_string(::getpid()) + "_" + std::to_string(++n);
   REQUIRE(pg.psql("CREATE DATABASE " + db) == 0);
   return "postgresql://postgres@127.0.0.1:" + std::to_string(pg.port()) + "/" + db;
+}
+
+// Every broker of a cluster has the same secret.key (README; atriumd refuses another).
+void write_cluster_key(const std::string& dir) {
+  std::ofstream(dir + "/secret.key", std::ios::binary) << std::string(32, 'c');
+  ::chmod((dir + "/secret.key").c_str(), 0600);
 }
 
 struct Broker {
@@ -161,6 +170,7 @@ TEST_CASE("12: three brokers on one PostgreSQL log: kill the leader under writes
   std::vector<Broker*> bs = {&b0, &b1, &b2};
   for (auto* b : bs) {
     b->log = b->dir.str() + "/stderr";
+    write_cluster_key(b->dir.str());
     b->c = spawn_with(b->dir.str(), {flags, b->log, true, -1});
   }
   auto kill_all = [&] {
@@ -320,8 +330,16 @@ TEST_CASE("12: atriumd migrate copies a RocksDB broker's log to PostgreSQL, and 
   CHECK(again.rc == 1);
   CHECK(again.out.find("not empty") != std::string::npos);
 
-  // A broker on the copy: the same users, the same events, the idempotency keys remembered.
+  // A broker with a secret.key of its own would not open what the first one sealed: refused.
+  TempDir d3;
+  auto other = run("--data-dir=" + d3.str() + " --port=0 --default-host=none --store=" + store, out.str() + "/o6");
+  CHECK(other.rc == 1);
+  CHECK_MESSAGE(other.out.find("secret.key is not the key of the brokers") != std::string::npos,
+                other.out);
+  // A broker on the copy (with the first one's key): the same users, the same events, the
+  // idempotency keys remembered.
   TempDir d2;
+  std::filesystem::copy_file(data.str() + "/secret.key", d2.str() + "/secret.key");
   auto b = spawn(d2.str(), {kQuiet[0], kQuiet[1], "--store=" + store, "--lease-ttl-s=2"});
   struct Stop {
     pid_t pid;

@@ -9,8 +9,11 @@
 // itself is refused by the term check (adapters/fenced_hypervisor.h).
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
 
 #include "adapters/libvirt_hypervisor.h"
@@ -156,6 +159,9 @@ TEST_CASE("12: a power request during failover is carried out on libvirt exactly
     return [&, member, seam](atrium::api::DaemonConfig& cfg) {
       atrium::testing::fast_workers(cfg);
       cfg.store = url;
+      // One secret.key for the cluster (atriumd refuses a broker with another).
+      std::ofstream(cfg.data_dir + "/secret.key", std::ios::binary) << std::string(32, 'f');
+      ::chmod((cfg.data_dir + "/secret.key").c_str(), 0600);
       cfg.member_id = member;
       cfg.lease_ttl = 3000ms;
       cfg.pool_worker = false;
