@@ -103,6 +103,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   auto key = load_or_create_secret_key(cfg.data_dir + "/secret.key");
   if (!key.ok()) return key.error();
   cfg.api.secret_key = *key;
+  if (d->shared_log_ != nullptr) cfg.api.forward_timeout = cfg.lease_ttl;
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());
