@@ -3,6 +3,8 @@
 // with every acknowledged write kept, positions gap-free and the hash chain intact; a leader
 // paused past its lease (SIGSTOP) that wakes up (SIGCONT) appends nothing and steps down.
 // Writes through a follower are forwarded to the leader and read back from that follower.
+// A synchronous standby promoted under two running brokers (multi-host URL): they reconnect,
+// lead again, and keep every acknowledged write.
 // Real processes on a real PostgreSQL the test starts (tools/pg_test.sh).
 #include <doctest/doctest.h>
 
