@@ -687,9 +687,16 @@ void HostManager::run_worker(const std::shared_ptr<Worker>& w) {
       it = keep ? std::next(it) : w->shutdown_deadline.erase(it);
     }
 
+    if (opts_.before_side_effects && (!begin.empty() || !actions.empty())) opts_.before_side_effects(hid);
     if (!begin.empty()) {
+      // An operation is carried out only once it is recorded as running in this broker's term:
+      // a broker whose append is refused (fenced, not the leader, store down) calls nothing.
       auto r = exec(cmd("BeginOperations", domain::BeginOperations{hid, w->epoch, begin}));
-      if (!r.ok()) log("host " + hid + ": " + r.error().message);
+      if (!r.ok()) {
+        log("host " + hid + ": operations not begun, nothing called: " + r.error().message);
+        wait_until(clock_() + backoff.count(), true);
+        continue;
+      }
     }
     for (const Action& a : actions) {
       const VmSnap& v = *a.vm;

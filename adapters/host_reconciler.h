@@ -77,6 +77,10 @@ struct HostManagerOptions {
   // Checked again before every connect: a host in the log whose URI is no longer allowed
   // goes to alert without being opened.
   domain::HostUriPolicy uri_policy;
+  // Test seam: called (with the host id) by a pass that planned libvirt calls, before it
+  // records or makes them. Tests block here to stand for a broker paused at the worst moment
+  // (tests/api/ha_fencing_test.cpp). Null in atriumd.
+  std::function<void(const std::string&)> before_side_effects;
 };
 
 // Prometheus families of hosts, VMs and libvirt calls, registered on the shared registry.

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "adapters/fenced_hypervisor.h"
 #include "adapters/ldap_directory.h"
 #include "api/crypto.h"
 #include "api/forwarder.h"
@@ -124,6 +125,25 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
       adapters::LibvirtOptions lo;
       lo.observer = d->host_metrics_->observer();
       hv = std::make_shared<adapters::LibvirtHypervisor>(lo);
+    }
+    if (d->shared_log_ != nullptr) {
+      // Only the leader of the current term changes hosts (adapters/fenced_hypervisor.h).
+      hv = adapters::fence_side_effects(std::move(hv), [self = d.get()]() -> Status {
+        const Leadership* l = self->leadership_.get();
+        if (l == nullptr || !l->leading()) {
+          return Error::make(Code::unavailable, "this broker is not the leader: it changes no host",
+                             "not_leader");
+        }
+        const uint64_t term = l->term();
+        auto r = self->shared_log_->confirm(term, l->options().member_id);
+        if (!r.ok()) return r.error();
+        if (!*r) {
+          return Error::make(Code::failed_precondition,
+                             "term " + std::to_string(term) + " has passed: another broker leads",
+                             "fenced");
+        }
+        return Status::Ok();
+      });
     }
     d->hosts_ = std::make_unique<adapters::HostManager>(*d->pipeline_, d->views_, hv, cfg.hosts,
                                                         clock, d->host_metrics_.get());

@@ -57,8 +57,16 @@ Json event_to_json(const eventstore::RecordedEvent& e) {
   return j;
 }
 
-// Public view of a user, with no password hash.
-Json user_view(const domain::User& u) { return domain::user_to_json(u); }
+// Public view of a user, with no password hash, and its second factor's state (the console
+// shows it; the secret and recovery codes never leave the broker).
+Json user_view(const State& s, const domain::User& u) {
+  Json j = domain::user_to_json(u);
+  const domain::TotpEntry* e = s.totp.find(u.id);
+  j["totp"] = Json{{"enabled", s.totp.enabled(u.id)},
+                   {"required", s.totp.required(u)},
+                   {"required_for_user", e != nullptr && e->required}};
+  return j;
+}
 
 // Reads a password field: 8 to 1024 bytes.
 std::optional<std::string> read_password(BodyReader& br, bool required) {
@@ -212,7 +220,7 @@ void register_users(Api& api) {
       cmd.password_hash = *h;
     }
     HttpResponse resp = api.run(req, command("CreateUser", cmd, 201, [id = cmd.id](const State& s) {
-                                  return user_view(*s.users.find(id));
+                                  return user_view(s, *s.users.find(id));
                                 }));
     if (resp.status == 201) {
       Json j = Json::parse(resp.body, nullptr, false);
@@ -233,7 +241,7 @@ void register_users(Api& api) {
       std::partial_sort(all.begin(), all.begin() + static_cast<long>(n), all.end(),
                         [](auto* a, auto* b) { return a->id < b->id; });
       Json items = Json::array();
-      for (size_t i = 0; i < n; ++i) items.push_back(user_view(*all[i]));
+      for (size_t i = 0; i < n; ++i) items.push_back(user_view(s, *all[i]));
       Json out{{"items", items}, {"next_cursor", nullptr}};
       if (all.size() > n) out["next_cursor"] = Api::encode_cursor(all[n - 1]->id);
       return HttpResponse::json(200, out);
@@ -246,7 +254,8 @@ void register_users(Api& api) {
       return problem(not_found("user " + id + " not found"));  // 404, not 403
     }
     return api.with_state(req, [&](const State& s) {
-      return entity_response(s.users.find(id), "user", id, user_view);
+      return entity_response(s.users.find(id), "user", id,
+                             [&s](const domain::User& u) { return user_view(s, u); });
     });
   });
 
@@ -303,7 +312,7 @@ void register_users(Api& api) {
       cmd.password_hash = *h;
     }
     return api.run(req, command("UpdateUser", cmd, 200,
-                                [id](const State& s) { return user_view(*s.users.find(id)); }));
+                                [id](const State& s) { return user_view(s, *s.users.find(id)); }));
   });
 
   r.add("DELETE", "/v1/users/{id}", Access::Admin(), [&api](HttpRequest& req) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the web portal's browser tests need: Debian's chromium (never a browser download),
 # fonts for the Chinese and Russian screenshots, and web/node_modules installed from
-# web/package-lock.json (npm ci: Lit, axe-core, playwright-core). Idempotent; needs root.
+# web/package-lock.json (npm ci: Lit, qrcode-generator, axe-core, jsqr, playwright-core).
+# Idempotent; needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(chromium fonts-wqy-microhei fonts-dejavu-core)
@@ -14,5 +15,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 (cd web && npm ci --no-audit --no-fund --loglevel=error)
-# The vendored Lit in web/public must be what the lockfile's packages give.
+# The vendored Lit and qrcode-generator in web/public must be what the lockfile gives.
 node web/tools/vendor.mjs --check

@@ -138,3 +138,42 @@ TEST_CASE("TOTP enforcement per role and per user: only enrollment is open until
   CHECK(b.call("GET", "/v1/users/" + vid, nullptr, vtok).json()["reason"] ==
         "totp_enrollment_required");
 }
+
+// The console's users page shows each user's second factor: the user view carries it.
+TEST_CASE("TOTP state in the user view: enabled, required per user or by role, reset") {
+  TestBroker b;
+  auto [uid, tok] = b.user("wanda");
+  auto totp_of = [&] {
+    auto r = b.call("GET", "/v1/users/" + uid);
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    return r.json()["totp"];
+  };
+  CHECK(totp_of() == json{{"enabled", false}, {"required", false}, {"required_for_user", false}});
+  auto en = b.call("POST", "/v1/me/totp", nullptr, tok);
+  REQUIRE(en.status == 201);
+  CHECK(totp_of()["enabled"] == false);  // not before it is confirmed
+  std::string raw = raw_secret(en.json()["secret"]);
+  REQUIRE(
+      b.call("POST", "/v1/me/totp/confirm", {{"code", *totp_code(raw, std::time(nullptr))}}, tok)
+          .status == 200);
+  CHECK(totp_of()["enabled"] == true);
+  REQUIRE(b.call("PUT", "/v1/totp-policy", {{"required_roles", {"user"}}}).status == 200);
+  CHECK(totp_of() == json{{"enabled", true}, {"required", true}, {"required_for_user", false}});
+  REQUIRE(b.call("PUT", "/v1/users/" + uid + "/totp-required", {{"required", true}}).status == 200);
+  REQUIRE(b.call("PUT", "/v1/totp-policy", {{"required_roles", json::array()}}).status == 200);
+  CHECK(totp_of() == json{{"enabled", true}, {"required", true}, {"required_for_user", true}});
+  REQUIRE(b.call("DELETE", "/v1/users/" + uid + "/totp").status == 204);
+  CHECK(totp_of()["enabled"] == false);
+  // The list and the user's own read say the same; never a secret.
+  auto list = b.call("GET", "/v1/users");
+  CHECK(list.body.find(en.json()["secret"].get<std::string>()) == std::string::npos);
+  bool seen = false;
+  json items = list.json()["items"];
+  for (const auto& u : items) {
+    if (u["id"] == uid) {
+      seen = true;
+      CHECK(u["totp"]["required_for_user"] == true);
+    }
+  }
+  CHECK(seen);
+}

@@ -585,7 +585,31 @@ customElements.define('at-apps', Apps);
 const ROLES = ['admin', 'user', 'agent'];
 
 class Users extends Page {
-  async load() { return { users: await api.getAll('/v1/users', this.q()) }; }
+  async load() {
+    const [users, policy] = await Promise.all([api.getAll('/v1/users', this.q()), api.get('/v1/totp-policy', this.q())]);
+    return { users, policy };
+  }
+
+  policyReq() {
+    return api.request('PUT', '/v1/totp-policy', { body: { required_roles: this.form('totp-policy').required_roles || [] } });
+  }
+
+  // The user's second factor: on or off, required (for the user, or through a role), and
+  // the admin's two actions on it.
+  totpCell(u) {
+    const x = u.totp || {};
+    const byRole = x.required && !x.required_for_user;
+    return html`<td class="totp">
+      ${stateBadge(x.enabled ? 'totp_on' : 'totp_off')}
+      <label class="inline"><input type="checkbox" ?checked=${!!x.required_for_user} ?disabled=${this.ro}
+          aria-label=${t('users.totp_required_for', { name: u.name })}
+          @change=${(e) => this.act(api.request('PUT', `/v1/users/${enc(u.id)}/totp-required`, { body: { required: e.target.checked } }))}> ${t('users.totp_required')}</label>
+      ${byRole ? html`<span class="note">${t('users.totp_by_role')}</span>` : nothing}
+      <at-curl .req=${() => api.request('PUT', `/v1/users/${enc(u.id)}/totp-required`, { body: { required: !x.required_for_user } })}></at-curl>
+      ${x.enabled ? this.action(t('users.totp_reset'), () => api.request('DELETE', `/v1/users/${enc(u.id)}/totp`),
+        { secondary: true, danger: true, withCurl: true, message: t('users.totp_was_reset', { name: u.name }) }) : nothing}
+    </td>`;
+  }
 
   createReq() {
     const f = this.form('add-user');
@@ -615,14 +639,22 @@ class Users extends Page {
             ${ROLES.map((r) => html`<label class="inline"><input type="checkbox" name="roles" data-list="1" value=${r} ?checked=${r === 'user'}> ${t(`role.${r}`)}</label>`)}</fieldset>
           ${this.buttons(t('users.create'), () => this.createReq())}
         </form></details>
+      <section class="card" aria-labelledby="totp-policy-h"><h2 id="totp-policy-h">${t('users.totp_policy')}</h2>
+        <form id="totp-policy" @submit=${(e) => { e.preventDefault(); this.act(this.policyReq(), t('users.totp_policy_saved')); }}>
+          <fieldset><legend>${t('users.totp_policy_roles')}</legend>
+            ${ROLES.map((r) => html`<label class="inline"><input type="checkbox" name="required_roles" data-list="1" value=${r}
+              .checked=${(this.d?.policy?.required_roles || []).includes(r)}> ${t(`role.${r}`)}</label>`)}</fieldset>
+          ${this.buttons(t('common.save'), () => this.policyReq())}
+        </form></section>
       <table><caption class="visually-hidden">${t('admin.page.users')}</caption><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('users.roles')}</th>
-        <th scope="col">${t('common.state')}</th><th scope="col">${t('users.message')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
+        <th scope="col">${t('common.state')}</th><th scope="col">${t('users.totp')}</th><th scope="col">${t('users.message')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
       <tbody>${users.map((u) => html`<tr>
         <td>${u.name}</td>
         <td>${ROLES.map((r) => html`<label class="inline"><input type="checkbox" ?checked=${u.roles.includes(r)} ?disabled=${this.ro}
             aria-label=${t('users.role_for', { role: t(`role.${r}`), name: u.name })}
             @change=${(e) => this.act(this.rolesReq(u, r, e.target.checked))}> ${t(`role.${r}`)}</label>`)}</td>
         <td>${u.disabled ? stateBadge('disabled') : stateBadge('enabled')}</td>
+        ${this.totpCell(u)}
         <td><form id=${`msg-${u.id}`} class="inline-form" @submit=${(e) => this.submit(e, () => this.messageReq(u), t('users.sent'))}>
           <input name="text" required maxlength="2000" aria-label=${t('users.message_to', { name: u.name })} placeholder=${t('users.message')}>
           <button type="submit" class="small" ?disabled=${this.ro}>${t('users.send')}</button></form></td>

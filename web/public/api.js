@@ -2,7 +2,7 @@
 // bearer token held here, in this module's memory only (never in storage or a cookie: a
 // reload or a new tab signs in again; README "Web portal" says why).
 let token = null;
-let principal = null;  // {user_id, name, roles, expires_at_ms}
+let principal = null;  // {user_id, name, roles, expires_at_ms, must_enroll}
 let ended = null;      // the 401 that ended the session (expired, revoked), for the sign-in page
 const listeners = new Set();
 
@@ -75,6 +75,12 @@ export async function send(req, { signal } = {}) {
   }
   const error = res.ok ? null : new ApiError(res.status, data && typeof data === 'object' ? data : { detail: data });
   if (res.status === 401 && token && !req.public) sessionEnded(error);
+  // TOTP became required for this user (by an admin, for the user or a role) and it has not
+  // enrolled: every route but enrollment and logout answers this, so the app shows enrollment.
+  if (res.status === 403 && error.reason === 'totp_enrollment_required' && principal && !principal.must_enroll) {
+    principal = { ...principal, must_enroll: true };
+    changed();
+  }
   if (error) throw error;
   return { status: res.status, data, headers: res.headers };
 }
@@ -106,14 +112,33 @@ export async function getAll(path, query = {}, max = 5000) {
   return items;
 }
 
-export async function login(name, password) {
-  const req = { ...request('POST', '/v1/auth/login', { body: { name, password } }), public: true };
+// The login, with the second factor when the first answer was 401 totp_required:
+// `second` is {totp_code} or {recovery_code}. Then one read of the user's own record
+// (GET /v1/users/{id}) tells whether it must enroll TOTP first (403
+// totp_enrollment_required), before any page asks for more.
+export async function login(name, password, second = {}) {
+  const req = { ...request('POST', '/v1/auth/login', { body: { name, password, ...second } }), public: true };
   const { data } = await send(req);
   token = data.token;
   ended = null;
-  principal = { user_id: data.user_id, name, roles: data.roles, expires_at_ms: data.expires_at_ms };
+  let must_enroll = false;
+  try {
+    await send(request('GET', `/v1/users/${encodeURIComponent(data.user_id)}`));
+  } catch (e) {
+    must_enroll = e.reason === 'totp_enrollment_required';
+  }
+  if (!token) throw ended || new ApiError(401, { reason: 'token_invalid' });
+  principal = { user_id: data.user_id, name, roles: data.roles, expires_at_ms: data.expires_at_ms, must_enroll };
   changed();
   return principal;
+}
+
+// TOTP confirmed: the pages that enrollment held back open.
+export function enrolled() {
+  if (principal?.must_enroll) {
+    principal = { ...principal, must_enroll: false };
+    changed();
+  }
 }
 
 // Signing out revokes the token on the broker, then forgets it.

@@ -3,6 +3,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -13,6 +15,49 @@ const why = missing();
 if (why && REQUIRED) throw new Error(`browser tests required (ATRIUM_REQUIRE_BROWSER=1) but ${why}`);
 const skip = why ? `skipped: ${why}` : false;
 if (why) console.log(`# web browser tests ${skip}`);
+
+// RFC 6238 (SHA-1, 6 digits, 30 s), here in the test with node's HMAC, independent of the
+// broker's liboath: the code an authenticator app would show for a base32 secret.
+function totp(base32, t = Date.now() / 1000) {
+  let bits = '';
+  for (const c of base32.replace(/=+$/, '')) bits += 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'.indexOf(c).toString(2).padStart(5, '0');
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(t / 30)));
+  const h = createHmac('sha1', key).update(counter).digest();
+  const o = h[h.length - 1] & 15;
+  return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, '0');
+}
+// A code the broker cannot accept now (it allows one step either way).
+function wrongCode(base32) {
+  const now = Date.now() / 1000;
+  const near = new Set([-60, -30, 0, 30, 60].map((d) => totp(base32, now + d)));
+  let c = 123456;
+  while (near.has(String(c))) c += 1;
+  return String(c);
+}
+// The pixels of an <img> as the browser drew it (sent over as base64 RGBA: an array of
+// numbers would take seconds), and jsQR's reading of them.
+function pixels(img) {
+  return img.evaluate(async (el) => {
+    await el.decode();
+    const c = document.createElement('canvas');
+    c.width = el.naturalWidth;
+    c.height = el.naturalHeight;
+    const g = c.getContext('2d');
+    g.drawImage(el, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    let bin = '';
+    for (let i = 0; i < d.length; i += 0x8000) bin += String.fromCharCode(...d.subarray(i, i + 0x8000));
+    return { width: c.width, height: c.height, rgba: btoa(bin) };
+  });
+}
+function decodeQr({ width, height, rgba }) {
+  const jsqr = createRequire(import.meta.url)(join(webRoot, 'node_modules', 'jsqr'));
+  const r = (jsqr.default || jsqr)(new Uint8ClampedArray(Buffer.from(rgba, 'base64')), width, height);
+  assert.ok(r, 'jsQR finds a QR code in the image');
+  return r.data;
+}
 
 const ADMIN_PAGES = ['dashboard', 'hosts', 'vms', 'pools', 'apps', 'users', 'sessions', 'agents', 'audit'];
 
@@ -759,6 +804,143 @@ describe('web portal and admin console', { skip, concurrency: false }, () => {
     assert.ok(apps.json.items.every((x) => x.state === 'ended'), apps.text);
     assert.deepEqual(page.problems, []);
     await page.ctx.close();
+  });
+
+  // ---- two-factor sign-in (TOTP) -------------------------------------------------------
+  it('two-factor: a user enrolls from the QR code and signs in with a code (a wrong one refused); the admin resets it and requires it by role, which forces enrollment', async () => {
+    const tina = { name: 'tina', password: 'tina-password-1' };
+    const made = await broker.call('POST', '/v1/users', { ...tina, roles: ['user'] });
+    assert.equal(made.status, 201, made.text);
+    const tinaId = made.json.id;
+    const found = [];
+    // Enrollment as the page shows it: the QR code decoded from its pixels must be the URI
+    // the broker answered, the secret shown must be the URI's; then the first code confirms
+    // and the recovery codes are shown once and copied.
+    const enroll = async (page, label) => {
+      const answer = page.waitForResponse((r) => r.url().endsWith('/v1/me/totp') && r.request().method() === 'POST');
+      await page.getByRole('button', { name: 'Set up an authenticator' }).click();
+      const en = await (await answer).json();
+      assert.match(en.otpauth_uri, /^otpauth:\/\/totp\/Atrium:tina\?secret=[A-Z2-7]+&/);
+      const img = page.getByRole('img', { name: /QR code of your authenticator key/ });
+      await img.waitFor();
+      assert.equal(decodeQr(await pixels(img)), en.otpauth_uri, 'the QR code in the page carries the otpauth URI');
+      const shown = (await page.locator('code.secret').textContent()).replace(/\s+/g, '');
+      assert.equal(shown, en.secret);
+      assert.equal(new URL(en.otpauth_uri).searchParams.get('secret'), shown);
+      found.push(...(await axe(page)).map((v) => `security (${label}, QR): ${v}`));
+      await page.screenshot({ path: artifact(`${label}-security-enroll.png`), fullPage: true });
+      // A wrong first code is refused in the page; the right one enables TOTP.
+      await page.getByLabel('The 6-digit code the app shows').fill(wrongCode(en.secret));
+      await page.getByRole('button', { name: 'Confirm' }).click();
+      await page.locator('.problem', { hasText: 'totp_invalid' }).waitFor();
+      await page.getByLabel('The 6-digit code the app shows').fill(totp(en.secret));
+      await page.getByRole('button', { name: 'Confirm' }).click();
+      await page.getByRole('heading', { name: 'Your recovery codes' }).waitFor();
+      const codes = await texts(page, '.recovery-codes code');
+      assert.equal(codes.length, 10);
+      assert.ok(codes.every((c) => /^[0-9a-f]{5}-[0-9a-f]{5}$/.test(c)), codes.join(' '));
+      await page.getByRole('button', { name: 'Copy the codes' }).click();
+      await page.getByText('Copied to the clipboard.').waitFor();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), codes.join('\n'));
+      found.push(...(await axe(page)).map((v) => `security (${label}, recovery codes): ${v}`));
+      return { secret: en.secret, codes };
+    };
+    const context = { permissions: ['clipboard-read', 'clipboard-write'] };
+
+    // 1. Tina enrolls from the portal's two-factor page.
+    let page = await newPage(browser, context);
+    await signIn(page, broker.base, '/', tina.name, tina.password);
+    await page.getByRole('link', { name: 'Two-factor sign-in' }).click();
+    await page.getByText('Two-factor sign-in is off for your account.').waitFor();
+    const { secret, codes } = await enroll(page, 'light');
+    await page.getByRole('button', { name: 'I saved them' }).click();
+    await page.getByText('Two-factor sign-in is on for your account.').waitFor();
+    assert.equal((await broker.call('GET', `/v1/users/${tinaId}`)).json.totp.enabled, true);
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('link', { name: 'Skip to content' }).waitFor({ state: 'attached' });
+    await page.goto(broker.base);  // the portal's front page, not #security
+
+    // 2. The password alone now asks for the code; a wrong one is refused visibly, the
+    // right one (typed, focus already in the field) signs in.
+    const second = async () => {
+      await page.locator('input[name=name]').fill(tina.name);
+      await page.locator('input[name=password]').fill(tina.password);
+      await page.locator('input[name=password]').press('Enter');
+      await page.getByRole('heading', { name: 'Enter your authenticator code' }).waitFor();
+    };
+    await second();
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute('name')), 'totp_code');
+    found.push(...(await axe(page)).map((v) => `sign-in code step: ${v}`));
+    await page.keyboard.type(wrongCode(secret));
+    await page.keyboard.press('Enter');
+    await page.locator('.problem', { hasText: 'totp_invalid' }).waitFor();
+    assert.match(await page.locator('.problem').textContent(), /Wrong or already used code/);
+    await eventually(() => page.evaluate(() => document.activeElement?.getAttribute('name') === 'totp_code'),
+      { what: 'the code field to have focus again' });
+    await page.screenshot({ path: artifact('flow-signin-totp-invalid.png') });
+    await page.keyboard.type(totp(secret));
+    await page.keyboard.press('Enter');
+    await page.locator('at-portal h1').waitFor();
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    // A recovery code instead of the code, once.
+    await second();
+    await page.getByRole('button', { name: 'Use a recovery code instead' }).click();
+    await page.getByLabel('Recovery code').fill(codes[4]);
+    await page.getByLabel('Recovery code').press('Enter');
+    await page.locator('at-portal h1').waitFor();
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    assert.deepEqual(page.problems, []);
+    await page.ctx.close();
+
+    // 3. The console shows tina's second factor, requires it for her and resets it.
+    const console_ = await newPage(browser);
+    await signIn(console_, broker.base, '/admin', 'admin', broker.adminPassword);
+    await console_.click('nav.side a[href="#users"]');
+    const row = console_.locator('at-users tbody tr', { hasText: 'tina' });
+    await row.locator('.badge.state-totp_on').waitFor();
+    await row.getByLabel('Two-factor required for tina').check();
+    await eventually(async () => (await broker.call('GET', `/v1/users/${tinaId}`)).json.totp.required_for_user === true,
+      { what: 'tina to be required TOTP' });
+    await row.getByLabel('Two-factor required for tina').uncheck();
+    await eventually(async () => (await broker.call('GET', `/v1/users/${tinaId}`)).json.totp.required === false,
+      { what: 'tina to be required TOTP no more' });
+    await row.getByRole('button', { name: 'Reset two-factor' }).click();
+    await row.locator('.badge.state-totp_off').waitFor();
+    assert.ok(console_.confirms.some((m) => m.includes(`DELETE /v1/users/${tinaId}/totp`)), console_.confirms.join('\n'));
+    assert.equal((await broker.call('GET', `/v1/users/${tinaId}`)).json.totp.enabled, false);
+    page = await newPage(browser, context);
+    await signIn(page, broker.base, '/', tina.name, tina.password);  // no code asked
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.ctx.close();
+
+    // 4. The per-role policy (saved in the console, with its curl) forces enrollment: tina's
+    // sign-in leads into it (dark theme), and the portal opens once it is confirmed.
+    const policy = console_.locator('#totp-policy');
+    await policy.getByLabel('user', { exact: true }).check();
+    await policy.getByRole('button', { name: 'Copy as curl' }).click();
+    assert.match(await policy.locator('pre.curl').textContent(), /-X PUT .*"required_roles":\["user"\].*\/v1\/totp-policy'$/);
+    await policy.getByRole('button', { name: 'Save' }).click();
+    await console_.getByText('Two-factor policy saved.').waitFor();
+    assert.deepEqual((await broker.call('GET', '/v1/totp-policy')).json.required_roles, ['user']);
+    await row.getByText('(by role)').waitFor();
+    page = await newPage(browser, { ...context, colorScheme: 'dark' });
+    await page.goto(broker.base);
+    await page.locator('input[name=name]').fill(tina.name);
+    await page.locator('input[name=password]').fill(tina.password);
+    await page.locator('input[name=password]').press('Enter');
+    await page.getByText('Your administrator requires two-factor sign-in for your account').waitFor();
+    assert.equal(await page.locator('at-portal').count(), 0);
+    await enroll(page, 'dark');
+    await page.getByRole('button', { name: 'I saved them: continue' }).click();
+    await page.locator('at-portal h1').waitFor();
+    assert.equal((await broker.call('GET', `/v1/users/${tinaId}`)).json.totp.enabled, true);
+    assert.deepEqual(page.problems, []);
+    await page.ctx.close();
+    // Back as it was for the scenarios after this one.
+    assert.equal((await broker.call('PUT', '/v1/totp-policy', { required_roles: [] })).status, 200);
+    assert.deepEqual(console_.problems, []);
+    await console_.ctx.close();
+    assert.deepEqual(found, []);
   });
 
   it('measures the page weight and the load time of the portal', async () => {
