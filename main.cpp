@@ -37,12 +37,16 @@ const std::vector<Flag> kFlags = {
      "answer to a forwarded write (default 10)"},
     {"advertise-url", "ATRIUM_ADVERTISE_URL",
      "this broker's URL for the other brokers (default http://<listen>)"},
+    {"cluster-secret", "ATRIUM_CLUSTER_SECRET",
+     "shared by the brokers of one PostgreSQL log (32+ characters; prefer the environment): "
+     "signs forwarded client addresses and relayed agent heartbeats"},
     {"threads", "ATRIUM_THREADS", "HTTP worker threads (default 16)"},
     {"max-body-bytes", "ATRIUM_MAX_BODY_BYTES", "request body limit (default 1048576)"},
     {"token-ttl-s", "ATRIUM_TOKEN_TTL_S",
      "login token lifetime in seconds, 60 to 31536000 (default 43200)"},
     {"bootstrap-token-ttl-s", "ATRIUM_BOOTSTRAP_TOKEN_TTL_S",
-     "bootstrap token lifetime from the start that registers it, 60 to 31536000 seconds (default 86400)"},
+     "bootstrap token lifetime from the start that registers it, 60 to 31536000 seconds (default "
+     "86400)"},
     {"login-failures-per-user", "ATRIUM_LOGIN_FAILURES_PER_USER",
      "failed logins per name and window before 429 (default 10)"},
     {"login-failures-per-address", "ATRIUM_LOGIN_FAILURES_PER_ADDRESS",
@@ -50,7 +54,8 @@ const std::vector<Flag> kFlags = {
     {"login-throttle-window-s", "ATRIUM_LOGIN_THROTTLE_WINDOW_S",
      "login throttle window (default 60)"},
     {"directory-recheck-s", "ATRIUM_DIRECTORY_RECHECK_S",
-     "a directory user's token is checked against its directory again after, 1 to 86400 (default 300)"},
+     "a directory user's token is checked against its directory again after, 1 to 86400 (default "
+     "300)"},
     {"streams-per-user", "ATRIUM_STREAMS_PER_USER",
      "event-stream long-polls one user may hold at once (default 2)"},
     {"stream-budgets", "ATRIUM_STREAM_BUDGETS",
@@ -77,8 +82,10 @@ const std::vector<Flag> kFlags = {
      "on|off: accept qemu+tcp:// host URIs, unencrypted (default off)"},
     {"host-uri-params", "ATRIUM_HOST_URI_PARAMS",
      "comma-separated libvirt URI query parameters to allow beyond the safe ones, e.g. keyfile"},
-    {"host-reconciler", "ATRIUM_HOST_RECONCILER", "on|off: connect to hosts and reconcile VMs (default on)"},
-    {"host-resync-s", "ATRIUM_HOST_RESYNC_S", "full relist of each host every N seconds (default 30)"},
+    {"host-reconciler", "ATRIUM_HOST_RECONCILER",
+     "on|off: connect to hosts and reconcile VMs (default on)"},
+    {"host-resync-s", "ATRIUM_HOST_RESYNC_S",
+     "full relist of each host every N seconds (default 30)"},
     {"host-connect-timeout-s", "ATRIUM_HOST_CONNECT_TIMEOUT_S",
      "a host not up after N seconds goes to alert (default 300)"},
     {"client-timeout-s", "ATRIUM_CLIENT_TIMEOUT_S",
@@ -412,6 +419,12 @@ int main(int argc, char** argv) {
       return std::fprintf(stderr, "atriumd: bad --advertise-url (http://... or https://...)\n"), 2;
     }
     cfg.advertise_url = *v;
+  }
+  if (auto v = get("cluster-secret")) {
+    if (v->size() < 32 || v->size() > 1024) {
+      return std::fprintf(stderr, "atriumd: bad --cluster-secret (32 to 1024 characters)\n"), 2;
+    }
+    cfg.api.cluster_secret = *v;
   }
   if (auto v = get("threads")) {
     if (!to_int(*v, n) || n < 1 || n > 512) return std::fprintf(stderr, "atriumd: bad --threads\n"), 2;

@@ -88,6 +88,7 @@ struct Agent::Impl {
   HttpClient http;
   std::optional<Credential> cred;
   std::string broker;  // the one registered with
+  std::string lost_broker;  // the one that just stopped answering (tried last)
   std::string registration;
   std::string kind;
   int64_t interval_ms = 30'000;
@@ -153,7 +154,9 @@ struct Agent::Impl {
   // One round over the brokers (seed 001): the first that answers is kept in `broker`.
   // false when every broker is down.
   bool pick_broker(const std::function<HttpResult()>& attempt, HttpResult& out) {
-    chooser.reset();
+    // The same credential with another broker: the one that stopped answering comes last.
+    chooser.reset_after(lost_broker);
+    lost_broker.clear();
     while (auto b = chooser.next()) {
       broker = *b;
       out = attempt();
@@ -293,6 +296,7 @@ struct Agent::Impl {
         call("/v1/agents/" + cred->agent_id + "/heartbeat", heartbeat_body(), cred->credential);
     if (r.down) {
       log("broker " + broker + " stopped answering: " + r.error);
+      lost_broker = broker;
       lost = true;
       return false;
     }

@@ -147,6 +147,11 @@ std::optional<std::string> BrokerChooser::next() {
     }
     ++group_;  // every broker of this group is down: the next group
   }
+  if (!last_resort_.empty()) {  // the broker that just failed, once every other one did too
+    std::string b = std::move(last_resort_);
+    last_resort_.clear();
+    return b;
+  }
   return std::nullopt;
 }
 
@@ -155,6 +160,14 @@ void BrokerChooser::down(const std::string&) {}  // next() already skips what wa
 void BrokerChooser::reset() {
   group_ = 0;
   tried_.clear();
+  last_resort_.clear();
+}
+
+void BrokerChooser::reset_after(const std::string& failed) {
+  reset();
+  if (failed.empty()) return;
+  tried_.insert(failed);
+  last_resort_ = failed;
 }
 
 void BrokerChooser::replace(const BrokerGroups& groups) {

@@ -64,6 +64,9 @@ class BrokerChooser {
   std::optional<std::string> next();
   void down(const std::string& broker);  // the last one next() gave did not answer
   void reset();                          // a new round
+  // A new round after `failed` stopped answering (a broker that died): every other broker,
+  // as next() picks them, before `failed` again, so the agent moves on with one retry.
+  void reset_after(const std::string& failed);
   // The registration answer's list replaces the configured one (empty: kept).
   void replace(const BrokerGroups& groups);
   const BrokerGroups& groups() const { return groups_; }
@@ -73,6 +76,7 @@ class BrokerChooser {
   Random random_;
   size_t group_ = 0;
   std::set<std::string> tried_;
+  std::string last_resort_;
 };
 
 // A random delay of 7 to 10 s (inclusive), in ms.

@@ -132,6 +132,8 @@ HttpResponse Api::handle(HttpRequest& req) {
   auto rid = req.header("x-request-id");
   req.request_id = rid && valid_request_id(*rid) ? *rid : new_id();
 
+  accept_peer_address(req);
+
   Router::Match m = router_.match(req.method, req.path);
   HttpResponse resp;
   if (draining_ && m.tmpl != "/healthz") {
@@ -159,6 +161,10 @@ HttpResponse Api::handle(HttpRequest& req) {
   } else if (m.route == nullptr) {
     resp = problem(Error::make(Code::not_found, "no route for " + req.method + " " + req.path,
                                "route_not_found"));
+  } else if (follower() && !m.route->access.local && req.method != "GET" && req.method != "HEAD") {
+    // A write on a follower: the leader does all of it (authentication, throttling, the
+    // second factor, side effects in memory such as liveness), so nothing is half done here.
+    resp = forward(req);
   } else {
     req.params = std::move(m.params);
     bool allowed = true;
@@ -205,6 +211,14 @@ HttpResponse Api::handle(HttpRequest& req) {
         resp = problem(Error::make(Code::internal, std::string("unexpected error: ") + ex.what()));
       }
     }
+  }
+  // A request a follower forwarded: the answer names the log position it saw, so the follower
+  // answers its caller only once it applied that much (also for writes made outside
+  // Api::run: a throttle record, a directory recheck, an agent coming back).
+  if (req.header(kForwardedHeader) && pipeline_.leading()) {
+    bool named = false;
+    for (const auto& [name, value] : resp.headers) named = named || name == "X-Atrium-Position";
+    if (!named) resp.with_header("X-Atrium-Position", std::to_string(store_.last_position()));
   }
   finish(req, m.tmpl, resp, t0, m.route != nullptr && m.route->access.agent);
   {
@@ -302,9 +316,9 @@ HttpResponse Api::forward(const HttpRequest& req) {
   const auto timeout = cfg_.forward_timeout.count() > 0
                            ? std::min(cfg_.forward_timeout, cfg_.command_timeout)
                            : cfg_.command_timeout;
-  auto r = forward_request(*url, req, timeout);
+  auto r = forward_request(*url, req, timeout, cfg_.cluster_secret);
   if (!r) return refuse("the leading broker did not answer; retry shortly");
-  if (r->status < 300) {
+  {
     for (const auto& [name, value] : r->headers) {
       if (name != "X-Atrium-Position" && name != "x-atrium-position") continue;
       const uint64_t pos = std::strtoull(value.c_str(), nullptr, 10);
@@ -316,6 +330,29 @@ HttpResponse Api::forward(const HttpRequest& req) {
     }
   }
   return *r;
+}
+
+void Api::accept_peer_address(HttpRequest& req) {
+  auto addr = req.header(kClientAddressHeader);
+  if (!addr) return;
+  auto sig = req.header(kPeerAuthHeader);
+  const bool ok = sig && addr->size() <= 64 && !addr->empty() &&
+                  peer_verify(cfg_.cluster_secret, *sig, "forward",
+                              forward_payload(*addr, req.request_id, req.method, req.path),
+                              static_cast<int64_t>(std::time(nullptr)));
+  if (ok) {
+    req.remote_address = *addr;
+  } else {
+    const int64_t now = now_ms();
+    int64_t last = spoof_logged_ms_.load();
+    if (now - last >= 10'000 && spoof_logged_ms_.compare_exchange_strong(last, now)) {
+      std::fprintf(stderr,
+                   "atriumd: ignored %s from %s: not signed by a cluster peer (--cluster-secret)\n",
+                   kClientAddressHeader, log_escape(req.remote_address).c_str());
+    }
+  }
+  req.headers.erase(kClientAddressHeader);
+  req.headers.erase(kPeerAuthHeader);
 }
 
 HttpResponse Api::run(const HttpRequest& req, pipeline::Command cmd) {

@@ -37,6 +37,8 @@ class SharedLog;
 
 namespace atrium::api {
 
+class LivenessRelay;
+
 struct ApiConfig {
   std::string host = "127.0.0.1";
   uint16_t port = 8080;  // 0 = any free port (tests)
@@ -81,6 +83,11 @@ struct ApiConfig {
   int64_t agent_heartbeat_ms = 30'000;
   int64_t agent_grace_factor = 3;
   std::string agent_brokers;
+  // Brokers of one shared log authenticate each other with this (--cluster-secret): a
+  // follower signs the client address of the writes it forwards and the heartbeats it relays
+  // (api/forwarder.h). Empty: neither is trusted (the leader sees the follower's address, and
+  // followers forward heartbeats one by one instead of relaying them).
+  std::string cluster_secret;
 };
 
 struct Page {
@@ -163,6 +170,24 @@ class Api {
   void set_leader_lookup(std::function<std::optional<std::string>()> lookup) {
     leader_url_ = std::move(lookup);
   }
+  // True on a follower of a shared log (writes go to the leader).
+  bool follower() const { return leader_url_ && !pipeline_.leading(); }
+  // The request, whole, to the leader with the caller's credential, request id, Idempotency-Key
+  // and (signed, with a cluster secret) address; its answer once this broker applied the
+  // leader's position. 503 not_leader when there is none or it does not answer.
+  HttpResponse forward(const HttpRequest& req);
+  // The cluster's brokers (advertised URLs of the members seen lately), for the agents'
+  // registration answer; unset or empty: the address the agent reached.
+  void set_cluster_brokers(std::function<std::vector<std::string>()> f) {
+    cluster_brokers_ = std::move(f);
+  }
+  std::vector<std::string> cluster_brokers() const {
+    return cluster_brokers_ ? cluster_brokers_() : std::vector<std::string>{};
+  }
+  // On a follower with a cluster secret: heartbeats are relayed to the leader in batches
+  // (api/liveness_relay.h). Null otherwise.
+  void set_liveness_relay(LivenessRelay* r) { relay_ = r; }
+  LivenessRelay* liveness_relay() const { return relay_; }
 
   void begin_drain() { draining_ = true; }
   bool draining() const { return draining_.load(); }
@@ -226,7 +251,9 @@ class Api {
 
  private:
   Result<Principal> authenticate(const HttpRequest& req) const;
-  HttpResponse forward(const HttpRequest& req);
+  // A client address forwarded by a cluster peer: taken as the request's when its signature
+  // holds, else dropped (and logged, at most every 10 s).
+  void accept_peer_address(HttpRequest& req);
   static std::string stream_class(const Principal& p);
   void finish(HttpRequest& req, const std::string& tmpl, HttpResponse& resp,
               std::chrono::steady_clock::time_point t0, bool quiet = false);
@@ -244,6 +271,9 @@ class Api {
   AccessLog log_;
 
   std::function<std::optional<std::string>()> leader_url_;
+  std::function<std::vector<std::string>()> cluster_brokers_;
+  LivenessRelay* relay_ = nullptr;
+  std::atomic<int64_t> spoof_logged_ms_{0};
   std::atomic<bool> draining_{false};
   std::atomic<bool> started_{false};
   std::atomic<size_t> in_flight_{0};

@@ -84,6 +84,20 @@ std::string sha256_hex(std::string_view data) {
   return to_hex(h, sizeof h);
 }
 
+std::string hmac_sha256_hex(std::string_view key, std::string_view data) {
+  // The key is hashed to the 32 bytes HMAC-SHA-256 takes in libsodium's fixed-key API.
+  unsigned char k[crypto_auth_hmacsha256_KEYBYTES];
+  crypto_hash_sha256(k, reinterpret_cast<const unsigned char*>(key.data()), key.size());
+  unsigned char mac[crypto_auth_hmacsha256_BYTES];
+  crypto_auth_hmacsha256(mac, reinterpret_cast<const unsigned char*>(data.data()), data.size(), k);
+  sodium_memzero(k, sizeof k);
+  return to_hex(mac, sizeof mac);
+}
+
+bool equal_secrets(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && sodium_memcmp(a.data(), b.data(), a.size()) == 0;  // constant time
+}
+
 std::string random_hex(size_t bytes) {
   std::string raw(bytes, '\0');
   randombytes_buf(raw.data(), raw.size());

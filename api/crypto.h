@@ -13,6 +13,10 @@ bool crypto_init();
 
 std::string sha256_hex(std::string_view data);
 std::string random_hex(size_t bytes);
+// HMAC-SHA-256 of `data` under `key` (any length: hashed to 32 bytes first), in hex; and a
+// comparison of two such strings in constant time.
+std::string hmac_sha256_hex(std::string_view key, std::string_view data);
+bool equal_secrets(std::string_view a, std::string_view b);
 std::string new_token();  // "atr_" + 64 hex chars (256 random bits)
 std::string new_id();     // RFC 4122 version 4 UUID
 

@@ -4,15 +4,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "adapters/fenced_hypervisor.h"
 #include "adapters/ldap_directory.h"
 #include "api/crypto.h"
 #include "api/forwarder.h"
+#include "api/liveness_relay.h"
 
 namespace atrium::api {
 
@@ -211,14 +213,53 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
     d->leadership_ = std::make_unique<Leadership>(*d->shared_log_, *d->pipeline_, lo, on_lead,
                                                   on_step_down);
     forwarder_init();
-    d->api_->set_leader_lookup([log = d->shared_log_, me = lo.member_id]()
-                                   -> std::optional<std::string> {
+    d->leader_url_ = [log = d->shared_log_, me = lo.member_id]() -> std::optional<std::string> {
       auto h = log->head();
       if (!h.ok() || h->leader_id.empty() || h->leader_id == me || h->lease_remaining_ms <= 0) {
         return std::nullopt;
       }
       return h->leader_url;
+    };
+    d->api_->set_leader_lookup(d->leader_url_);
+    // The agents' registration answer lists the brokers seen in the last 30 s (each reports
+    // about once a second), read from the database at most every 2 s.
+    struct Members {
+      std::mutex mu;
+      std::chrono::steady_clock::time_point at{};
+      std::vector<std::string> urls;
+    };
+    auto members = std::make_shared<Members>();
+    d->api_->set_cluster_brokers([log = d->shared_log_, members, me = lo.url] {
+      std::lock_guard l(members->mu);
+      const auto now = std::chrono::steady_clock::now();
+      if (members->urls.empty() || now - members->at >= std::chrono::seconds(2)) {
+        std::set<std::string> urls{me};
+        if (auto m = log->members(); m.ok()) {
+          for (const auto& row : *m) {
+            if (row.seen_ms_ago <= 30'000 && !row.report.url.empty()) urls.insert(row.report.url);
+          }
+        }
+        members->urls.assign(urls.begin(), urls.end());
+        members->at = now;
+      }
+      return members->urls;
     });
+    if (cfg.api.cluster_secret.empty()) {
+      std::fprintf(stderr,
+                   "atriumd: no --cluster-secret: the leader throttles logins forwarded by a "
+                   "follower under the follower's address, and followers forward every agent "
+                   "heartbeat instead of relaying them in batches\n");
+    } else {
+      LivenessRelayOptions ro;
+      ro.cluster_secret = cfg.api.cluster_secret;
+      ro.every =
+          std::chrono::milliseconds(std::clamp<int64_t>(cfg.api.agent_heartbeat_ms / 4, 100, 1000));
+      d->relay_ = std::make_unique<LivenessRelay>(
+          ro, [self] { return self->pipeline_->leading() ? std::nullopt : self->leader_url(); },
+          clock);
+      d->api_->set_liveness_relay(d->relay_.get());
+      d->relay_->start();
+    }
     d->leadership_->start();
   }
   d->api_->set_started();
@@ -235,6 +276,7 @@ void Daemon::stop() {
     api_->wait_idle(std::chrono::seconds(10));
   }
   if (server_) server_->shutdown();
+  if (relay_) relay_->stop();
   // Steps down (workers stopped, commands refused) and releases the lease: a follower takes
   // over at once.
   if (leadership_) leadership_->stop();

@@ -10,8 +10,9 @@
 #include "adapters/host_reconciler.h"
 #include "adapters/pool_worker.h"
 #include "api/api.h"
-#include "api/leadership.h"
 #include "api/broker_metrics.h"
+#include "api/leadership.h"
+#include "api/liveness_relay.h"
 #include "api/server.h"
 
 namespace atrium::api {
@@ -103,6 +104,9 @@ class Daemon {
   std::unique_ptr<HttpServer> server_;
   eventstore::SharedLog* shared_log_ = nullptr;  // store_ when it is PostgreSQL
   std::unique_ptr<Leadership> leadership_;
+  std::function<std::optional<std::string>()> leader_url_;  // null on the embedded store
+  std::unique_ptr<LivenessRelay> relay_;                    // shared log + cluster secret
+  std::optional<std::string> leader_url() const { return leader_url_(); }
   std::string credentials_path_;
   bool stopped_ = false;
 };

@@ -34,6 +34,53 @@ HttpResponse unavailable(const domain::Directory& d) {
                              "directory_unavailable"));
 }
 
+// The URLs in the body's order (tried in turn), checked as a set of strings first.
+std::optional<std::vector<std::string>> read_urls(const Json& body, BodyReader& br, bool required) {
+  auto set = br.string_set("urls", required);
+  if (!set) return std::nullopt;
+  std::vector<std::string> urls;
+  for (const auto& u : body["urls"]) urls.push_back(u.get<std::string>());
+  return urls;
+}
+
+// The range is the domain's rule (invalid_directory); here only the type.
+std::optional<int64_t> read_timeout(const Json& body, BodyReader& br) {
+  if (!body.contains("timeout_ms") || body["timeout_ms"].is_null()) return std::nullopt;
+  const Json& t = body["timeout_ms"];
+  if (!t.is_number_integer()) {
+    br.fail("timeout_ms", "must be an integer");
+    return std::nullopt;
+  }
+  return t.get<int64_t>();
+}
+
+std::optional<std::map<std::string, std::set<std::string>>> read_role_map(const Json& body,
+                                                                          BodyReader& br) {
+  if (!body.contains("role_map") || body["role_map"].is_null()) return std::nullopt;
+  const Json& m = body["role_map"];
+  std::map<std::string, std::set<std::string>> out;
+  bool ok = m.is_object() && m.size() <= 1000;
+  for (auto it = m.begin(); ok && it != m.end(); ++it) {
+    ok = it.value().is_array() && it.key().size() <= 256;
+    for (const auto& role : it.value()) ok = ok && role.is_string();
+    if (ok) out[it.key()] = it.value().get<std::set<std::string>>();
+  }
+  if (!ok) {
+    br.fail("role_map", "must map group names to arrays of roles");
+    return std::nullopt;
+  }
+  return out;
+}
+
+// The bind password sealed under the broker's key (only that form reaches a command).
+Result<std::string> seal_bind_password(const Api& api, const std::string& password) {
+  if (api.config().secret_key.empty()) {
+    return Error::make(Code::failed_precondition,
+                       "this broker has no secret key: give bind_password_file", "no_secret_key");
+  }
+  return seal_secret(api.config().secret_key, password);
+}
+
 }  // namespace
 
 Result<std::string> Api::bind_password(const domain::Directory& d) const {
@@ -80,21 +127,24 @@ HttpResponse Api::directory_sign_in(HttpRequest& req, const domain::Directory& d
   cns.insert("*");  // the role_map's entry for every user of the directory
   std::set<std::string> roles = domain::roles_for_groups(d, cns);
   auto norm = domain::normalize_user_name(found->login + "@" + d.name);
-  if (roles.empty() || !norm.ok()) {
-    return login_failed(req, throttle_name, "", kBadCredentials);
-  }
+  if (!norm.ok()) return login_failed(req, throttle_name, "", kBadCredentials);
   std::set<std::string> groups;
   for (const auto& g : found->groups) groups.insert(g + "@" + d.name);
-  // A user an admin disabled in Atrium stays out whatever the directory says.
-  bool disabled = views_.read([&](const State& s) {
+  struct Known {
+    std::string id;
+    bool disabled = false;
+    bool granted = false;  // an admin granted it roles in Atrium
+  };
+  Known k = views_.read([&](const State& s) {
     const domain::User* u = s.users.find_external(d.id, found->external_id);
-    return u != nullptr && u->disabled;
+    return u == nullptr ? Known{} : Known{u->id, u->disabled, !u->granted_roles.empty()};
   });
-  if (disabled) return login_failed(req, throttle_name, "", kBadCredentials);
-  std::string known = views_.read([&](const State& s) {
-    const domain::User* u = s.users.find_external(d.id, found->external_id);
-    return u != nullptr ? u->id : std::string();
-  });
+  // A user an admin disabled in Atrium stays out whatever the directory says; one with no
+  // role (none from the role_map, none granted) is not let in.
+  if (k.disabled || (roles.empty() && !k.granted)) {
+    return login_failed(req, throttle_name, "", kBadCredentials);
+  }
+  const std::string& known = k.id;
   if (!known.empty()) {
     if (auto r = check_second_factor(req, throttle_name, known, totp_code, recovery_code))
       return *r;
@@ -125,13 +175,13 @@ std::optional<HttpResponse> Api::recheck_directory_user(const HttpRequest& req) 
   struct Who {
     domain::Directory d;
     std::string external_id;
+    bool granted = false;  // an admin granted it roles in Atrium
   };
   auto who = views_.read([&](const State& s) -> std::optional<Who> {
     const domain::User* u = s.users.find(uid);
     if (u == nullptr || u->directory_id.empty()) return std::nullopt;
     const domain::Directory* d = s.directories.find(u->directory_id);
-    if (d == nullptr) return Who{domain::Directory{}, u->external_id};
-    return Who{*d, u->external_id};
+    return Who{d != nullptr ? *d : domain::Directory{}, u->external_id, !u->granted_roles.empty()};
   });
   if (!who) return std::nullopt;  // a local user
   int64_t now = now_ms();
@@ -148,6 +198,13 @@ std::optional<HttpResponse> Api::recheck_directory_user(const HttpRequest& req) 
     std::lock_guard l(checked_mu_);
     checked_at_ms_.erase(uid);
   };
+  if (follower()) {
+    // The recheck may write (tokens revoked, groups changed): the leader asks the directory
+    // and answers the whole request; this broker answers once it applied what that wrote.
+    HttpResponse r = forward(req);
+    if (r.status == 503) forget();  // nobody asked: the next request tries again
+    return r;
+  }
   auto revoke = [&](const std::string& why) {
     domain::RevokeUserTokens cmd{uid, why};
     pipeline::Command c = command("RevokeUserTokens", cmd, 204);
@@ -175,7 +232,7 @@ std::optional<HttpResponse> Api::recheck_directory_user(const HttpRequest& req) 
   cns.insert("*");
   std::set<std::string> roles = domain::roles_for_groups(d, cns);
   auto norm = domain::normalize_user_name(found->login + "@" + d.name);
-  if (roles.empty() || !norm.ok()) return revoke("directory_no_role");
+  if ((roles.empty() && !who->granted) || !norm.ok()) return revoke("directory_no_role");
   std::set<std::string> groups;
   for (const auto& g : found->groups) groups.insert(g + "@" + d.name);
   // Name, DN, roles and groups as the directory has them now (groups left end what they gave).
@@ -203,7 +260,7 @@ void register_directory_routes(Api& api) {
     d.name = br.str("name", true, 64, 1).value_or("");
     d.kind = br.str("kind", false, 32, 1).value_or("ldap");
     const bool ad = d.kind == "active_directory";
-    auto urls = br.string_set("urls", true);
+    auto urls = read_urls(*body, br, true);
     d.bind_dn = br.str("bind_dn", true, 1024, 1).value_or("");
     auto password = br.str("bind_password", false, 1024, 1);
     d.bind_password_file = br.str("bind_password_file", false, 4096, 1).value_or("");
@@ -222,36 +279,14 @@ void register_directory_routes(Api& api) {
     d.ca_file = br.str("ca_file", false, 4096, 1).value_or("");
     d.allow_plaintext = br.boolean("allow_plaintext", false).value_or(false);
     d.is_default = br.boolean("default", false).value_or(false);
-    if (body->contains("timeout_ms")) {
-      const Json& t = (*body)["timeout_ms"];
-      if (!t.is_number_integer()) {
-        br.fail("timeout_ms", "must be an integer");
-      } else {
-        d.timeout_ms = t.get<int64_t>();
-      }
-    }
-    if (body->contains("role_map")) {
-      const Json& m = (*body)["role_map"];
-      bool ok = m.is_object() && m.size() <= 1000;
-      for (auto it = m.begin(); ok && it != m.end(); ++it) {
-        ok = it.value().is_array() && it.key().size() <= 256;
-        for (const auto& role : it.value()) ok = ok && role.is_string();
-        if (ok) d.role_map[it.key()] = it.value().get<std::set<std::string>>();
-      }
-      if (!ok) br.fail("role_map", "must map group names to arrays of roles");
-    }
+    if (auto t = read_timeout(*body, br)) d.timeout_ms = *t;
+    if (auto m = read_role_map(*body, br)) d.role_map = std::move(*m);
     if (auto st = br.finish(); !st) return problem(st.error());
-    (void)urls;
-    // The order of the URLs matters (tried in turn): keep the body's order, not the set's.
-    d.urls.clear();
-    for (const auto& u : (*body)["urls"]) d.urls.push_back(u.get<std::string>());
+    d.urls = std::move(*urls);
     if (password) {
-      if (api.config().secret_key.empty()) {
-        return problem(Error::make(Code::failed_precondition,
-                                   "this broker has no secret key: give bind_password_file",
-                                   "no_secret_key"));
-      }
-      d.bind_password_sealed = seal_secret(api.config().secret_key, *password);
+      auto sealed = seal_bind_password(api, *password);
+      if (!sealed.ok()) return problem(sealed.error());
+      d.bind_password_sealed = std::move(*sealed);
     }
     HttpResponse resp = api.run(
         req,
@@ -275,6 +310,54 @@ void register_directory_routes(Api& api) {
     return api.with_state(req, [&](const State& s) {
       return entity_response(s.directories.find(id), "directory", id, domain::directory_to_json);
     });
+  });
+
+  // Every field given changes (validated as at create); a new bind_password is sealed like
+  // at create. A role_map change reaches each user at its next sign-in or recheck.
+  r.add("PATCH", "/v1/directories/{id}", Access::Admin(), [&api](HttpRequest& req) {
+    auto body = parse_object(req.body);
+    if (!body.ok()) return problem(body.error());
+    BodyReader br(*body, {"name", "kind", "urls", "bind_dn", "bind_password", "bind_password_file",
+                          "user_base", "user_filter", "name_attribute", "id_attribute",
+                          "group_base", "group_filter", "starttls", "ca_file", "allow_plaintext",
+                          "default", "timeout_ms", "role_map"});
+    domain::UpdateDirectory c;
+    c.id = req.param("id");
+    c.name = br.str("name", false, 64, 1);
+    c.kind = br.str("kind", false, 32, 1);
+    c.urls = read_urls(*body, br, false);
+    c.bind_dn = br.str("bind_dn", false, 1024, 1);
+    auto password = br.str("bind_password", false, 1024, 1);
+    c.bind_password_file = br.str("bind_password_file", false, 4096, 1);
+    c.user_base = br.str("user_base", false, 1024, 1);
+    c.user_filter = br.str("user_filter", false, 2048, 2);
+    c.name_attribute = br.str("name_attribute", false, 64, 1);
+    c.id_attribute = br.str("id_attribute", false, 64, 1);
+    c.group_base = br.str("group_base", false, 1024, 1);
+    c.group_filter = br.str("group_filter", false, 2048, 2);
+    c.starttls = br.boolean("starttls", false);
+    c.ca_file = br.str("ca_file", false, 4096, 0);  // "" clears it
+    c.allow_plaintext = br.boolean("allow_plaintext", false);
+    c.is_default = br.boolean("default", false);
+    c.timeout_ms = read_timeout(*body, br);
+    c.role_map = read_role_map(*body, br);
+    if (password && c.bind_password_file) {
+      br.fail("bind_password", "give at most one of bind_password and bind_password_file");
+    }
+    if (auto st = br.finish(); !st) return problem(st.error());
+    auto expected = api.if_match(req);
+    if (!expected.ok()) return problem(expected.error());
+    c.expected_version = *expected;
+    if (password) {
+      auto sealed = seal_bind_password(api, *password);
+      if (!sealed.ok()) return problem(sealed.error());
+      c.bind_password_sealed = std::move(*sealed);
+    }
+    std::string id = c.id;
+    return api.run(req, command("UpdateDirectory", std::move(c), 200, [id](const State& s) {
+                     const domain::Directory* d = s.directories.find(id);
+                     return d != nullptr ? domain::directory_to_json(*d) : Json::object();
+                   }));
   });
 
   r.add("DELETE", "/v1/directories/{id}", Access::Admin(), [&api](HttpRequest& req) {

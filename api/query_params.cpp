@@ -28,6 +28,7 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/users", kNone},
       {"GET", "/v1/users", list()},
       {"GET", "/v1/cluster", kNone},
+      {"POST", "/v1/cluster/liveness", kNone},
       {"GET", "/v1/users/{id}", kAsOf},
       {"PATCH", "/v1/users/{id}", kNone},
       {"DELETE", "/v1/users/{id}", kNone},
@@ -38,6 +39,7 @@ const std::vector<QueryRule>& query_rules() {
       {"POST", "/v1/directories", kNone},
       {"GET", "/v1/directories", kAsOf},
       {"GET", "/v1/directories/{id}", kAsOf},
+      {"PATCH", "/v1/directories/{id}", kNone},
       {"DELETE", "/v1/directories/{id}", kNone},
       // second factor (totp.cpp)
       {"POST", "/v1/me/totp", kNone},

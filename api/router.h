@@ -22,6 +22,10 @@ struct Access {
   // itself (rejections with Retry-After, counted, logged once per agent and interval), and its
   // requests are not access-logged one line each (metrics count them).
   bool agent = false;
+  // On a follower of a shared log, writes (every method but GET and HEAD) are forwarded to the
+  // leader before anything else; a `local` route is handled by the follower itself, which then
+  // forwards (Api::forward) only what needs the writer (agent heartbeats: api/routes_agents.cpp).
+  bool local = false;
   static Access Public() { return {false, {}}; }
   static Access AnyRole() { return {true, {}}; }
   static Access Roles(std::set<std::string> r) { return {true, std::move(r)}; }

@@ -17,6 +17,7 @@
 #include "api/api.h"
 #include "api/crypto.h"
 #include "api/json_input.h"
+#include "api/liveness_relay.h"
 #include "common/broker_groups.h"
 #include "common/time_text.h"
 #include "domain/agents.h"
@@ -160,8 +161,13 @@ class AgentEndpoints {
     return {v, c};
   }
 
+  // --agent-brokers when given; else the brokers of the shared log (one group: any of them
+  // takes registrations and heartbeats); else the address the agent reached.
   Json brokers(const HttpRequest& req) const {
     if (auto g = parse_broker_groups(api_.config().agent_brokers)) return *g;
+    if (auto members = api_.cluster_brokers(); !members.empty()) {
+      return Json::array({Json(members)});
+    }
     std::string host =
         req.header("host").value_or(api_.config().host + ":" + std::to_string(api_.config().port));
     std::string scheme = api_.config().tls_cert.empty() ? "http://" : "https://";
@@ -436,7 +442,12 @@ void register_agent_side(Api& api, std::shared_ptr<AgentEndpoints> ep) {
     return api.run(req, std::move(c));
   });
 
-  r.add("POST", "/v1/agents/{id}/heartbeat", Access::Agent(), [&api, ep](HttpRequest& req) {
+  // On a follower the heartbeat is answered here (its views, its liveness) and relayed to the
+  // leader in a batch; one that needs the writer (an agent back from unregistered, sessions
+  // that changed) or a follower without a relay (no cluster secret) forwards it whole.
+  Access heartbeat_access = Access::Agent();
+  heartbeat_access.local = true;
+  r.add("POST", "/v1/agents/{id}/heartbeat", heartbeat_access, [&api, ep](HttpRequest& req) {
     auto t0 = std::chrono::steady_clock::now();
     auto done = [&](HttpResponse resp) {
       ep->heartbeat_done(
@@ -481,6 +492,12 @@ void register_agent_side(Api& api, std::shared_ptr<AgentEndpoints> ep) {
           id, Code::failed_precondition, "not_registered",
           "agent " + id + " has not registered: POST /v1/agents/" + id + "/register first", 1000));
     }
+    if (api.follower()) {
+      bool writes = me.registration == "unregistered" || api.views().read([&](const State& s) {
+        return domain::agent_sessions_change(s, sessions);
+      });
+      if (writes || api.liveness_relay() == nullptr) return done(api.forward(req));
+    }
     int64_t last = api.liveness().last_beat_ms(id);
     auto prev = api.liveness().agent(id);
     if (prev && prev->heartbeat && now - last < interval / 4) {
@@ -497,6 +514,10 @@ void register_agent_side(Api& api, std::shared_ptr<AgentEndpoints> ep) {
                              version.value_or(""),
                              true};
     api.liveness().agent_beat(id, beat);
+    if (api.follower() && api.liveness_relay() != nullptr) {
+      const bool server = me.agent.kind == domain::kAgentServer && !me.agent.server_id.empty();
+      api.liveness_relay()->add(id, beat, server ? me.agent.server_id : "", api.views().position());
+    }
     if (me.registration == "unregistered") {
       // Back after missing its heartbeats: registered again, without an admin.
       auto out = api.pipeline().execute(

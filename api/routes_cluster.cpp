@@ -1,7 +1,13 @@
 // GET /v1/cluster (admin): the brokers sharing this log, its leader and term, and how far
-// each broker's views are behind the log's head.
+// each broker's views are behind the log's head. POST /v1/cluster/liveness: the leader takes
+// the agent heartbeats a follower relays (api/liveness_relay.h), signed with the cluster
+// secret.
+#include <ctime>
+
 #include "api/api.h"
+#include "api/forwarder.h"
 #include "api/leadership.h"
+#include "api/liveness_relay.h"
 
 namespace atrium::api {
 
@@ -56,6 +62,35 @@ void register_cluster_routes(Api& api, eventstore::SharedLog* log,
                                         {"position", head->position},
                                         {"leader", leader},
                                         {"members", list}});
+  });
+
+  // Peers only: not access-logged one line each (a batch a second per follower), handled
+  // where it arrives (never forwarded: a follower that gets it is not the one to keep it).
+  Access peer = Access::Public();
+  peer.agent = true;
+  peer.local = true;
+  api.router().add("POST", "/v1/cluster/liveness", peer, [&api, log](HttpRequest& req) {
+    if (log == nullptr) {
+      return problem(Error::make(Code::not_found, "this broker has the embedded store: no cluster",
+                                 "no_cluster"));
+    }
+    auto sig = req.header(kPeerAuthHeader);
+    if (!sig || !peer_verify(api.config().cluster_secret, *sig, "liveness", req.body,
+                             static_cast<int64_t>(std::time(nullptr)))) {
+      return problem(Error::make(Code::unauthenticated,
+                                 "only a broker of this cluster (same --cluster-secret) may relay "
+                                 "heartbeats",
+                                 "peer_unauthenticated"));
+    }
+    if (!api.pipeline().leading()) {
+      return problem(
+          Error::make(Code::unavailable, "this broker does not lead the shared log", "not_leader"));
+    }
+    const int64_t max_age =
+        api.config().agent_heartbeat_ms * std::max<int64_t>(1, api.config().agent_grace_factor);
+    auto n = apply_relayed_beats(req.body, api.liveness(), api.now_ms(), max_age);
+    if (!n.ok()) return problem(n.error());
+    return HttpResponse::json(200, Json{{"applied", *n}});
   });
 }
 

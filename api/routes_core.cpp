@@ -265,14 +265,16 @@ void register_users(Api& api) {
     if (!req.principal->is_admin() && !self) return problem(not_found("user " + id + " not found"));
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"roles", "password", "current_password", "disabled", "agent_server_id"});
+    BodyReader br(*body, {"roles", "granted_roles", "password", "current_password", "disabled",
+                          "agent_server_id"});
     auto roles = br.string_set("roles", false);
+    auto granted = br.string_set("granted_roles", false);
     auto password = read_password(br, false);
     auto current = br.str("current_password", false, 1024, 1);
     auto disabled = br.boolean("disabled", false);
     auto agent_server = br.str("agent_server_id", false, 128, 0);
     if (auto st = br.finish(); !st) return problem(st.error());
-    if (!req.principal->is_admin() && (roles || disabled || agent_server)) {
+    if (!req.principal->is_admin() && (roles || granted || disabled || agent_server)) {
       return problem(Error::make(Code::permission_denied,
                                  "only an admin may change roles, disable a user or bind an agent",
                                  "role_required"));
@@ -305,7 +307,7 @@ void register_users(Api& api) {
         }
       }
     }
-    domain::UpdateUser cmd{id, *expected, roles, std::nullopt, disabled, agent_server};
+    domain::UpdateUser cmd{id, *expected, roles, std::nullopt, disabled, agent_server, granted};
     if (password) {
       auto h = hash_password(*password);
       if (!h.ok()) return problem(h.error());

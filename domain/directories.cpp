@@ -1,5 +1,7 @@
 #include "domain/directories.h"
 
+#include <algorithm>
+
 #include "domain/evolve_table.h"
 #include "domain/state.h"
 #include "domain/user_names.h"
@@ -134,6 +136,17 @@ Json directory_to_json(const Directory& d) {
   return j;
 }
 
+// The recorded form of a directory: its view with the sealed password, without what the log
+// knows by itself (creation time, version).
+static Json stored_form(const Directory& d) {
+  Json j = directory_to_json(d);
+  j.erase("has_bind_password");
+  j.erase("created_at_ms");
+  j.erase("version");
+  if (!d.bind_password_sealed.empty()) j["bind_password_sealed"] = d.bind_password_sealed;
+  return j;
+}
+
 // ---- decide -----------------------------------------------------------------------------
 Result<Events> decide(const State& s, const CreateDirectory& c, const Context&) {
   const Directory& d = c.d;
@@ -146,12 +159,138 @@ Result<Events> decide(const State& s, const CreateDirectory& c, const Context&) 
   if (d.is_default && s.directories.default_directory() != nullptr) {
     return refused("default_directory_exists", "another directory is already the default");
   }
-  Json j = directory_to_json(d);
-  j.erase("has_bind_password");
-  j.erase("created_at_ms");
-  j.erase("version");
-  if (!d.bind_password_sealed.empty()) j["bind_password_sealed"] = d.bind_password_sealed;
-  return Events{{directory_stream(d.id), "DirectoryCreated", 1, j}};
+  return Events{{directory_stream(d.id), "DirectoryCreated", 1, stored_form(d)}};
+}
+
+namespace {
+
+template <typename T>
+void set_if(T& field, const std::optional<T>& v) {
+  if (v) field = *v;
+}
+
+// The groups of directory `name` that a pool entitlement or an authorization names.
+std::vector<std::string> groups_in_use(const State& s, const std::string& name) {
+  const std::string suffix = "@" + name;
+  auto of_directory = [&](const std::string& g) {
+    return g.size() > suffix.size() &&
+           g.compare(g.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  std::set<std::string> out;
+  for (const auto& [id, p] : s.pools.pools) {
+    for (const auto& g : p.entitled_groups) {
+      if (of_directory(g)) out.insert(g);
+    }
+  }
+  const std::string prefix = kGroupPrincipal;
+  for (const auto& [id, a] : s.appcloud.authorizations) {
+    if (a.user_id.rfind(prefix, 0) == 0 && of_directory(a.user_id.substr(prefix.size()))) {
+      out.insert(a.user_id.substr(prefix.size()));
+    }
+  }
+  return {out.begin(), out.end()};
+}
+
+// "<x>@<old>" -> "<x>@<new>" (x: a login or a group cn).
+std::string renamed(const std::string& n, const std::string& to) {
+  auto at = n.rfind('@');
+  return (at == std::string::npos ? n : n.substr(0, at)) + "@" + to;
+}
+
+}  // namespace
+
+Result<Events> decide(const State& s, const UpdateDirectory& c, const Context&) {
+  const Directory* d = s.directories.find(c.id);
+  if (d == nullptr) return not_found("directory " + c.id + " not found");
+  if (auto st = check_expected(s, directory_stream(c.id), c.expected_version); !st) {
+    return st.error();
+  }
+  Directory n = *d;
+  set_if(n.name, c.name);
+  set_if(n.kind, c.kind);
+  set_if(n.urls, c.urls);
+  set_if(n.bind_dn, c.bind_dn);
+  if (c.bind_password_sealed) {
+    n.bind_password_sealed = *c.bind_password_sealed;
+    if (!c.bind_password_file) n.bind_password_file.clear();
+  }
+  if (c.bind_password_file) {
+    n.bind_password_file = *c.bind_password_file;
+    if (!c.bind_password_sealed) n.bind_password_sealed.clear();
+  }
+  set_if(n.user_base, c.user_base);
+  set_if(n.user_filter, c.user_filter);
+  set_if(n.name_attribute, c.name_attribute);
+  set_if(n.id_attribute, c.id_attribute);
+  set_if(n.group_base, c.group_base);
+  set_if(n.group_filter, c.group_filter);
+  set_if(n.starttls, c.starttls);
+  set_if(n.ca_file, c.ca_file);
+  set_if(n.allow_plaintext, c.allow_plaintext);
+  set_if(n.is_default, c.is_default);
+  set_if(n.timeout_ms, c.timeout_ms);
+  set_if(n.role_map, c.role_map);
+  if (auto st = validate_directory(n); !st) return st.error();
+  std::vector<const User*> users;
+  for (const auto& [id, u] : s.users.by_id) {
+    if (u.directory_id == c.id) users.push_back(&u);
+  }
+  if (n.name != d->name) {
+    if (s.directories.find_by_name(n.name) != nullptr) {
+      return Error::make(Code::already_exists, "a directory named '" + n.name + "' exists",
+                         "directory_name_taken");
+    }
+    auto in_use = groups_in_use(s, d->name);
+    if (!in_use.empty()) {
+      return refused("directory_groups_in_use",
+                     "pool entitlements or authorizations name the group " + in_use.front() +
+                         " of this directory; remove them before renaming it");
+    }
+  }
+  if (n.is_default && !d->is_default && s.directories.default_directory() != nullptr) {
+    return refused("default_directory_exists", "another directory is already the default");
+  }
+  if (n.id_attribute != d->id_attribute && !users.empty()) {
+    return refused("directory_has_users", "id_attribute identifies the users of directory " +
+                                              d->name + "; it cannot change while it has users");
+  }
+  // What changed, field by field (a field absent from a view is empty).
+  Json before = stored_form(*d), after = stored_form(n), changes = Json::object();
+  for (const auto* side : {&before, &after}) {
+    for (const auto& [k, v] : side->items()) {
+      Json b = before.contains(k) ? before[k] : Json("");
+      Json a = after.contains(k) ? after[k] : Json("");
+      if (a != b) changes[k] = a;
+    }
+  }
+  // A password given is a new one even when it seals to the same text (a fresh nonce anyway).
+  if (c.bind_password_sealed) changes["bind_password_sealed"] = n.bind_password_sealed;
+  if (changes.empty()) return Events{};
+  Events out{{directory_stream(c.id), "DirectoryUpdated", 1, changes}};
+  if (n.name != d->name) {
+    // Its users follow, with their ids (and desktops): "<login>@<new name>", groups likewise.
+    std::sort(users.begin(), users.end(), [](auto* a, auto* b) { return a->id < b->id; });
+    for (const User* u : users) {
+      std::string name = renamed(u->name, n.name);
+      if (auto st = validate_user_name("name", name); !st) return st.error();
+      const User* holder = s.users.find_by_name(name);
+      const User* other = s.users.find_confusable(name);
+      for (const User* x : {holder, other}) {
+        if (x != nullptr && x->directory_id != c.id) {
+          return Error::make(
+              Code::already_exists,
+              "renaming would name a user '" + name + "', like the user '" + x->name + "'",
+              "user_name_taken");
+        }
+      }
+      std::set<std::string> groups;
+      for (const auto& g : u->groups) groups.insert(renamed(g, n.name));
+      out.push_back(
+          {user_stream(u->id), "UserUpdated", 1,
+           Json{{"name", name}, {"name_skeleton", user_name_skeleton(name)}, {"groups", groups}}});
+    }
+  }
+  return out;
 }
 
 Result<Events> decide(const State& s, const DeleteDirectory& c, const Context&) {
@@ -173,8 +312,11 @@ Result<Events> decide(const State& s, const ProvisionDirectoryUser& c, const Con
   const Directory* d = s.directories.find(c.directory_id);
   if (d == nullptr) return not_found("directory " + c.directory_id + " not found");
   if (c.external_id.empty()) return invalid("a directory user needs its external id");
-  if (auto st = validate_roles(c.roles); !st) return st.error();
   const User* u = s.users.find_external(c.directory_id, c.external_id);
+  // What the role_map gives now, plus what an admin granted (those survive every sign-in).
+  std::set<std::string> roles = c.roles;
+  if (u != nullptr) roles.insert(u->granted_roles.begin(), u->granted_roles.end());
+  if (auto st = validate_roles(roles); !st) return st.error();
   // A name another user holds (a local user, or a directory user the directory renamed).
   const User* holder = s.users.find_by_name(c.name);
   if (holder != nullptr && holder != u) {
@@ -196,6 +338,7 @@ Result<Events> decide(const State& s, const ProvisionDirectoryUser& c, const Con
                    Json{{"id", c.new_user_id},
                         {"name", c.name},
                         {"roles", c.roles},
+                        {"directory_roles", c.roles},
                         {"password_hash", ""},
                         {"name_skeleton", user_name_skeleton(c.name)},
                         {"directory_id", c.directory_id},
@@ -218,11 +361,12 @@ Result<Events> decide(const State& s, const ProvisionDirectoryUser& c, const Con
     changes["name_skeleton"] = user_name_skeleton(c.name);
   }
   if (u->directory_dn != c.dn) changes["directory_dn"] = c.dn;
-  if (u->roles != c.roles) {
-    if (u->has_role(kRoleAdmin) && c.roles.count(kRoleAdmin) == 0 && s.users.enabled_admins <= 1) {
+  if (u->directory_roles != c.roles) {
+    if (u->has_role(kRoleAdmin) && roles.count(kRoleAdmin) == 0 && s.users.enabled_admins <= 1) {
       return refused("last_admin", "the last enabled admin cannot lose the admin role");
     }
-    changes["roles"] = c.roles;
+    changes["directory_roles"] = c.roles;
+    changes["roles"] = roles;  // the effective roles, for readers of the log
   }
   Events out;
   if (u->groups != c.groups) {
@@ -283,6 +427,19 @@ void on_created(State& s, const Event& e, const Applied& at) {
   s.directories.by_id[d.id] = std::move(d);
 }
 
+void on_updated(State& s, const Event& e, const Applied& at) {
+  auto it = s.directories.by_id.find(e.stream.substr(10));  // "directory-"
+  if (it == s.directories.by_id.end()) return;
+  Json j = stored_form(it->second);
+  for (const auto& [k, v] : e.data.items()) j[k] = v;
+  Directory d = directory_from(j);
+  d.created_at_ms = it->second.created_at_ms;
+  d.version = at.stream_version;
+  s.directories.id_by_name.erase(it->second.name);
+  s.directories.id_by_name[d.name] = d.id;
+  it->second = std::move(d);
+}
+
 void on_deleted(State& s, const Event& e, const Applied&) {
   auto it = s.directories.by_id.find(e.stream.substr(10));  // "directory-"
   if (it == s.directories.by_id.end()) return;
@@ -294,6 +451,7 @@ void on_deleted(State& s, const Event& e, const Applied&) {
 
 void register_directories(EvolveTable& t) {
   t["DirectoryCreated"] = on_created;
+  t["DirectoryUpdated"] = on_updated;
   t["DirectoryDeleted"] = on_deleted;
 }
 

@@ -2,9 +2,9 @@
 // provision just in time (issue 14). Pure: the directory itself is reached by
 // adapters/ldap_directory.h; this module only records what the API learnt from it.
 //
-// Streams: "directory-<id>" (DirectoryCreated, DirectoryDeleted). Directory users live in the
-// users module ("user-<id>": UserCreated with directory_id, external_id, directory_dn and
-// groups; UserUpdated when the name, DN, roles or groups change).
+// Streams: "directory-<id>" (DirectoryCreated, DirectoryUpdated, DirectoryDeleted). Directory users
+// live in the users module ("user-<id>": UserCreated with directory_id, external_id, directory_dn
+// and groups; UserUpdated when the name, DN, roles or groups change).
 //
 // Rules:
 //   - a directory's name is 1 to 64 of [a-z0-9-] and unique [directory_name_taken]; at most
@@ -16,6 +16,12 @@
 //   - a directory user is identified by (directory, external_id) (entryUUID or objectGUID):
 //     a rename in the directory renames the Atrium user, which keeps its id (and desktop);
 //   - groups are named "<group cn>@<directory name>"; the role_map maps a group's cn to roles;
+//     a user's directory_roles are replaced at each sign-in or recheck, its granted_roles (an
+//     admin's, domain/users.h) stay;
+//   - UpdateDirectory changes the fields given, validated as at create; the id_attribute of a
+//     directory with users stays [directory_has_users]; a rename renames its users
+//     ("<login>@<new name>", same ids) and their groups, and is refused while a pool
+//     entitlement or an authorization names one of its groups [directory_groups_in_use];
 //   - a change of a user's groups that ends its entitlement to a pool ends its session and
 //     dedicated assignment there, in the same decision (domain/pools.h).
 #pragma once
@@ -70,6 +76,31 @@ struct CreateDirectory {
   Directory d;  // id, name, kind, ... (created_at/version ignored)
 };
 
+// Every field given replaces the directory's; the others stay. bind_password_sealed and
+// bind_password_file replace each other (giving both is invalid).
+struct UpdateDirectory {
+  std::string id;
+  std::optional<uint64_t> expected_version = {};
+  std::optional<std::string> name = {};
+  std::optional<std::string> kind = {};
+  std::optional<std::vector<std::string>> urls = {};
+  std::optional<std::string> bind_dn = {};
+  std::optional<std::string> bind_password_sealed = {};
+  std::optional<std::string> bind_password_file = {};
+  std::optional<std::string> user_base = {};
+  std::optional<std::string> user_filter = {};
+  std::optional<std::string> name_attribute = {};
+  std::optional<std::string> id_attribute = {};
+  std::optional<std::string> group_base = {};
+  std::optional<std::string> group_filter = {};
+  std::optional<bool> starttls = {};
+  std::optional<std::string> ca_file = {};  // "" clears
+  std::optional<bool> allow_plaintext = {};
+  std::optional<bool> is_default = {};
+  std::optional<int64_t> timeout_ms = {};
+  std::optional<std::map<std::string, std::set<std::string>>> role_map = {};
+};
+
 struct DeleteDirectory {
   std::string id;
   std::optional<uint64_t> expected_version;
@@ -95,6 +126,7 @@ struct RevokeUserTokens {
 
 struct State;
 Result<Events> decide(const State& s, const CreateDirectory& c, const Context& ctx);
+Result<Events> decide(const State& s, const UpdateDirectory& c, const Context& ctx);
 Result<Events> decide(const State& s, const DeleteDirectory& c, const Context& ctx);
 Result<Events> decide(const State& s, const ProvisionDirectoryUser& c, const Context& ctx);
 Result<Events> decide(const State& s, const RevokeUserTokens& c, const Context& ctx);

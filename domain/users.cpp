@@ -75,6 +75,8 @@ Json user_to_json(const User& u) {
   Json j{{"id", u.id},
          {"name", u.name},
          {"roles", u.roles},
+         {"directory_roles", u.directory_roles},
+         {"granted_roles", u.granted_roles},
          {"disabled", u.disabled},
          {"has_password", !u.password_hash.empty()},
          {"created_at_ms", u.created_at_ms},
@@ -96,6 +98,36 @@ static void read_directory_fields(User& u, const Json& j) {
   u.external_id = j.value("external_id", "");
   u.directory_dn = j.value("directory_dn", "");
   if (j.contains("groups")) u.groups = j["groups"].get<std::set<std::string>>();
+}
+
+static std::set<std::string> union_of(const std::set<std::string>& a,
+                                      const std::set<std::string>& b) {
+  std::set<std::string> out = a;
+  out.insert(b.begin(), b.end());
+  return out;
+}
+
+// The two origins of a user's roles, from an event or a snapshot that sets them. Events and
+// snapshots from before the split carry `roles` alone: a directory user's were all from its
+// directory (sign-ins replaced them), a local user's all granted.
+static void read_roles(User& u, const Json& j) {
+  bool split = j.contains("directory_roles") || j.contains("granted_roles");
+  if (j.contains("directory_roles")) {
+    u.directory_roles = j["directory_roles"].get<std::set<std::string>>();
+  }
+  if (j.contains("granted_roles")) {
+    u.granted_roles = j["granted_roles"].get<std::set<std::string>>();
+  }
+  if (!split && j.contains("roles")) {
+    auto roles = j["roles"].get<std::set<std::string>>();
+    if (u.directory_id.empty()) {
+      u.granted_roles = std::move(roles);
+    } else {
+      u.directory_roles = std::move(roles);
+      u.granted_roles.clear();
+    }
+  }
+  u.roles = union_of(u.directory_roles, u.granted_roles);
 }
 
 // An agent binding names an existing server, and only users with the role agent have one.
@@ -155,20 +187,68 @@ Result<Events> decide(const State& s, const UpdateUser& c, const Context&) {
   if (auto st = check_expected(s, user_stream(c.id), c.expected_version); !st) return st.error();
   Events out;
   Json changes = Json::object();
-  if (c.roles && *c.roles != u->roles) {
+  std::set<std::string> roles = u->roles;  // after the change
+  const bool from_directory = !u->directory_id.empty();
+  if (c.roles && c.granted_roles) {
+    return Error{Code::invalid_argument,
+                 "give roles or granted_roles, not both",
+                 "invalid_roles",
+                 {{"granted_roles", "not with roles"}}};
+  }
+  if (c.roles) {
     if (auto st = validate_roles(*c.roles); !st) return st.error();
-    changes["roles"] = *c.roles;
+    if (from_directory) {
+      for (const auto& r : u->directory_roles) {
+        if (c.roles->count(r) == 0) {
+          return refused("role_from_directory",
+                         "the role " + r + " of " + u->name +
+                             " comes from its directory's role_map; change the role_map or the "
+                             "user's groups in the directory instead");
+        }
+      }
+    }
+  }
+  if (c.granted_roles) {
+    if (!from_directory) {
+      return Error{Code::invalid_argument,
+                   "only a directory user has granted_roles: give roles",
+                   "invalid_roles",
+                   {{"granted_roles", "only for a directory user"}}};
+    }
+    if (!c.granted_roles->empty()) {
+      if (auto st = validate_roles(*c.granted_roles); !st) return st.error();
+    }
+  }
+  if (from_directory && (c.roles || c.granted_roles)) {
+    std::set<std::string> granted;
+    if (c.granted_roles) {
+      granted = *c.granted_roles;
+    } else {
+      // Beyond the directory's roles, and the grants it keeps (a role both granted and given by
+      // the directory stays granted unless it is dropped here).
+      for (const auto& r : *c.roles) {
+        if (u->directory_roles.count(r) == 0 || u->granted_roles.count(r) != 0) granted.insert(r);
+      }
+    }
+    roles = union_of(u->directory_roles, granted);
+    if (auto st = validate_roles(roles); !st) return st.error();
+    if (granted != u->granted_roles) {
+      changes["granted_roles"] = granted;
+      changes["roles"] = roles;
+    }
+  } else if (c.roles && *c.roles != u->roles) {
+    roles = *c.roles;
+    changes["roles"] = roles;
   }
   if (c.disabled && *c.disabled != u->disabled) changes["disabled"] = *c.disabled;
   if (c.agent_server_id && *c.agent_server_id != u->agent_server_id) {
-    if (auto st = check_agent_binding(s, *c.agent_server_id, c.roles.value_or(u->roles)); !st) {
+    if (auto st = check_agent_binding(s, *c.agent_server_id, roles); !st) {
       return st.error();
     }
     changes["agent_server_id"] = *c.agent_server_id;
   }
   bool will_be_enabled = !changes.value("disabled", u->disabled);
-  bool will_be_admin = changes.contains("roles") ? c.roles->count(kRoleAdmin) > 0
-                                                 : u->has_role(kRoleAdmin);
+  bool will_be_admin = roles.count(kRoleAdmin) > 0;
   if (removes_last_admin(s, *u, will_be_enabled && will_be_admin)) {
     return refused("last_admin", "the last enabled admin cannot lose the admin role or be "
                                  "disabled");
@@ -243,12 +323,12 @@ void on_created(State& s, const Event& e, const Applied& at) {
   User u;
   u.id = e.data.at("id").get<std::string>();
   u.name = e.data.at("name").get<std::string>();
-  u.roles = e.data.at("roles").get<std::set<std::string>>();
   u.password_hash = e.data.value("password_hash", "");
   u.agent_server_id = e.data.value("agent_server_id", "");
   u.name_skeleton = e.data.contains("name_skeleton") ? e.data["name_skeleton"].get<std::string>()
                                                      : user_name_skeleton(u.name);  // older logs
   read_directory_fields(u, e.data);
+  read_roles(u, e.data);
   u.created_at_ms = at.recorded_at_ms;
   u.updated_at_ms = at.recorded_at_ms;
   u.version = at.stream_version;
@@ -268,7 +348,10 @@ User* user_of(State& s, const Event& e) {
 void on_updated(State& s, const Event& e, const Applied& at) {
   User* u = user_of(s, e);
   if (u == nullptr) return;
-  if (e.data.contains("roles")) u->roles = e.data["roles"].get<std::set<std::string>>();
+  if (e.data.contains("roles") || e.data.contains("directory_roles") ||
+      e.data.contains("granted_roles")) {
+    read_roles(*u, e.data);
+  }
   if (e.data.contains("name")) {  // a directory user renamed in its directory
     s.users.id_by_name.erase(u->name);
     if (auto it = s.users.id_by_skeleton.find(u->name_skeleton);
@@ -384,7 +467,6 @@ Status users_from_json(UsersState& s, const Json& j) {
     User u;
     u.id = uj.at("id").get<std::string>();
     u.name = uj.at("name").get<std::string>();
-    u.roles = uj.at("roles").get<std::set<std::string>>();
     u.disabled = uj.at("disabled").get<bool>();
     u.password_hash = uj.value("password_hash", "");
     u.agent_server_id = uj.value("agent_server_id", "");
@@ -394,6 +476,7 @@ Status users_from_json(UsersState& s, const Json& j) {
     u.updated_at_ms = uj.at("updated_at_ms").get<int64_t>();
     u.version = uj.at("version").get<uint64_t>();
     read_directory_fields(u, uj);
+    read_roles(u, uj);
     if (!u.directory_id.empty()) s.id_by_external[u.directory_id + "|" + u.external_id] = u.id;
     s.id_by_name[u.name] = u.id;
     s.id_by_skeleton.emplace(u.name_skeleton, u.id);

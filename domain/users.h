@@ -37,6 +37,11 @@ struct User {
   std::string external_id;
   std::string directory_dn;
   std::set<std::string> groups;
+  // Roles = directory_roles + granted_roles. A directory user's directory_roles come from its
+  // directory's role_map at its last sign-in or recheck (replaced each time); granted_roles are
+  // those an admin granted in Atrium and survive sign-ins. A local user's roles are all granted.
+  std::set<std::string> directory_roles;
+  std::set<std::string> granted_roles;
   int64_t created_at_ms = 0;
   int64_t updated_at_ms = 0;
   uint64_t version = 0;
@@ -83,13 +88,18 @@ struct CreateUser {
   std::string agent_server_id = {};
 };
 
+// roles is the user's new set of roles. For a directory user it cannot drop a role its
+// directory gives (role_from_directory: change the role_map or the groups instead): the roles
+// beyond those become its granted_roles (the ones it already had granted stay granted).
+// granted_roles sets a directory user's grants directly (may be empty); not with roles.
 struct UpdateUser {
   std::string id;
-  std::optional<uint64_t> expected_version;  // If-Match
-  std::optional<std::set<std::string>> roles;
-  std::optional<std::string> password_hash;
-  std::optional<bool> disabled;
+  std::optional<uint64_t> expected_version = {};  // If-Match
+  std::optional<std::set<std::string>> roles = {};
+  std::optional<std::string> password_hash = {};
+  std::optional<bool> disabled = {};
   std::optional<std::string> agent_server_id = {};  // "" unbinds
+  std::optional<std::set<std::string>> granted_roles = {};
 };
 
 struct DeleteUser {

@@ -49,6 +49,18 @@ TEST_CASE(
   CHECK(c.groups() == BrokerGroups{{"http://b9"}});
 }
 
+TEST_CASE("12: a broker that stopped answering is tried last in the next round, not first") {
+  BrokerGroups g = *parse_broker_groups("(http://b1 http://b2 http://b3)");
+  BrokerChooser c(g, script({0}));
+  c.reset_after("http://b1");      // b1 died under its agents
+  CHECK(c.next() == "http://b2");  // the same credential goes to another broker at once
+  CHECK(c.next() == "http://b3");
+  CHECK(c.next() == "http://b1");  // only when every other one is down too
+  CHECK(c.next() == std::nullopt);
+  c.reset();  // a plain round forgets it
+  CHECK(c.next() == "http://b1");
+}
+
 TEST_CASE("11: the retry delay is a random 7 to 10 s, every value reachable") {
   CHECK(retry_delay_ms(script({0})) == 7000);
   CHECK(retry_delay_ms(script({3000})) == 10000);

@@ -246,3 +246,153 @@ TEST_CASE("the bind password is in no event, log line or metric of a real atrium
     CHECK_MESSAGE(bytes.find(kBindPassword) == std::string::npos, path);
   }
 }
+
+TEST_CASE(
+    "PATCH /v1/directories/{id}: the role_map reaches the next sign-in and recheck; stale If-Match "
+    "412; a rotated bind password works and is in no event or view; a rename keeps its users") {
+  Slapd ldap;
+  if (!ldap.ok()) {
+    MESSAGE("skipped: " << ldap.why());
+    return;
+  }
+  TestBroker b(fast);
+  auto created = b.call("POST", "/v1/directories", directory_body(ldap));
+  REQUIRE_MESSAGE(created.status == 201, created.body);
+  std::string id = created.json()["id"], path = "/v1/directories/" + id;
+  std::string created_at = created.header("x-atrium-position");
+  auto a = login(b, "alice@corp", "alice-pw-123");
+  REQUIRE(a.status == 200);
+  CHECK(a.json()["roles"] == json::array({"user"}));
+  std::string alice_id = a.json()["user_id"], alice_tok = a.json()["token"];
+  std::string etag = b.call("GET", path).header("etag");
+  CHECK(etag == "\"1\"");
+
+  // staff (alice, through nested groups) now maps to user and agent.
+  json map2{{"staff", {"user", "agent"}}, {"admins", {"admin"}}};
+  auto p =
+      b.call("PATCH", path, {{"role_map", map2}}, TestBroker::kAdminToken, {{"If-Match", etag}});
+  REQUIRE_MESSAGE(p.status == 200, p.body);
+  CHECK(p.json()["role_map"]["staff"] == json::array({"agent", "user"}));
+  CHECK(p.json()["version"] == 2);
+  CHECK(p.header("etag") == "\"2\"");
+  auto stale =
+      b.call("PATCH", path, {{"timeout_ms", 3000}}, TestBroker::kAdminToken, {{"If-Match", etag}});
+  CHECK(stale.status == 412);
+  CHECK(stale.json()["reason"] == "version_mismatch");
+  CHECK(b.call("GET", path).json()["timeout_ms"] == 2000);
+  CHECK(b.call("PATCH", path, {{"urls", {ldap.ldap_url()}}}).json()["reason"] ==
+        "plaintext_not_allowed");
+  for (const json& bad : {json{{"nonsense", 1}}, json{{"role_map", 5}}, json{{"timeout_ms", "x"}},
+                          json{{"urls", "ldaps://x"}}, json{{"starttls", "yes"}}}) {
+    auto r = b.call("PATCH", path, bad);
+    CHECK_MESSAGE(r.status == 400, bad.dump());
+    CHECK(r.json()["reason"] == "invalid_body");
+  }
+  CHECK(b.call("PATCH", path, {{"timeout_ms", 5}}).json()["reason"] == "invalid_directory");
+  CHECK(b.call("PATCH", path, {{"role_map", {{"staff", {"root"}}}}}).json()["reason"] ==
+        "invalid_roles");
+  CHECK(b.call("PATCH", "/v1/directories/nope", {{"timeout_ms", 3000}}).status == 404);
+  // The view as it was before the change.
+  auto before = b.call("GET", path + "?as_of=" + created_at);
+  REQUIRE(before.status == 200);
+  CHECK(before.json()["role_map"]["staff"] == json::array({"user"}));
+  // The next sign-in has the new roles.
+  auto a2 = login(b, "alice@corp", "alice-pw-123");
+  REQUIRE(a2.status == 200);
+  CHECK(a2.json()["roles"] == json::array({"agent", "user"}));
+  // And the recheck of a token: staff back to user alone, seen at alice's next check.
+  REQUIRE(b.call("PATCH", path, {{"role_map", directory_body(ldap)["role_map"]}}).status == 200);
+  b.advance_clock_ms(61'000);
+  CHECK(b.call("GET", "/v1/users/" + alice_id, nullptr, alice_tok).status == 200);
+  CHECK(b.call("GET", "/v1/users/" + alice_id).json()["roles"] == json::array({"user"}));
+
+  // The service account's password is rotated in the directory: sign-ins fail (503) until
+  // the directory gets the new one.
+  const std::string rotated = "svc-rotated-pw-456";
+  REQUIRE(ldap.modify("ldapmodify", std::string("dn: ") + Slapd::kServiceDn +
+                                        "\nchangetype: modify\nreplace: userPassword\n"
+                                        "userPassword: " +
+                                        rotated + "\n") == 0);
+  auto down = login(b, "bob@corp", "bob-pw-123");
+  CHECK(down.status == 503);
+  CHECK(down.json()["reason"] == "directory_unavailable");
+  auto rot = b.call("PATCH", path, {{"bind_password", rotated}});
+  REQUIRE_MESSAGE(rot.status == 200, rot.body);
+  CHECK(rot.body.find(rotated) == std::string::npos);
+  CHECK_FALSE(rot.json().contains("bind_password_sealed"));
+  CHECK(rot.json()["has_bind_password"] == true);
+  CHECK(login(b, "bob@corp", "bob-pw-123").status == 200);
+  CHECK(b.call("PATCH", path, {{"bind_password", "x-pw-1"}, {"bind_password_file", "/x"}})
+            .json()["reason"] == "invalid_body");
+  auto ev = b.call("GET", "/v1/events?type=DirectoryUpdated");
+  REQUIRE(ev.status == 200);
+  CHECK(ev.json()["items"].size() == 3);
+  CHECK(ev.body.find(rotated) == std::string::npos);
+  CHECK(ev.json()["items"][2]["data"]["bind_password_sealed"] == "[redacted]");
+  CHECK(b.call("GET", path).body.find(rotated) == std::string::npos);
+  for (const auto& [file, bytes] : atrium::testing::file_contents(b.data_dir())) {
+    CHECK_MESSAGE(bytes.find(rotated) == std::string::npos, file);
+  }
+
+  // Renamed: its users follow (same ids), and sign in under the new name.
+  auto rn = b.call("PATCH", path, {{"name", "corp2"}});
+  REQUIRE_MESSAGE(rn.status == 200, rn.body);
+  auto u = b.call("GET", "/v1/users/" + alice_id).json();
+  CHECK(u["name"] == "alice@corp2");
+  CHECK(u["directory"]["groups"] ==
+        json::array({"devs@corp2", "engineering@corp2", "staff@corp2"}));
+  auto a3 = login(b, "alice@corp2", "alice-pw-123");
+  REQUIRE_MESSAGE(a3.status == 200, a3.body);
+  CHECK(a3.json()["user_id"] == alice_id);
+  CHECK(login(b, "alice@corp", "alice-pw-123").status == 401);
+  // All of it replays.
+  b.restart();
+  CHECK(b.call("GET", "/v1/users/" + alice_id).json()["name"] == "alice@corp2");
+  CHECK(b.call("GET", path).json()["version"] == 5);
+  CHECK(login(b, "bob@corp2", "bob-pw-123").status == 200);
+}
+
+TEST_CASE(
+    "an admin's role grant to a directory user survives its sign-ins; revoking a role its "
+    "directory gives is 409 role_from_directory") {
+  Slapd ldap;
+  if (!ldap.ok()) {
+    MESSAGE("skipped: " << ldap.why());
+    return;
+  }
+  TestBroker b(fast);
+  REQUIRE(b.call("POST", "/v1/directories", directory_body(ldap)).status == 201);
+  auto a = login(b, "alice@corp", "alice-pw-123");
+  REQUIRE(a.status == 200);
+  std::string alice_id = a.json()["user_id"], upath = "/v1/users/" + alice_id;
+  auto u = b.call("GET", upath).json();
+  CHECK(u["directory_roles"] == json::array({"user"}));
+  CHECK(u["granted_roles"] == json::array());
+  // The admin makes alice an admin too.
+  auto g = b.call("PATCH", upath, {{"roles", {"user", "admin"}}});
+  REQUIRE_MESSAGE(g.status == 200, g.body);
+  CHECK(g.json()["roles"] == json::array({"admin", "user"}));
+  CHECK(g.json()["granted_roles"] == json::array({"admin"}));
+  // She signs in again: the directory still gives user only, the grant stays.
+  auto a2 = login(b, "alice@corp", "alice-pw-123");
+  REQUIRE(a2.status == 200);
+  CHECK(a2.json()["roles"] == json::array({"admin", "user"}));
+  CHECK(b.call("GET", "/v1/directories", nullptr, a2.json()["token"].get<std::string>()).status ==
+        200);
+  u = b.call("GET", upath).json();
+  CHECK(u["roles"] == json::array({"admin", "user"}));
+  CHECK(u["directory_roles"] == json::array({"user"}));
+  CHECK(u["granted_roles"] == json::array({"admin"}));
+  // Revoking the role the directory gives: refused, with what to change instead.
+  auto r = b.call("PATCH", upath, {{"roles", {"admin"}}});
+  CHECK(r.status == 409);
+  CHECK(r.json()["reason"] == "role_from_directory");
+  CHECK(b.call("GET", upath).json()["roles"] == json::array({"admin", "user"}));
+  // Survives a restart (replay), then the grant is withdrawn.
+  b.restart();
+  CHECK(b.call("GET", upath).json()["granted_roles"] == json::array({"admin"}));
+  auto w = b.call("PATCH", upath, {{"granted_roles", json::array()}});
+  REQUIRE_MESSAGE(w.status == 200, w.body);
+  CHECK(w.json()["roles"] == json::array({"user"}));
+  CHECK(login(b, "alice@corp", "alice-pw-123").json()["roles"] == json::array({"user"}));
+}

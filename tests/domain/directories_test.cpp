@@ -194,3 +194,230 @@ TEST_CASE("group authorizations: launches resolve groups; join subset rules hold
   CHECK(dropped);
   g.check_replay();
 }
+
+// ---- PATCH /v1/directories/{id} (UpdateDirectory) ------------------------------------------
+TEST_CASE(
+    "directory update: fields given change, validated as at create, replayed; stale "
+    "version refused") {
+  Given g;
+  g.ok(CreateDirectory{dir("d1", "corp")});
+  g.ok(CreateDirectory{dir("d2", "other")});
+  UpdateDirectory c{"d1"};
+  c.role_map = std::map<std::string, std::set<std::string>>{{"staff", {"user", "agent"}}};
+  c.timeout_ms = 2000;
+  c.expected_version = 1;
+  auto es = g.ok(c);
+  REQUIRE(types(es) == V{"DirectoryUpdated"});
+  CHECK(es[0].data.size() == 2);  // only what changed
+  CHECK(es[0].data["timeout_ms"] == 2000);
+  const Directory* d = g.s.directories.find("d1");
+  CHECK(d->role_map.at("staff") == std::set<std::string>{"user", "agent"});
+  CHECK(d->role_map.count("admins") == 0);
+  CHECK(d->timeout_ms == 2000);
+  CHECK(d->version == 2);
+  CHECK(d->bind_password_sealed == "c2VhbGVk");  // untouched
+  // The same again: nothing to record. A stale version: refused.
+  c.expected_version = std::nullopt;
+  CHECK(g.ok(c).empty());
+  c.expected_version = 1;
+  CHECK(g.err(c).reason == "version_mismatch");
+  // The rules of create hold for the result.
+  auto bad = [&](auto edit, const std::string& reason) {
+    UpdateDirectory u{"d1"};
+    edit(u);
+    CHECK(g.err(u).reason == reason);
+  };
+  bad([](UpdateDirectory& u) { u.urls = std::vector<std::string>{"ldap://127.0.0.1"}; },
+      "plaintext_not_allowed");
+  bad([](UpdateDirectory& u) { u.timeout_ms = 10; }, "invalid_directory");
+  bad([](UpdateDirectory& u) { u.user_filter = "uid=*"; }, "invalid_directory");
+  bad([](UpdateDirectory& u) { u.name = "Corp!"; }, "invalid_directory");
+  bad([](UpdateDirectory& u) { u.name = "other"; }, "directory_name_taken");
+  bad(
+      [](UpdateDirectory& u) {
+        u.role_map = std::map<std::string, std::set<std::string>>{{"g", {"root"}}};
+      },
+      "invalid_roles");
+  bad(
+      [](UpdateDirectory& u) {
+        u.bind_password_sealed = "bmV3";
+        u.bind_password_file = "/etc/pw";
+      },
+      "invalid_directory");
+  UpdateDirectory dflt{"d2"};
+  dflt.is_default = true;
+  g.ok(dflt);
+  dflt.id = "d1";
+  CHECK(g.err(dflt).reason == "default_directory_exists");
+  CHECK(g.err(UpdateDirectory{"nope"}).code == atrium::Code::not_found);
+  // StartTLS and a plain URL together are fine, as at create; ca_file "" clears it.
+  UpdateDirectory tls{"d1"};
+  tls.urls = std::vector<std::string>{"ldap://127.0.0.1:389", "ldaps://127.0.0.1:636"};
+  tls.starttls = true;
+  tls.ca_file = "/etc/ca.pem";
+  g.ok(tls);
+  CHECK(g.s.directories.find("d1")->urls.size() == 2);
+  UpdateDirectory clear{"d1"};
+  clear.ca_file = "";
+  CHECK(g.ok(clear)[0].data["ca_file"] == "");
+  CHECK(g.s.directories.find("d1")->ca_file.empty());
+  g.check_replay();
+}
+
+TEST_CASE("directory update: a new bind password is recorded sealed only; a file replaces it") {
+  Given g;
+  g.ok(CreateDirectory{dir("d1", "corp")});
+  UpdateDirectory c{"d1"};
+  c.bind_password_sealed = "bmV3LXNlYWxlZA==";
+  auto es = g.ok(c);
+  REQUIRE(types(es) == V{"DirectoryUpdated"});
+  CHECK(es[0].data == Json{{"bind_password_sealed", "bmV3LXNlYWxlZA=="}});
+  CHECK(g.s.directories.find("d1")->bind_password_sealed == "bmV3LXNlYWxlZA==");
+  CHECK_FALSE(directory_to_json(*g.s.directories.find("d1")).contains("bind_password_sealed"));
+  UpdateDirectory f{"d1"};
+  f.bind_password_file = "/etc/atrium/bind.pw";
+  es = g.ok(f);
+  CHECK(es[0].data["bind_password_file"] == "/etc/atrium/bind.pw");
+  CHECK(es[0].data["bind_password_sealed"] == "");
+  CHECK(g.s.directories.find("d1")->bind_password_sealed.empty());
+  CHECK(directory_to_json(*g.s.directories.find("d1"))["has_bind_password"] == true);
+  g.check_replay();
+}
+
+TEST_CASE(
+    "directory update: a rename keeps its users (ids, groups follow); refused while its "
+    "groups are entitled or the id attribute would change under users") {
+  Given g = base("dedicated", 3);
+  g.ok(CreateDirectory{dir("d1", "corp")});
+  g.ok(prov("da", "uuid-a", "dana", {"staff@corp"}));
+  UpdateDirectory idattr{"d1"};
+  idattr.id_attribute = "uid";
+  CHECK(g.err(idattr).reason == "directory_has_users");
+  g.ok(AddEntitlement{"p", "", "staff@corp"});
+  UpdateDirectory rn{"d1"};
+  rn.name = "corp2";
+  CHECK(g.err(rn).reason == "directory_groups_in_use");
+  g.ok(RemoveEntitlement{"p", "", "staff@corp"});
+  // A local user holding the name a renamed user would get: refused, nothing changed.
+  g.ok(CreateUser{"l1", "dana@corp3", {"user"}, ""});
+  UpdateDirectory taken{"d1"};
+  taken.name = "corp3";
+  CHECK(g.err(taken).reason == "user_name_taken");
+  auto es = g.ok(rn);
+  CHECK(types(es) == V{"DirectoryUpdated", "UserUpdated"});
+  const User* u = g.s.users.find("da");
+  CHECK(u->name == "dana@corp2");
+  CHECK(u->groups == std::set<std::string>{"staff@corp2"});
+  CHECK(g.s.users.find_by_name("dana@corp") == nullptr);
+  CHECK(g.s.directories.find_by_name("corp2")->id == "d1");
+  CHECK(g.s.directories.find_by_name("corp") == nullptr);
+  // Her next sign-in (as dana@corp2) is the same user, and changes nothing.
+  ProvisionDirectoryUser again = prov("dx", "uuid-a", "dana", {"staff@corp2"});
+  again.name = "dana@corp2";
+  CHECK(g.ok(again).empty());
+  CHECK(g.s.users.find("dx") == nullptr);
+  g.check_replay();
+}
+
+// ---- admin grants on directory users ------------------------------------------------------
+TEST_CASE(
+    "directory users: an admin's grant survives sign-ins; a role from the directory "
+    "cannot be revoked in Atrium") {
+  Given g;
+  g.ok(CreateUser{"root", "root", {"admin"}, ""});
+  g.ok(CreateDirectory{dir("d1", "corp")});
+  g.ok(prov("u1", "uuid-a", "alice", {"staff@corp"}));
+  const User* u = g.s.users.find("u1");
+  CHECK(u->directory_roles == std::set<std::string>{"user"});
+  CHECK(u->granted_roles.empty());
+  // The admin grants admin: recorded as a grant.
+  auto es = g.ok(UpdateUser{"u1", std::nullopt, std::set<std::string>{"user", "admin"}});
+  REQUIRE(types(es) == V{"UserUpdated"});
+  CHECK(es[0].data["granted_roles"] == Json::array({"admin"}));
+  u = g.s.users.find("u1");
+  CHECK(u->roles == std::set<std::string>{"admin", "user"});
+  // She signs in again (the role_map still gives only user): the grant stays.
+  CHECK(g.ok(prov("", "uuid-a", "alice", {"staff@corp"})).empty());
+  CHECK(g.s.users.find("u1")->roles == std::set<std::string>{"admin", "user"});
+  // The role_map now gives her nothing: the directory's role goes, the grant stays.
+  ProvisionDirectoryUser none = prov("", "uuid-a", "alice", {});
+  none.roles = {};
+  es = g.ok(none);
+  CHECK(es[0].data["directory_roles"] == Json::array());
+  CHECK(g.s.users.find("u1")->roles == std::set<std::string>{"admin"});
+  g.ok(prov("", "uuid-a", "alice", {"staff@corp"}));
+  // Revoking the directory's role in Atrium: refused, with what to do instead.
+  auto e = g.err(UpdateUser{"u1", std::nullopt, std::set<std::string>{"admin"}});
+  CHECK(e.reason == "role_from_directory");
+  CHECK(e.message.find("role_map") != std::string::npos);
+  // Revoking the grant: the directory's role stays.
+  es = g.ok(UpdateUser{"u1", std::nullopt, std::set<std::string>{"user"}});
+  CHECK(es[0].data["granted_roles"] == Json::array());
+  CHECK(g.s.users.find("u1")->roles == std::set<std::string>{"user"});
+  // granted_roles directly: for directory users only, not with roles.
+  UpdateUser direct{"u1"};
+  direct.granted_roles = std::set<std::string>{"agent"};
+  g.ok(direct);
+  CHECK(g.s.users.find("u1")->roles == std::set<std::string>{"agent", "user"});
+  direct.roles = std::set<std::string>{"user"};
+  CHECK(g.err(direct).reason == "invalid_roles");
+  UpdateUser local{"root"};
+  local.granted_roles = std::set<std::string>{"user"};
+  CHECK(g.err(local).reason == "invalid_roles");
+  // A local user's roles are all its own, as before.
+  CHECK(g.s.users.find("root")->granted_roles == std::set<std::string>{"admin"});
+  CHECK(user_to_json(*g.s.users.find("u1"))["directory_roles"] == Json::array({"user"}));
+  CHECK(user_to_json(*g.s.users.find("u1"))["granted_roles"] == Json::array({"agent"}));
+  g.check_replay();
+}
+
+TEST_CASE(
+    "directory users: logs from before the split replay (their roles were the "
+    "directory's)") {
+  State s;
+  uint64_t pos = 0;
+  auto apply = [&](const std::string& stream, const std::string& type, Json data) {
+    Applied at{++pos, s.version_of(stream) + 1, 1000};
+    evolve(s, Event{stream, type, 1, std::move(data)}, at);
+  };
+  apply("directory-d1", "DirectoryCreated",
+        Json{{"id", "d1"},
+             {"name", "corp"},
+             {"kind", "ldap"},
+             {"urls", {"ldaps://x"}},
+             {"bind_dn", "cn=s"},
+             {"bind_password_sealed", "eA=="},
+             {"user_base", "o=x"},
+             {"user_filter", "(a=b)"},
+             {"name_attribute", "uid"},
+             {"id_attribute", "entryUUID"},
+             {"group_base", "o=g"},
+             {"group_filter", "(a=b)"},
+             {"role_map", Json::object()}});
+  apply("user-u1", "UserCreated",
+        Json{{"id", "u1"},
+             {"name", "alice@corp"},
+             {"roles", {"user"}},
+             {"password_hash", ""},
+             {"directory_id", "d1"},
+             {"external_id", "x"},
+             {"groups", Json::array()}});
+  apply("user-u1", "UserUpdated", Json{{"roles", {"admin", "user"}}});
+  apply("user-l1", "UserCreated",
+        Json{{"id", "l1"}, {"name", "bob"}, {"roles", {"user"}}, {"password_hash", ""}});
+  const User* u = s.users.find("u1");
+  CHECK(u->roles == std::set<std::string>{"admin", "user"});
+  CHECK(u->directory_roles == std::set<std::string>{"admin", "user"});
+  CHECK(u->granted_roles.empty());
+  CHECK(s.users.find("l1")->granted_roles == std::set<std::string>{"user"});
+  CHECK(s.users.enabled_admins == 1);
+  // A snapshot from before the split (roles alone) reads the same way.
+  Json snap = state_to_json(s);
+  for (auto& [id, uj] : snap["users"]["users"].items()) {
+    uj.erase("directory_roles");
+    uj.erase("granted_roles");
+  }
+  auto back = state_from_json(snap);
+  REQUIRE(back.ok());
+  CHECK(state_to_json(*back) == state_to_json(s));
+}

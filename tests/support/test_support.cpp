@@ -174,10 +174,44 @@ bool send_watching_for_answer(int fd, const std::string& s) {
   return true;
 }
 
+namespace {
+HttpReply request_on(int fd, const std::string& method, const std::string& path,
+                     const std::string& body,
+                     const std::vector<std::pair<std::string, std::string>>& headers,
+                     int timeout_ms);
+}  // namespace
+
 HttpReply http(uint16_t port, const std::string& method, const std::string& path,
                const std::string& body,
                const std::vector<std::pair<std::string, std::string>>& headers, int timeout_ms) {
-  int fd = connect_loopback(port);
+  return request_on(connect_loopback(port), method, path, body, headers, timeout_ms);
+}
+
+HttpReply http_from(const std::string& source, uint16_t port, const std::string& method,
+                    const std::string& path, const std::string& body,
+                    const std::vector<std::pair<std::string, std::string>>& headers,
+                    int timeout_ms) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(port);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::inet_pton(AF_INET, source.c_str(), &from.sin_addr) != 1 ||
+      ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+      ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    if (fd >= 0) ::close(fd);
+    return {};
+  }
+  return request_on(fd, method, path, body, headers, timeout_ms);
+}
+
+namespace {
+HttpReply request_on(int fd, const std::string& method, const std::string& path,
+                     const std::string& body,
+                     const std::vector<std::pair<std::string, std::string>>& headers,
+                     int timeout_ms) {
   if (fd < 0) return {};
   std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
   bool has_ct = false;
@@ -192,6 +226,7 @@ HttpReply http(uint16_t port, const std::string& method, const std::string& path
   ::close(fd);
   return r;
 }
+}  // namespace
 
 std::string http_raw(uint16_t port, const std::string& bytes, int timeout_ms) {
   int fd = connect_loopback(port);

@@ -83,6 +83,11 @@ HttpReply http(uint16_t port, const std::string& method, const std::string& path
                const std::string& body = "",
                const std::vector<std::pair<std::string, std::string>>& headers = {},
                int timeout_ms = 30000);
+// The same from another loopback source address (e.g. "127.0.0.2": a second client).
+HttpReply http_from(const std::string& source, uint16_t port, const std::string& method,
+                    const std::string& path, const std::string& body = "",
+                    const std::vector<std::pair<std::string, std::string>>& headers = {},
+                    int timeout_ms = 30000);
 
 // Writes all of `s` to the socket (no SIGPIPE); false when the peer went away.
 bool send_all(int fd, const std::string& s);
