@@ -35,7 +35,8 @@ const std::vector<Flag> kFlags = {
     {"from", "ATRIUM_MIGRATE_FROM", "atriumd migrate: the source, rocksdb:DATA_DIR"},
     {"to", "ATRIUM_MIGRATE_TO", "atriumd migrate: the target, an empty postgresql://... log"},
     {"lease-ttl-s", "ATRIUM_LEASE_TTL_S",
-     "leader lease on a PostgreSQL store, renewed every third (default 10)"},
+     "leader lease on a PostgreSQL store, renewed every third; also the wait for the leader's "
+     "answer to a forwarded write (default 10)"},
     {"advertise-url", "ATRIUM_ADVERTISE_URL",
      "this broker's URL for the other brokers (default http://<listen>)"},
     {"cluster-secret", "ATRIUM_CLUSTER_SECRET",

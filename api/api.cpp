@@ -313,7 +313,10 @@ HttpResponse Api::forward(const HttpRequest& req) {
   }
   auto url = leader_url_();
   if (!url) return refuse("no broker leads the shared log right now; retry shortly");
-  auto r = forward_request(*url, req, cfg_.command_timeout, cfg_.cluster_secret);
+  const auto timeout = cfg_.forward_timeout.count() > 0
+                           ? std::min(cfg_.forward_timeout, cfg_.command_timeout)
+                           : cfg_.command_timeout;
+  auto r = forward_request(*url, req, timeout, cfg_.cluster_secret);
   if (!r) return refuse("the leading broker did not answer; retry shortly");
   {
     for (const auto& [name, value] : r->headers) {

@@ -57,6 +57,10 @@ struct ApiConfig {
   bool access_log = true;
   std::chrono::milliseconds sse_wait{15000};
   std::chrono::milliseconds command_timeout{30000};
+  // A write forwarded to the leader (shared log) gives up after this (0: command_timeout).
+  // The daemon sets the lease TTL: a leader silent that long is frozen or cut off and is
+  // being replaced; waiting longer only holds this broker's HTTP worker.
+  std::chrono::milliseconds forward_timeout{0};
   // Long-polls (/v1/events/stream, /v1/me/notifications) each hold an HTTP worker for up to
   // sse_wait: at most streams_per_user per user (then 429), and per role a budget of its own
   // (then 503), so one user cannot starve the others and admins always have theirs. A

@@ -117,6 +117,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
                          "secret_key_mismatch");
     }
   }
+  if (d->shared_log_ != nullptr) cfg.api.forward_timeout = cfg.lease_ttl;
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());

@@ -56,6 +56,9 @@ bool Leadership::campaign() {
   if (auto st = log_.set_writer_term(term); !st) {
     std::fprintf(stderr, "atriumd: took term %llu but cannot write with it: %s\n",
                  static_cast<unsigned long long>(term), st.error().message.c_str());
+    // Give it back rather than sit on a lease nobody can use until it expires; the next
+    // campaign (this broker's or another's) takes a new term through the head row.
+    (void)log_.release(term, opts_.member_id);
     return false;
   }
   deadline_ = sent + opts_.ttl;

@@ -798,7 +798,10 @@ class PgStore final : public SharedLog {
   Status reload_locked() {
     stale_ = true;
     versions_.clear();
-    auto r = writer_.exec("SELECT term, position, last_hash FROM atrium_head WHERE id = 1");
+    // A read: safe to try again once when the connection turns out broken. A follower's
+    // writer connection is idle from open() until it takes the lease, and after a database
+    // failover that is how it finds out.
+    auto r = read_exec(writer_, "SELECT term, position, last_hash FROM atrium_head WHERE id = 1");
     if (!r.ok()) return r.error();
     if (r->rows() != 1) return Error::make(Code::internal, "the head row is missing");
     if (static_cast<uint64_t>(r->i64(0, 0)) != term_) {

@@ -281,3 +281,33 @@ TEST_CASE("postgres: a synchronous standby promoted after the primary dies keeps
   for (int i = 0; i < kAcked; ++i) CHECK((*events)[i].data == std::to_string(i));  // none lost
   CHECK(events->back().data == "after");
 }
+
+// A follower's writer connection sits idle from open() on; after a database failover (here:
+// its server-side sessions terminated, as when the primary dies and a standby is promoted)
+// it is broken without libpq knowing. Taking the lease must still let it write at once:
+// before the fix set_writer_term() failed on that dead connection, the broker kept a lease
+// it could not use, and nobody led for a whole TTL.
+TEST_CASE("postgres: a follower whose connections broke while idle takes the lease and writes") {
+  PgServer* pg = shared_pg();
+  if (pg == nullptr) return;
+  const std::string app = "atrium_idle_" + std::to_string(::getpid());
+  const std::string ci = pg->fresh_schema() + " application_name=" + app;
+  auto log = open_log(ci);
+  // Every session of this store dies on the server side (the client does not notice yet).
+  REQUIRE(pg->psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                   "application_name = '" +
+                   app + "'") == 0);
+  REQUIRE(atrium::testing::child::eventually(
+      [&] {
+        return pg->query("SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + app +
+                         "'") == "0";
+      },
+      5s));
+  auto l = log->try_acquire(cand("f"));
+  REQUIRE_MESSAGE(l.ok(), (l.ok() ? "" : l.error().message));
+  REQUIRE(l->has_value());
+  auto st = log->set_writer_term((*l)->term);
+  CHECK_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
+  auto a = log->append(one("s", "after"));
+  CHECK_MESSAGE(a.ok(), (a.ok() ? "" : a.error().message));
+}
