@@ -351,7 +351,8 @@ TEST_CASE("12: atriumd migrate copies a RocksDB broker's log to PostgreSQL, and 
 
   // A broker with a secret.key of its own would not open what the first one sealed: refused.
   TempDir d3;
-  auto other = run("--data-dir=" + d3.str() + " --port=0 --default-host=none --store=" + store, out.str() + "/o6");
+  auto other = run("serve --listen=127.0.0.1:0 --data-dir=" + d3.str() + " --default-host=none --store=" + store,
+                   out.str() + "/o6");
   CHECK(other.rc == 1);
   CHECK_MESSAGE(other.out.find("secret.key is not the key of the brokers") != std::string::npos,
                 other.out);
