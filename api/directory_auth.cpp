@@ -246,15 +246,18 @@ std::optional<HttpResponse> Api::recheck_directory_user(const HttpRequest& req) 
 }
 
 // ---- routes -----------------------------------------------------------------------------
+// The fields of a directory a client may send (POST creates with them, PATCH changes them).
+static const std::initializer_list<const char*> kDirectoryFields = {
+    "name",       "kind",         "urls",         "bind_dn",    "bind_password", "bind_password_file",
+    "user_base",  "user_filter",  "name_attribute", "id_attribute", "group_base", "group_filter",
+    "starttls",   "ca_file",      "allow_plaintext", "default",  "timeout_ms",   "role_map"};
+
 void register_directory_routes(Api& api) {
   Router& r = api.router();
   r.add("POST", "/v1/directories", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"name", "kind", "urls", "bind_dn", "bind_password", "bind_password_file",
-                          "user_base", "user_filter", "name_attribute", "id_attribute",
-                          "group_base", "group_filter", "starttls", "ca_file", "allow_plaintext",
-                          "default", "timeout_ms", "role_map"});
+    BodyReader br(*body, kDirectoryFields);
     domain::Directory d;
     d.id = new_id();
     d.name = br.str("name", true, 64, 1).value_or("");
@@ -317,10 +320,7 @@ void register_directory_routes(Api& api) {
   r.add("PATCH", "/v1/directories/{id}", Access::Admin(), [&api](HttpRequest& req) {
     auto body = parse_object(req.body);
     if (!body.ok()) return problem(body.error());
-    BodyReader br(*body, {"name", "kind", "urls", "bind_dn", "bind_password", "bind_password_file",
-                          "user_base", "user_filter", "name_attribute", "id_attribute",
-                          "group_base", "group_filter", "starttls", "ca_file", "allow_plaintext",
-                          "default", "timeout_ms", "role_map"});
+    BodyReader br(*body, kDirectoryFields);
     domain::UpdateDirectory c;
     c.id = req.param("id");
     c.name = br.str("name", false, 64, 1);

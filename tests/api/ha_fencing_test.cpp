@@ -16,6 +16,7 @@
 #include <fstream>
 #include <mutex>
 
+#include "adapters/forwarding_hypervisor.h"
 #include "adapters/libvirt_hypervisor.h"
 #include "api/daemon.h"
 #include "support/pg_server.h"
@@ -25,7 +26,6 @@
 using namespace std::chrono_literals;
 using atrium::Result;
 using atrium::Status;
-using atrium::adapters::ConnectOptions;
 using atrium::adapters::Hypervisor;
 using atrium::adapters::HypervisorConnection;
 using atrium::testing::poll;
@@ -40,61 +40,26 @@ struct Calls {
   std::atomic<int> start{0};
 };
 
-class CountingConnection final : public HypervisorConnection {
+class CountingConnection final : public atrium::adapters::ForwardingConnection {
  public:
   CountingConnection(std::unique_ptr<HypervisorConnection> in, std::shared_ptr<Calls> calls)
-      : in_(std::move(in)), calls_(std::move(calls)) {}
-  Result<atrium::adapters::HostCapabilities> capabilities() override { return in_->capabilities(); }
-  Result<std::vector<atrium::adapters::DomainInfo>> list_domains() override { return in_->list_domains(); }
-  Result<atrium::adapters::DomainInfo> lookup(std::string_view n) override { return in_->lookup(n); }
-  Result<std::string> domain_xml(std::string_view n) override { return in_->domain_xml(n); }
-  Result<atrium::adapters::DomainInfo> define(std::string_view x) override { return in_->define(x); }
+      : ForwardingConnection(std::move(in)), calls_(std::move(calls)) {}
   Status start(std::string_view n) override {
     calls_->start++;
-    return in_->start(n);
-  }
-  Status shutdown(std::string_view n) override { return in_->shutdown(n); }
-  Status destroy(std::string_view n) override { return in_->destroy(n); }
-  Status reboot(std::string_view n) override { return in_->reboot(n); }
-  Status undefine(std::string_view n) override { return in_->undefine(n); }
-  Status set_display_password(std::string_view n, std::string_view p, std::int64_t e,
-                              atrium::adapters::ConnectedClients c) override {
-    return in_->set_display_password(n, p, e, c);
-  }
-  Result<std::string> create_overlay_volume(std::string_view p, std::string_view n,
-                                            std::string_view b) override {
-    return in_->create_overlay_volume(p, n, b);
-  }
-  Result<std::string> volume_path(std::string_view p, std::string_view n) override {
-    return in_->volume_path(p, n);
-  }
-  Status delete_volume(std::string_view p) override { return in_->delete_volume(p); }
-  Status subscribe(atrium::adapters::DomainEventCallback e, atrium::adapters::ConnectionClosedCallback c,
-                   atrium::adapters::DisplayEventCallback d) override {
-    return in_->subscribe(std::move(e), std::move(c), std::move(d));
-  }
-  bool is_alive() override { return in_->is_alive(); }
-  Status close() override { return in_->close(); }
-
- private:
-  std::unique_ptr<HypervisorConnection> in_;
-  std::shared_ptr<Calls> calls_;
-};
-
-class CountingHypervisor final : public Hypervisor {
- public:
-  explicit CountingHypervisor(std::shared_ptr<Calls> calls)
-      : in_(std::make_shared<atrium::adapters::LibvirtHypervisor>()), calls_(std::move(calls)) {}
-  Result<std::unique_ptr<HypervisorConnection>> connect(const ConnectOptions& o) override {
-    auto c = in_->connect(o);
-    if (!c.ok()) return c.error();
-    return std::unique_ptr<HypervisorConnection>(std::make_unique<CountingConnection>(std::move(*c), calls_));
+    return ForwardingConnection::start(n);
   }
 
  private:
-  std::shared_ptr<Hypervisor> in_;
   std::shared_ptr<Calls> calls_;
 };
+
+std::shared_ptr<Hypervisor> counting_hypervisor(std::shared_ptr<Calls> calls) {
+  auto wrap = [calls](std::unique_ptr<HypervisorConnection> c) {
+    return std::make_unique<CountingConnection>(std::move(c), calls);
+  };
+  return std::make_shared<atrium::adapters::WrappingHypervisor<decltype(wrap)>>(
+      std::make_shared<atrium::adapters::LibvirtHypervisor>(), std::move(wrap));
+}
 
 // Holds the reconciler pass that reaches the seam while armed, until released.
 struct Pause {
@@ -166,7 +131,7 @@ TEST_CASE("12: a power request during failover is carried out on libvirt exactly
       cfg.lease_ttl = 3000ms;
       cfg.pool_worker = false;
       cfg.agent_monitor = false;
-      cfg.hypervisor = std::make_shared<CountingHypervisor>(calls);
+      cfg.hypervisor = counting_hypervisor(calls);
       if (seam) cfg.hosts.before_side_effects = [pause](const std::string&) { pause->at_seam(); };
     };
   };
