@@ -644,7 +644,7 @@ void on_token_created(State& s, const Event& e, const Applied& at) {
   t.vm_id = e.data.value("vm_id", "");
   t.pool_id = e.data.value("pool_id", "");
   t.uses = e.data.value("uses", 1u);
-  t.expires_at_ms = e.data.at("expires_at_ms").get<int64_t>();
+  t.expires_at_ms = int_of<int64_t>(e.data.at("expires_at_ms"));
   t.created_at_ms = at.recorded_at_ms;
   t.version = at.stream_version;
   s.agents.token_by_hash[t.token_hash] = t.id;
@@ -808,11 +808,11 @@ Status agents_from_json(AgentsState& out, const Json& j) {
       a.pool_id = aj.at("pool_id").get<std::string>();
       a.registration = aj.at("registration").get<std::string>();
       a.reason = aj.at("reason").get<std::string>();
-      a.enrolled_at_ms = aj.at("enrolled_at_ms").get<int64_t>();
-      a.registered_at_ms = aj.at("registered_at_ms").get<int64_t>();
-      a.changed_at_ms = aj.at("changed_at_ms").get<int64_t>();
-      a.last_heartbeat_at_ms = aj.at("last_heartbeat_at_ms").get<int64_t>();
-      a.version = aj.at("version").get<uint64_t>();
+      a.enrolled_at_ms = int_of<int64_t>(aj.at("enrolled_at_ms"));
+      a.registered_at_ms = int_of<int64_t>(aj.at("registered_at_ms"));
+      a.changed_at_ms = int_of<int64_t>(aj.at("changed_at_ms"));
+      a.last_heartbeat_at_ms = int_of<int64_t>(aj.at("last_heartbeat_at_ms"));
+      a.version = int_of<uint64_t>(aj.at("version"));
       s.agents[id] = std::move(a);
     }
     for (const auto& [id, tj] : j.at("tokens").items()) {
@@ -823,12 +823,12 @@ Status agents_from_json(AgentsState& out, const Json& j) {
       if (!tj.at("server_id").is_null()) t.server_id = tj["server_id"].get<std::string>();
       if (!tj.at("vm_id").is_null()) t.vm_id = tj["vm_id"].get<std::string>();
       if (!tj.at("pool_id").is_null()) t.pool_id = tj["pool_id"].get<std::string>();
-      t.uses = tj.at("uses").get<uint32_t>();
-      t.used = tj.at("used").get<uint32_t>();
-      t.expires_at_ms = tj.at("expires_at_ms").get<int64_t>();
+      t.uses = int_of<uint32_t>(tj.at("uses"));
+      t.used = int_of<uint32_t>(tj.at("used"));
+      t.expires_at_ms = int_of<int64_t>(tj.at("expires_at_ms"));
       t.revoked = tj.at("revoked").get<bool>();
-      t.created_at_ms = tj.at("created_at_ms").get<int64_t>();
-      t.version = tj.at("version").get<uint64_t>();
+      t.created_at_ms = int_of<int64_t>(tj.at("created_at_ms"));
+      t.version = int_of<uint64_t>(tj.at("version"));
       s.tokens[id] = std::move(t);
     }
   } catch (const std::exception& ex) {

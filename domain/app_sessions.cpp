@@ -34,12 +34,12 @@ AppSession app_session_from_json(const Json& j) {
   if (a.state != "active" && a.state != "ended") {
     throw std::invalid_argument("session state " + a.state);
   }
-  a.decided_at_ms = j.at("decided_at_ms").get<int64_t>();
-  a.decided_position = j.at("decided_position").get<uint64_t>();
-  if (!j.at("ended_at_ms").is_null()) a.ended_at_ms = j["ended_at_ms"].get<int64_t>();
+  a.decided_at_ms = int_of<int64_t>(j.at("decided_at_ms"));
+  a.decided_position = int_of<uint64_t>(j.at("decided_position"));
+  if (!j.at("ended_at_ms").is_null()) a.ended_at_ms = int_of<int64_t>(j["ended_at_ms"]);
   if (!j.at("end_reason").is_null()) a.end_reason = j["end_reason"].get<std::string>();
   a.decision = j.at("decision");
-  a.version = j.at("version").get<uint64_t>();
+  a.version = int_of<uint64_t>(j.at("version"));
   return a;
 }
 

@@ -11,7 +11,11 @@ namespace {
 
 template <typename T>
 T get(const Json& j, const char* key) {
-  return j.at(key).get<T>();
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    return int_of<T>(j.at(key));
+  } else {
+    return j.at(key).get<T>();
+  }
 }
 
 Scope scope_field(const Json& j) {

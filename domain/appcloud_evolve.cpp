@@ -98,8 +98,8 @@ void on_server_updated(State& s, const Event& e, const Applied& at) {
   }
   if (e.data.contains("address")) v->address = str(e, "address");
   if (e.data.contains("os_version")) v->os_version = str(e, "os_version");
-  if (e.data.contains("cpus")) v->cpus = e.data["cpus"].get<uint32_t>();
-  if (e.data.contains("memory_mb")) v->memory_mb = e.data["memory_mb"].get<uint64_t>();
+  if (e.data.contains("cpus")) v->cpus = int_of<uint32_t>(e.data["cpus"]);
+  if (e.data.contains("memory_mb")) v->memory_mb = int_of<uint64_t>(e.data["memory_mb"]);
   if (e.data.contains("remote_app_service")) {
     v->remote_app_service = e.data["remote_app_service"].get<bool>();
   }
@@ -153,8 +153,8 @@ void on_load(State& s, const Event& e, const Applied& at) {
   LoadReport l;
   l.cpu_load = e.data.at("cpu_load").get<double>();
   l.memory_load = e.data.at("memory_load").get<double>();
-  l.sessions = e.data.at("sessions").get<uint32_t>();
-  l.reported_at_ms = e.data.at("reported_at_ms").get<int64_t>();
+  l.sessions = int_of<uint32_t>(e.data.at("sessions"));
+  l.reported_at_ms = int_of<int64_t>(e.data.at("reported_at_ms"));
   l.since_position = at.position;
   v->load = l;
   v->load_position = at.position;
@@ -167,7 +167,7 @@ void on_inventory(State& s, const Event& e, const Applied&) {
   InventoryReport r;
   r.apps = e.data.at("apps").get<std::set<std::string>>();
   r.users = e.data.at("users").get<std::set<std::string>>();
-  r.reported_at_ms = e.data.at("reported_at_ms").get<int64_t>();
+  r.reported_at_ms = int_of<int64_t>(e.data.at("reported_at_ms"));
   v->reported = std::move(r);
 }
 

@@ -46,7 +46,7 @@ Result<ClusterPlacement> placement_from_json(const Json& j) {
     if (!j["max_sessions"].is_number_unsigned()) {
       return bad("placement.max_sessions", "must be a non-negative integer");
     }
-    p.max_sessions = j["max_sessions"].get<uint32_t>();
+    p.max_sessions = int_of<uint32_t>(j["max_sessions"]);
   }
   if (auto st = validate_placement(p); !st) return st.error();
   return p;

@@ -469,8 +469,8 @@ Status directories_from_json(DirectoriesState& s, const Json& j) {
   s = DirectoriesState{};
   for (const auto& [id, dj] : j.items()) {
     Directory d = directory_from(dj);
-    d.created_at_ms = dj.at("created_at_ms").get<int64_t>();
-    d.version = dj.at("version").get<uint64_t>();
+    d.created_at_ms = int_of<int64_t>(dj.at("created_at_ms"));
+    d.version = int_of<uint64_t>(dj.at("version"));
     s.id_by_name[d.name] = d.id;
     s.by_id[id] = std::move(d);
   }

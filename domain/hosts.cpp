@@ -642,7 +642,7 @@ void on_host_added(State& s, const Event& e, const Applied& at) {
   h.name = e.data.at("name").get<std::string>();
   h.uri = e.data.at("uri").get<std::string>();
   h.address = e.data.at("address").get<std::string>();
-  h.ports = {e.data.at("ports_first").get<int>(), e.data.at("ports_last").get<int>()};
+  h.ports = {int_of<int>(e.data.at("ports_first")), int_of<int>(e.data.at("ports_last"))};
   h.connect_operation = e.data.value("operation_id", "");
   if (auto tls = e.data.find("spice_tls"); tls != e.data.end() && tls->is_object()) {
     h.spice_ca_cert = tls->value("ca_cert", "");
@@ -659,7 +659,7 @@ void on_host_added(State& s, const Event& e, const Applied& at) {
 void on_host_connected(State& s, const Event& e, const Applied& at) {
   Host* h = host_of(s, e);
   if (h == nullptr) return;
-  h->epoch = e.data.at("epoch").get<uint64_t>();
+  h->epoch = int_of<uint64_t>(e.data.at("epoch"));
   h->capabilities = e.data.value("capabilities", Json::object());
   h->connected = true;
   h->failed_attempts = 0;
@@ -788,7 +788,7 @@ void on_vm_adopted(State& s, const Event& e, const Applied& at) {
 void on_port_allocated(State& s, const Event& e, const Applied& at) {
   Vm* v = vm_of(s, e);
   if (v == nullptr) return;
-  v->allocated_port = e.data.at("port").get<int>();
+  v->allocated_port = int_of<int>(e.data.at("port"));
   touch(*v, at);
 }
 

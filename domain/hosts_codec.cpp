@@ -24,24 +24,24 @@ Status hosts_from_json(HostsState& s, const Json& j) {
     h.name = hj.at("name").get<std::string>();
     h.uri = hj.at("uri").get<std::string>();
     h.address = hj.at("address").get<std::string>();
-    h.ports.first = hj.at("display_ports").at("first").get<int>();
-    h.ports.last = hj.at("display_ports").at("last").get<int>();
+    h.ports.first = int_of<int>(hj.at("display_ports").at("first"));
+    h.ports.last = int_of<int>(hj.at("display_ports").at("last"));
     h.state = hj.at("state").get<std::string>();
     h.reason = hj.at("reason").get<std::string>();
     h.connected = hj.at("connected").get<bool>();
-    h.epoch = hj.at("epoch").get<uint64_t>();
+    h.epoch = int_of<uint64_t>(hj.at("epoch"));
     h.capabilities = hj.at("capabilities");
     h.last_error = hj.at("last_error").get<std::string>();
-    h.failed_attempts = hj.at("failed_attempts").get<uint32_t>();
+    h.failed_attempts = int_of<uint32_t>(hj.at("failed_attempts"));
     h.connect_operation = str_or_empty(hj, "connect_operation_id");
     if (auto tls = hj.find("spice_tls"); tls != hj.end() && tls->is_object()) {
       h.spice_ca_cert = tls->value("ca_cert", "");
       h.spice_host_subject = tls->value("host_subject", "");
     }
-    h.state_since_ms = hj.at("state_since_ms").get<int64_t>();
-    h.created_at_ms = hj.at("created_at_ms").get<int64_t>();
-    h.updated_at_ms = hj.at("updated_at_ms").get<int64_t>();
-    h.version = hj.at("version").get<uint64_t>();
+    h.state_since_ms = int_of<int64_t>(hj.at("state_since_ms"));
+    h.created_at_ms = int_of<int64_t>(hj.at("created_at_ms"));
+    h.updated_at_ms = int_of<int64_t>(hj.at("updated_at_ms"));
+    h.version = int_of<uint64_t>(hj.at("version"));
     s.hosts[id] = std::move(h);
   }
   for (const auto& [id, vj] : j.at("vms").items()) {
@@ -58,9 +58,9 @@ Status hosts_from_json(HostsState& s, const Json& j) {
     v.drift = vj.at("drift").get<bool>();
     v.drift_reason = str_or_empty(vj, "drift_reason");
     v.operation = str_or_empty(vj, "operation_id");
-    v.created_at_ms = vj.at("created_at_ms").get<int64_t>();
-    v.updated_at_ms = vj.at("updated_at_ms").get<int64_t>();
-    v.version = vj.at("version").get<uint64_t>();
+    v.created_at_ms = int_of<int64_t>(vj.at("created_at_ms"));
+    v.updated_at_ms = int_of<int64_t>(vj.at("updated_at_ms"));
+    v.version = int_of<uint64_t>(vj.at("version"));
     s.vm_by_uuid[v.host_id][v.uuid] = v.id;
     s.vms[id] = std::move(v);
   }
@@ -71,9 +71,9 @@ Status hosts_from_json(HostsState& s, const Json& j) {
     o.target = oj.at("target").get<std::string>();
     o.state = oj.at("state").get<std::string>();
     o.events = oj.at("events").get<std::vector<uint64_t>>();
-    o.created_at_ms = oj.at("created_at_ms").get<int64_t>();
-    o.updated_at_ms = oj.at("updated_at_ms").get<int64_t>();
-    o.version = oj.at("version").get<uint64_t>();
+    o.created_at_ms = int_of<int64_t>(oj.at("created_at_ms"));
+    o.updated_at_ms = int_of<int64_t>(oj.at("updated_at_ms"));
+    o.version = int_of<uint64_t>(oj.at("version"));
     o.error = str_or_empty(oj, "error");
     o.action = str_or_empty(oj, "action");
     o.host_id = str_or_empty(oj, "host_id");

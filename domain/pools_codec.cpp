@@ -61,13 +61,13 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     p.kind = pj.at("kind").get<std::string>();
     p.tmpl = template_from_json(pj.at("template"));
     p.host_ids = pj.at("host_ids").get<std::vector<std::string>>();
-    p.min_ready = pj.at("min_ready").get<int>();
-    p.min_standby = pj.at("min_standby").get<int>();
-    p.max_size = pj.at("max_size").get<int>();
+    p.min_ready = int_of<int>(pj.at("min_ready"));
+    p.min_standby = int_of<int>(pj.at("min_standby"));
+    p.max_size = int_of<int>(pj.at("max_size"));
     p.power_policy = pj.at("power_policy").get<std::string>();
-    p.idle_timeout_s = pj.at("idle_timeout_s").get<int64_t>();
+    p.idle_timeout_s = int_of<int64_t>(pj.at("idle_timeout_s"));
     p.reconnect = pj.at("reconnect").get<std::string>();
-    p.grace_s = pj.at("grace_s").get<int64_t>();
+    p.grace_s = int_of<int64_t>(pj.at("grace_s"));
     if (pj.contains("policy")) {  // absent in older snapshots
       auto pol = pool_policy_from_json(pj["policy"]);
       if (!pol.ok()) return pol.error();
@@ -79,9 +79,9 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     if (pj.contains("entitled_groups")) {
       p.entitled_groups = pj["entitled_groups"].get<std::set<std::string>>();
     }
-    p.created_at_ms = pj.at("created_at_ms").get<int64_t>();
-    p.updated_at_ms = pj.at("updated_at_ms").get<int64_t>();
-    p.version = pj.at("version").get<uint64_t>();
+    p.created_at_ms = int_of<int64_t>(pj.at("created_at_ms"));
+    p.updated_at_ms = int_of<int64_t>(pj.at("updated_at_ms"));
+    p.version = int_of<uint64_t>(pj.at("version"));
     s.pools[id] = std::move(p);
   }
   for (const auto& [id, mj] : j.at("members").items()) {
@@ -93,13 +93,13 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     m.uuid = mj.at("uuid").get<std::string>();
     m.mac = mj.at("mac").get<std::string>();
     m.overlay = mj.at("overlay").get<std::string>();
-    m.memory_kib = mj.at("memory_kib").get<uint64_t>();
+    m.memory_kib = int_of<uint64_t>(mj.at("memory_kib"));
     m.state = mj.at("state").get<std::string>();
     m.error = mj.at("error").get<std::string>();
     m.assigned_user = mj.at("assigned_user").get<std::string>();
     m.session_id = mj.at("session_id").get<std::string>();
-    m.last_session_end_ms = mj.at("last_session_end_ms").get<int64_t>();
-    m.since_ms = mj.at("since_ms").get<int64_t>();
+    m.last_session_end_ms = int_of<int64_t>(mj.at("last_session_end_ms"));
+    m.since_ms = int_of<int64_t>(mj.at("since_ms"));
     m.template_version = mj.value("template_version", 1);
     m.display_reset = mj.value("display_reset", "");
     s.members[id] = std::move(m);
@@ -113,14 +113,14 @@ Status pools_from_json(PoolsState& s, const Json& j) {
     d.host_id = dj.at("host_id").get<std::string>();
     d.state = dj.at("state").get<std::string>();
     d.end_reason = dj.at("end_reason").get<std::string>();
-    d.ticket_expires_at_ms = dj.at("ticket_expires_at_ms").get<int64_t>();
+    d.ticket_expires_at_ms = int_of<int64_t>(dj.at("ticket_expires_at_ms"));
     d.ticket_applied = dj.at("ticket_applied").get<bool>();
     d.ticket_note = dj.at("ticket_note").get<std::string>();
-    d.last_seen_ms = dj.at("last_seen_ms").get<int64_t>();
-    d.disconnected_at_ms = dj.at("disconnected_at_ms").get<int64_t>();
-    d.created_at_ms = dj.at("created_at_ms").get<int64_t>();
-    d.updated_at_ms = dj.at("updated_at_ms").get<int64_t>();
-    d.version = dj.at("version").get<uint64_t>();
+    d.last_seen_ms = int_of<int64_t>(dj.at("last_seen_ms"));
+    d.disconnected_at_ms = int_of<int64_t>(dj.at("disconnected_at_ms"));
+    d.created_at_ms = int_of<int64_t>(dj.at("created_at_ms"));
+    d.updated_at_ms = int_of<int64_t>(dj.at("updated_at_ms"));
+    d.version = int_of<uint64_t>(dj.at("version"));
     d.ticket_issued_at_ms = dj.value("ticket_issued_at_ms", int64_t{0});
     d.ticket_retired = dj.value("ticket_retired", false);
     d.display_signal = dj.value("display_signal", false);
@@ -136,11 +136,11 @@ Status pools_from_json(PoolsState& s, const Json& j) {
   }
   for (const auto& nj : j.at("notices")) {
     UserNotice n;
-    n.position = nj.at("position").get<uint64_t>();
+    n.position = int_of<uint64_t>(nj.at("position"));
     n.user_id = nj.at("user_id").get<std::string>();
     n.kind = nj.at("kind").get<std::string>();
     n.data = nj.at("data");
-    n.at_ms = nj.at("at_ms").get<int64_t>();
+    n.at_ms = int_of<int64_t>(nj.at("at_ms"));
     s.notices.push_back(std::move(n));
   }
   return Status::Ok();

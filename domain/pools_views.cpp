@@ -90,10 +90,10 @@ Result<PoolPolicy> pool_policy_from_json(const Json& j) {
   }
   if (j.contains("idle_timeout_s")) {
     const Json& v = j["idle_timeout_s"];
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 30LL * 24 * 3600) {
+    if (!v.is_number_integer() || int_of<int64_t>(v) < 0 || int_of<int64_t>(v) > 30LL * 24 * 3600) {
       return field_error("policy.idle_timeout_s", "must be an integer from 0 to 2592000");
     }
-    p.idle_timeout_s = v.get<int64_t>();
+    p.idle_timeout_s = int_of<int64_t>(v);
   }
   for (const auto& [k, v] : j.items()) {
     if (k != "clipboard" && k != "usb_redirection" && k != "folder_redirection" &&

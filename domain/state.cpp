@@ -63,9 +63,9 @@ Json state_to_json(const State& s) {
 Result<State> state_from_json(const Json& j) {
   try {
     State s;
-    s.position = j.at("position").get<uint64_t>();
+    s.position = int_of<uint64_t>(j.at("position"));
     for (const auto& [k, v] : j.at("stream_versions").items()) {
-      s.stream_versions[k] = v.get<uint64_t>();
+      s.stream_versions[k] = int_of<uint64_t>(v);
     }
     if (auto st = users_from_json(s.users, j.at("users")); !st) return st.error();
     if (auto st = hosts_from_json(s.hosts, j.at("hosts")); !st) return st.error();

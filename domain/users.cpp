@@ -407,7 +407,7 @@ void on_token_issued(State& s, const Event& e, const Applied& at) {
   Token t;
   t.hash = e.data.at("token_hash").get<std::string>();
   t.user_id = e.data.at("user_id").get<std::string>();
-  t.expires_at_ms = e.data.at("expires_at_ms").get<int64_t>();
+  t.expires_at_ms = int_of<int64_t>(e.data.at("expires_at_ms"));
   // Logs from before the flag existed: the bootstrap token was the one token issued for
   // 365 days (logins were bounded by --token-ttl-s); treat such a token as the bootstrap one.
   constexpr int64_t kLegacyBootstrapMs = int64_t{360} * 24 * 3600 * 1000;
@@ -472,9 +472,9 @@ Status users_from_json(UsersState& s, const Json& j) {
     u.agent_server_id = uj.value("agent_server_id", "");
     u.name_skeleton = uj.contains("name_skeleton") ? uj["name_skeleton"].get<std::string>()
                                                    : user_name_skeleton(u.name);
-    u.created_at_ms = uj.at("created_at_ms").get<int64_t>();
-    u.updated_at_ms = uj.at("updated_at_ms").get<int64_t>();
-    u.version = uj.at("version").get<uint64_t>();
+    u.created_at_ms = int_of<int64_t>(uj.at("created_at_ms"));
+    u.updated_at_ms = int_of<int64_t>(uj.at("updated_at_ms"));
+    u.version = int_of<uint64_t>(uj.at("version"));
     read_directory_fields(u, uj);
     read_roles(u, uj);
     if (!u.directory_id.empty()) s.id_by_external[u.directory_id + "|" + u.external_id] = u.id;
@@ -486,7 +486,7 @@ Status users_from_json(UsersState& s, const Json& j) {
     Token t;
     t.hash = hash;
     t.user_id = tj.at("user_id").get<std::string>();
-    t.expires_at_ms = tj.at("expires_at_ms").get<int64_t>();
+    t.expires_at_ms = int_of<int64_t>(tj.at("expires_at_ms"));
     t.revoked = tj.at("revoked").get<bool>();
     t.bootstrap = tj.value("bootstrap", false);
     s.tokens[hash] = std::move(t);

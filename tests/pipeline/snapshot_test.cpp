@@ -2,6 +2,10 @@
 // full replay gives; an unreadable snapshot falls back to a full replay.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+
 #include "domain/hosts.h"
 #include "domain/users.h"
 #include "pipeline/pipeline.h"
@@ -187,6 +191,33 @@ TEST_CASE("fuzz: a snapshot nested deeper than any state is refused before it ov
   domain::State s;
   s.position = 7;
   CHECK(pipeline::decode_snapshot(pipeline::encode_snapshot(s)).ok());
+}
+
+// Found by fuzz_snapshot in CI (fuzz/regressions/snapshot/float-into-integer-field): a float
+// such as 7.8e90 in an integer field was static_cast by nlohmann's get<uint64_t>() (undefined
+// behaviour, UBSan: "outside the range of representable values"). It is refused instead; an
+// integral float that fits still reads.
+TEST_CASE("fuzz: a snapshot with a float too large for an integer field is refused") {
+  domain::State s;
+  s.position = 7;
+  s.stream_versions["user-a"] = 3;
+  Json j = domain::state_to_json(s);
+  j["position"] = 7.77778e+90;
+  auto st = domain::state_from_json(j);
+  REQUIRE_FALSE(st.ok());
+  CHECK(st.error().message.find("out of range") != std::string::npos);
+  j["position"] = 7.0;
+  j["stream_versions"]["user-a"] = -1.5;
+  st = domain::state_from_json(j);
+  REQUIRE_FALSE(st.ok());
+  j["stream_versions"]["user-a"] = 3.0;
+  st = domain::state_from_json(j);
+  REQUIRE(st.ok());
+  CHECK(st->position == 7);
+  CHECK(st->stream_versions.at("user-a") == 3);
+  CHECK(domain::int_of<int32_t>(Json(-2147483648.0)) == INT32_MIN);
+  CHECK_THROWS_AS(domain::int_of<int32_t>(Json(2147483648.0)), std::out_of_range);
+  CHECK_THROWS_AS(domain::int_of<uint64_t>(Json(std::nan(""))), std::out_of_range);
 }
 
 TEST_CASE("state_from_json inverts state_to_json for users and hosts") {
