@@ -1,6 +1,9 @@
 // The admin console's views. Each reads with ?as_of= when the time slider is set (then
-// writes are off), reloads on live events, and offers "copy as curl" for every action.
+// writes are off), reloads on live events, and offers "copy as curl" for every action. Live
+// tables render their rows with repeat() keyed by id: a row (and the button in it) stays the
+// same element while the list changes around it.
 import { html, nothing } from './lit.js';
+import { repeat } from './repeat.js';
 import * as api from './api.js';
 import { t, fmtTime, fmtNumber, tOr } from './i18n.js';
 import { LightElement, problem, barChart, stackedBar, stateBadge } from './ui.js';
@@ -193,7 +196,7 @@ class Hosts extends Page {
       <table><caption class="visually-hidden">${t('admin.page.hosts')}</caption><thead><tr>
         <th scope="col">${t('common.name')}</th><th scope="col">${t('hosts.uri')}</th><th scope="col">${t('common.state')}</th>
         <th scope="col">${t('hosts.vms')}</th><th scope="col">${t('hosts.ports_free')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
-      <tbody>${hosts.map((h) => html`<tr>
+      <tbody>${repeat(hosts, (h) => h.id, (h) => html`<tr>
         <td>${h.name}</td><td><code>${h.uri}</code></td>
         <td>${stateBadge(h.state)} <span class="muted">${h.reason || ''}</span>${h.last_error ? html`<div class="muted">${h.last_error}</div>` : nothing}</td>
         <td>${h.vm_count ?? ''}</td><td>${h.display_ports_free ?? ''}</td>
@@ -259,7 +262,7 @@ class Vms extends Page {
         <th scope="col">${t('common.name')}</th><th scope="col">${t('vms.host')}</th><th scope="col">${t('vms.pool')}</th>
         <th scope="col">${t('vms.desired')}</th><th scope="col">${t('vms.observed')}</th><th scope="col">${t('vms.port')}</th>
         <th scope="col">${t('vms.operation')}</th><th scope="col">${t('vms.power')}</th></tr></thead>
-      <tbody>${d.vms.map((v) => html`<tr class=${v.drift ? 'drift' : ''}>
+      <tbody>${repeat(d.vms, (v) => v.id, (v) => html`<tr class=${v.drift ? 'drift' : ''}>
         <td>${v.name}${v.drift ? html` <span class="badge tone-warn">${t('vms.drift')}</span>` : nothing}</td>
         <td>${hn[v.host_id] || v.host_id}</td><td>${v.pool_id ? pn[v.pool_id] || v.pool_id : html`<span class="muted">${t('vms.unmanaged')}</span>`}</td>
         <td>${stateBadge(v.desired_state)}</td><td>${stateBadge(v.observed_state)}</td><td>${v.display_port ?? ''}</td>
@@ -356,7 +359,7 @@ class Pools extends Page {
       <table><caption class="visually-hidden">${t('admin.page.pools')}</caption><thead><tr>
         <th scope="col">${t('common.name')}</th><th scope="col">${t('pools.kind')}</th><th scope="col">${t('common.state')}</th>
         <th scope="col">${t('pool.capacity')}</th><th scope="col">${t('pools.template_version')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
-      <tbody>${d.pools.map((p) => { const s = p.size || {}; return html`<tr>
+      <tbody>${repeat(d.pools, (p) => p.id, (p) => { const s = p.size || {}; return html`<tr>
         <td>${p.name}</td><td>${t(`pool.kind.${p.kind}`)}</td><td>${stateBadge(p.state)}</td>
         <td>${stackedBar(p.name, [{ label: t('pool.ready'), value: s.ready || 0, tone: 'ok' }, { label: t('pool.standby'), value: s.standby || 0, tone: 'neutral' },
           { label: t('pool.in_use'), value: s.in_use || 0, tone: 'info' }], p.max_size || s.total)}
@@ -404,7 +407,7 @@ class Pools extends Page {
       <h3>${t('pools.vms')}</h3>
       <table><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('common.state')}</th><th scope="col">${t('vms.observed')}</th>
         <th scope="col">${t('pools.template_version')}</th><th scope="col">${t('pools.assigned')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
-      <tbody>${vms.map((v) => html`<tr><td>${v.name}</td><td>${stateBadge(v.state)}${v.free ? html` <span class="muted">${t('pools.free')}</span>` : nothing}</td>
+      <tbody>${repeat(vms, (v) => v.vm_id, (v) => html`<tr><td>${v.name}</td><td>${stateBadge(v.state)}${v.free ? html` <span class="muted">${t('pools.free')}</span>` : nothing}</td>
         <td>${stateBadge(v.observed_state || 'unknown')}</td><td>${v.template_version ?? ''}</td><td>${un[v.assigned_user_id] || v.assigned_user_id || ''}</td>
         <td>${this.action(t('pools.refresh_vm'), () => api.request('POST', `/v1/pools/${enc(p.id)}/vms/${enc(v.vm_id)}/refresh`), { secondary: true })}</td></tr>`)}</tbody></table>
     </section>`;
@@ -648,7 +651,7 @@ class Users extends Page {
         </form></section>
       <table><caption class="visually-hidden">${t('admin.page.users')}</caption><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('users.roles')}</th>
         <th scope="col">${t('common.state')}</th><th scope="col">${t('users.totp')}</th><th scope="col">${t('users.message')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
-      <tbody>${users.map((u) => html`<tr>
+      <tbody>${repeat(users, (u) => u.id, (u) => html`<tr>
         <td>${u.name}</td>
         <td>${ROLES.map((r) => html`<label class="inline"><input type="checkbox" ?checked=${u.roles.includes(r)} ?disabled=${this.ro}
             aria-label=${t('users.role_for', { role: t(`role.${r}`), name: u.name })}
@@ -695,7 +698,7 @@ class Sessions extends Page {
         <option value="">${t('common.all')}</option>${['created', 'connected', 'disconnected', 'active', 'ended'].map((s) => html`<option value=${s}>${tOr(`state.${s}`, s)}</option>`)}</select></label></div>
       <table><caption class="visually-hidden">${t('admin.page.sessions')}</caption><thead><tr><th scope="col">${t('sessions.kind')}</th><th scope="col">${t('apps.user')}</th>
         <th scope="col">${t('sessions.what')}</th><th scope="col">${t('common.state')}</th><th scope="col">${t('common.since')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
-      <tbody>${d.sessions.map((s) => html`<tr>
+      <tbody>${repeat(d.sessions, (s) => s.id, (s) => html`<tr>
         <td>${t(`sessions.kind.${s.kind}`)}</td><td>${un[s.user_id] || s.user_id}</td>
         <td>${s.kind === 'desktop' ? pn[s.pool_id] || s.pool_id : html`${an[s.application_id] || s.application_id} @ ${sn[s.server_id] || s.server_id}`}</td>
         <td>${stateBadge(s.state)}${s.end_reason ? html` <span class="muted">${s.end_reason}</span>` : nothing}</td>
@@ -818,7 +821,7 @@ class Agents extends Page {
       <table><caption class="visually-hidden">${t('admin.page.agents')}</caption><thead><tr><th scope="col">${t('common.name')}</th><th scope="col">${t('agents.kind')}</th>
         <th scope="col">${t('agents.registration')}</th><th scope="col">${t('agents.bound_to')}</th><th scope="col">${t('agents.last_seen')}</th>
         <th scope="col">${t('agents.load')}</th><th scope="col">${t('common.actions')}</th></tr></thead>
-      <tbody>${d.agents.map((a) => html`<tr data-agent=${a.id}>
+      <tbody>${repeat(d.agents, (a) => a.id, (a) => html`<tr data-agent=${a.id}>
         <td>${a.hostname || a.id}<br><code class="muted">${a.id}</code></td>
         <td>${t(`agents.kind.${a.kind}`)}</td>
         <td>${stateBadge(a.registration)}${a.reason ? html` <span class="muted">${a.reason}</span>` : nothing}</td>

@@ -1,6 +1,6 @@
 // Vendors Lit and qrcode-generator into public/ from node_modules (installed from
 // package-lock.json with `npm ci`).
-// No bundler: each of Lit's six production modules is copied as it is, except that its
+// No bundler: each of Lit's nine production modules (six, and the repeat directive's three) is copied as it is, except that its
 // import specifiers are rewritten to the copies' file names (a browser cannot resolve bare
 // specifiers like "lit-html" without an import map, which would need an inline script) and
 // the sourceMappingURL line is dropped (the maps are not served). Each copy is named
@@ -25,11 +25,19 @@ const modules = [
   { id: 'css-tag', pkg: '@lit/reactive-element', file: 'css-tag.js', specs: ['./css-tag.js'] },
   { id: 'reactive-element', pkg: '@lit/reactive-element', file: 'reactive-element.js',
     specs: ['@lit/reactive-element'] },
-  { id: 'lit-html', pkg: 'lit-html', file: 'lit-html.js', specs: ['lit-html'] },
+  { id: 'lit-html', pkg: 'lit-html', file: 'lit-html.js',
+    specs: ['lit-html', './lit-html.js', '../lit-html.js'] },
   { id: 'is-server', pkg: 'lit-html', file: 'is-server.js', specs: ['lit-html/is-server.js'] },
   { id: 'lit-element', pkg: 'lit-element', file: 'lit-element.js',
     specs: ['lit-element/lit-element.js'] },
   { id: 'lit', pkg: 'lit', file: 'index.js', specs: [], reexport: 'lit.js', what: 'Lit' },
+  // The keyed repeat directive, so that a table row stays the same element for the same
+  // item while a live list changes around it.
+  { id: 'directive', pkg: 'lit-html', file: 'directive.js', specs: ['../directive.js'] },
+  { id: 'directive-helpers', pkg: 'lit-html', file: 'directive-helpers.js',
+    specs: ['../directive-helpers.js'] },
+  { id: 'repeat', pkg: 'lit-html', file: 'directives/repeat.js', specs: [], reexport: 'repeat.js',
+    what: "Lit's repeat directive", names: 'repeat' },
   { id: 'qrcode-generator', pkg: 'qrcode-generator', file: 'dist/qrcode.mjs', specs: [],
     reexport: 'qrcode.js', what: 'qrcode-generator', names: 'qrcode' },
 ];
