@@ -207,16 +207,24 @@ void libvirt_detail::abandon(std::shared_ptr<void> p) {
 
 namespace {
 
-int on_lifecycle(virConnectPtr /*conn*/, virDomainPtr dom, int event, int detail, void* opaque) {
+// The sink a callback's opaque refers to, as a strong reference held until the callback
+// returns: a connection closed from inside its own callback (or libvirt freeing the opaque on
+// close) must not destroy the sink while its dispatch is still finishing (TSan found the sink
+// freed under dispatch()'s notify_all).
+std::shared_ptr<EventSink> sink_of(void* opaque) {
   received_from_libvirt(opaque);
-  auto* sink = static_cast<std::shared_ptr<EventSink>*>(opaque);
+  return *static_cast<std::shared_ptr<EventSink>*>(opaque);
+}
+
+int on_lifecycle(virConnectPtr /*conn*/, virDomainPtr dom, int event, int detail, void* opaque) {
+  const std::shared_ptr<EventSink> sink = sink_of(opaque);
   try {
     DomainEvent ev;
     if (const char* n = virDomainGetName(dom)) ev.name = n;
     char uuid[VIR_UUID_STRING_BUFLEN];
     if (virDomainGetUUIDString(dom, uuid) == 0) ev.uuid = uuid;
     map_lifecycle(event, detail, ev);
-    (*sink)->dispatch([&](const EventSink::Callbacks& cbs) {
+    sink->dispatch([&](const EventSink::Callbacks& cbs) {
       if (cbs.on_event) cbs.on_event(ev);
     });
   } catch (...) {
@@ -272,7 +280,7 @@ void on_graphics(virConnectPtr /*conn*/, virDomainPtr dom, int phase,
                  const virDomainEventGraphicsAddress* local,
                  const virDomainEventGraphicsAddress* remote, const char* auth_scheme,
                  const virDomainEventGraphicsSubject* /*subject*/, void* opaque) {
-  auto* sink = static_cast<std::shared_ptr<EventSink>*>(opaque);
+  const std::shared_ptr<EventSink> sink = sink_of(opaque);
   try {
     DisplayClientEvent ev;
     if (const char* n = virDomainGetName(dom)) ev.name = n;
@@ -289,7 +297,7 @@ void on_graphics(virConnectPtr /*conn*/, virDomainPtr dom, int phase,
       if (local->service != nullptr) ev.local_service = local->service;
     }
     if (auth_scheme != nullptr) ev.auth_scheme = auth_scheme;
-    (*sink)->dispatch([&](const EventSink::Callbacks& cbs) {
+    sink->dispatch([&](const EventSink::Callbacks& cbs) {
       if (cbs.on_display) cbs.on_display(ev);
     });
   } catch (...) {
@@ -332,6 +340,7 @@ Status LibvirtConnection::subscribe(DomainEventCallback on_event,
       auto* ref = new std::shared_ptr<EventSink>(st->sink);
       auto cb = reinterpret_cast<virConnectDomainEventGenericCallback>(
           reinterpret_cast<void (*)()>(&on_graphics));
+      handed_to_libvirt(ref);
       auto id = st->int_call("virConnectDomainEventRegisterAny", [&] {
         return virConnectDomainEventRegisterAny(c, nullptr, VIR_DOMAIN_EVENT_ID_GRAPHICS, cb, ref,
                                                 free_sink_ref);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -46,25 +47,26 @@ const DomainInfo* find(const std::vector<DomainInfo>& ds, const std::string& nam
   return nullptr;
 }
 
-// Collects lifecycle events delivered on libvirt's event thread.
+// Collects lifecycle events delivered on libvirt's event thread. The callback shares the
+// recorder's state, so a late event after the recorder went (a connection that outlives it)
+// touches nothing freed, and it notifies under the lock (TSan: a condition variable destroyed
+// while the event thread was still inside notify_all).
 class EventRecorder {
  public:
   DomainEventCallback callback() {
-    return [this](const DomainEvent& e) {
-      {
-        std::lock_guard lock(mutex_);
-        events_.push_back(e);
-      }
-      cv_.notify_all();
+    return [in = in_](const DomainEvent& e) {
+      std::lock_guard lock(in->mutex);
+      in->events.push_back(e);
+      in->cv.notify_all();
     };
   }
   // Waits until an event for `name` with `reason` (and `detail` unless empty) arrived.
   std::optional<DomainEvent> wait(const std::string& name, const std::string& reason,
                                   const std::string& detail = "", std::chrono::milliseconds timeout = 5s) {
-    std::unique_lock lock(mutex_);
+    std::unique_lock lock(in_->mutex);
     std::optional<DomainEvent> found;
-    cv_.wait_for(lock, timeout, [&] {
-      for (const auto& e : events_) {
+    in_->cv.wait_for(lock, timeout, [&] {
+      for (const auto& e : in_->events) {
         if (e.name == name && e.reason == reason && (detail.empty() || e.detail == detail)) {
           found = e;
           return true;
@@ -75,18 +77,21 @@ class EventRecorder {
     return found;
   }
   std::vector<DomainEvent> all() {
-    std::lock_guard lock(mutex_);
-    return events_;
+    std::lock_guard lock(in_->mutex);
+    return in_->events;
   }
   void clear() {
-    std::lock_guard lock(mutex_);
-    events_.clear();
+    std::lock_guard lock(in_->mutex);
+    in_->events.clear();
   }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  std::vector<DomainEvent> events_;
+  struct Inner {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::vector<DomainEvent> events;
+  };
+  std::shared_ptr<Inner> in_ = std::make_shared<Inner>();
 };
 
 std::string new_domain_xml(const std::string& name, int spice_port = 5501) {
@@ -550,6 +555,53 @@ TEST_CASE("close callback is accepted; the test driver never loses its connectio
   Status late = conn->subscribe(nullptr, nullptr);
   REQUIRE_FALSE(late.ok());
   CHECK(late.error().code == Code::unavailable);
+}
+
+// Found by CI's TSan stage in test_api_pools_api (three reports "data race ... in operator
+// delete"): a callback deregistered while libvirt is dispatching events is freed later, on
+// libvirt's event-loop thread, and the graphics callback's reference was never marked as
+// handed to libvirt, so TSan saw that delete race with its allocation on a call worker. A
+// connection closed from inside its own event callback deregisters exactly then.
+TEST_CASE("close() from inside an event callback: libvirt frees the callbacks' references later") {
+  auto conn = open(kFixtureUri);
+  LibvirtConnection* c = conn.get();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool closing = false, closed = false, late_refused = false;
+  Status result;
+  REQUIRE(conn->subscribe(
+                  [&](const DomainEvent& e) {
+                    if (e.name != "desk-off") return;
+                    {
+                      std::lock_guard lock(mu);
+                      if (closing) return;
+                      closing = true;
+                    }
+                    Status st = c->close();  // on libvirt's event-loop thread, mid-dispatch
+                    auto l = c->lookup("desk-off");
+                    std::lock_guard lock(mu);  // notified under the lock: cv dies with the test
+                    result = st;
+                    late_refused = !l.ok() && l.error().code == Code::unavailable;
+                    closed = true;
+                    cv.notify_all();
+                  },
+                  nullptr)
+              .ok());
+  REQUIRE(conn->start("desk-off").ok());
+  std::unique_lock lock(mu);
+  REQUIRE(cv.wait_for(lock, 10s, [&] { return closed; }));
+  CHECK(result.ok());
+  CHECK(late_refused);
+  lock.unlock();
+  // Destroyed at once, while libvirt's thread may still be finishing the callback's dispatch:
+  // the dispatch keeps the sink alive (TSan, before: the sink freed under its notify_all).
+  conn.reset();
+  // The loop thread runs on and serves other connections (closed before the recorder goes).
+  EventRecorder events;
+  auto other = open(kFixtureUri);
+  REQUIRE(other->subscribe(events.callback(), nullptr).ok());
+  REQUIRE(other->start("desk-off").ok());
+  CHECK(events.wait("desk-off", "started"));
 }
 
 TEST_CASE("event loop can be stopped and restarts on the next connect") {
