@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -255,7 +256,8 @@ int migrate(const std::string& from, const std::string& to) {
                  "atriumd migrate: --from=rocksdb:DATA_DIR --to=postgresql://... are needed\n");
     return 2;
   }
-  const std::string dir = from.substr(8) + "/events";
+  const std::string data_dir = from.substr(std::string_view("rocksdb:").size());
+  const std::string dir = data_dir + "/events";
   if (es::rocksdb_locked(dir)) {
     std::fprintf(stderr, "atriumd migrate: a broker runs on %s; stop it first\n", dir.c_str());
     return 1;
@@ -288,14 +290,12 @@ int migrate(const std::string& from, const std::string& to) {
   if ((*lease)->position != 0) return fail("the target log is not empty");
   // The brokers on the copy must open what this one sealed: its secret.key becomes the
   // cluster's (they refuse to start with another).
-  const std::string key_file = from.substr(8) + "/secret.key";
+  const std::string key_file = data_dir + "/secret.key";
   if (::access(key_file.c_str(), F_OK) == 0) {
     auto key = atrium::api::load_or_create_secret_key(key_file);
     if (!key.ok()) return fail(key_file + ": " + key.error().message);
-    auto first = log.claim_setting("secret_key_check", atrium::api::secret_key_check(*key));
-    if (!first.ok()) return fail(first.error().message);
-    if (*first != atrium::api::secret_key_check(*key)) {
-      return fail("brokers with another secret.key already used the target log");
+    if (auto st = atrium::api::claim_cluster_secret_key(log, *key, key_file); !st) {
+      return fail(st.error().message);
     }
   }
   if (auto st = log.set_writer_term(term); !st) return fail(st.error().message);

@@ -50,6 +50,21 @@ bool is_postgres_store(const std::string& store) {
   return store.rfind("postgresql://", 0) == 0 || store.rfind("postgres://", 0) == 0;
 }
 
+Status claim_cluster_secret_key(eventstore::SharedLog& log, const std::string& key,
+                                const std::string& key_file) {
+  const std::string mine = secret_key_check(key);
+  auto first = log.claim_setting("secret_key_check", mine);
+  if (!first.ok()) return first.error();
+  if (*first != mine) {
+    return Error::make(Code::failed_precondition,
+                       key_file +
+                           " is not the key of the brokers already on this log: copy "
+                           "secret.key (0600) from one of them into this data dir",
+                       "secret_key_mismatch");
+  }
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock clock) {
   if (!crypto_init()) return Error::make(Code::internal, "libsodium failed to initialise");
   if (cfg.bootstrap_token && cfg.bootstrap_token->size() < kMinBootstrapTokenChars) {
@@ -107,17 +122,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(DaemonConfig cfg, pipeline::Clock 
   if (!key.ok()) return key.error();
   cfg.api.secret_key = *key;
   if (d->shared_log_ != nullptr) {
-    // Whoever leads must open what any leader sealed: one key for the cluster.
-    auto first = d->shared_log_->claim_setting("secret_key_check", secret_key_check(*key));
-    if (!first.ok()) return first.error();
-    if (*first != secret_key_check(*key)) {
-      return Error::make(Code::failed_precondition,
-                         cfg.data_dir + "/secret.key is not the key of the brokers already on this "
-                         "log: copy secret.key (0600) from one of them into this data dir",
-                         "secret_key_mismatch");
+    if (auto st = claim_cluster_secret_key(*d->shared_log_, *key, cfg.data_dir + "/secret.key");
+        !st) {
+      return st.error();
     }
+    cfg.api.forward_timeout = cfg.lease_ttl;
   }
-  if (d->shared_log_ != nullptr) cfg.api.forward_timeout = cfg.lease_ttl;
   d->api_ = std::make_unique<Api>(cfg.api, *d->store_, d->views_, *d->pipeline_, *d->metrics_,
                                   clock);
   register_core_routes(*d->api_, openapi_text());

@@ -61,6 +61,13 @@ struct DaemonConfig {
 // select the shared log.
 bool is_postgres_store(const std::string& store);
 
+// Claims `key` (the secret.key read from key_file) as the key of the brokers on `log`: the
+// first broker's key is the cluster's, and every other must have the same one, since whoever
+// leads must open what any leader sealed. failed_precondition (secret_key_mismatch) naming
+// key_file when it differs.
+Status claim_cluster_secret_key(eventstore::SharedLog& log, const std::string& key,
+                                const std::string& key_file);
+
 class Daemon {
  public:
   // Opens the store, replays the log into the views, bootstraps the first admin, starts
